@@ -1,0 +1,78 @@
+"""`plmjax train|eval ...`: flags -> gin -> a library call.
+
+    plmjax train --gin_file=gin_configs/quickstart.gin [--gin_param='train.num_steps = 100'] [--model_dir=DIR]
+    plmjax eval  --gin_file=gin_configs/quickstart.gin --checkpoint=DIR
+
+A mistake a user can make (a bad gin binding, a missing file, a too-long sequence, a checkpoint of another
+model) ends in one line naming the problem and the fix, exit status 2; `--traceback` shows the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import gin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parse_gin(gin_files: list[str], gin_params: list[str]) -> None:
+    for path in (os.getcwd(), REPO_ROOT):
+        gin.add_config_file_search_path(path)
+    for path in gin_files:
+        if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
+            raise FileNotFoundError(f"gin file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT}): "
+                                    "check --gin_file.")
+    import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
+    from plmjax.train import loop  # noqa: F401  registers train/evaluate/create_mesh/make_optimizer
+    gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)
+
+
+def _user_error_types():
+    from plmjax.train import checkpoint
+    return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, checkpoint.CheckpointMismatchError)
+
+
+def _one_line(error: BaseException) -> str:
+    message = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    return f"{type(error).__name__}: {message}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plmjax", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "train or resume a model"), ("eval", "evaluate a checkpoint")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
+        p.add_argument("--gin_param", action="append", default=[], help="gin binding (repeatable)")
+        p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    sub.choices["train"].add_argument("--model_dir", default=None,
+                                      help="where checkpoints, metrics and plots go (default runs/<gin file name>)")
+    sub.choices["eval"].add_argument("--checkpoint", required=True,
+                                     help="a model dir, its checkpoints/ dir, or one step's dir")
+    args = parser.parse_args(argv)
+
+    try:
+        _parse_gin(args.gin_file, args.gin_param)
+        from plmjax.train import loop
+        if args.command == "train":
+            model_dir = args.model_dir or os.path.join(
+                "runs", os.path.splitext(os.path.basename(args.gin_file[-1]))[0])
+            loop.train(model_dir)
+        else:
+            loop.evaluate(args.checkpoint)
+    except Exception as error:  # noqa: BLE001  user errors become one line; others keep their traceback
+        if args.traceback or not isinstance(error, _user_error_types()):
+            raise
+        print(f"plmjax {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print("(run again with --traceback for the full traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

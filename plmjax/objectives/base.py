@@ -1,0 +1,48 @@
+"""The `Objective` contract and the losses every objective shares.
+
+An objective is pure: `model_inputs(batch)` picks the module's keyword arguments from a batch, and
+`loss_fn(batch, outputs)` returns `(loss, metrics)` with metrics as `(total, count)` pairs, so they add up
+correctly over steps, devices and evaluation batches (docs/interfaces.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    architecture: str  # 'encoder' | 'decoder' | 'encoder_decoder': the model family it trains
+    feature_converter: str  # 'mlm' | 'lm' | 'prefix_lm' | 'enc_dec': how task features become a batch
+    model_inputs: Callable[[Batch], dict[str, Any]]
+    loss_fn: Callable[[Batch, Mapping[str, jax.Array]], tuple[jax.Array, Metrics]]
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Mean weighted token cross entropy and accuracy.
+
+    logits: [batch, length, vocab] (any float dtype; computed in float32); targets: [batch, length] int;
+    weights: [batch, length], 0 where the position is not predicted.
+    """
+    logits = logits.astype(jnp.float32)
+    weights = weights.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]  # [batch, length]
+    total_weight = jnp.sum(weights)
+    loss_sum = jnp.sum(nll * weights)
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+    loss = loss_sum / jnp.maximum(total_weight, 1.0)
+    metrics = {
+        "loss": (loss_sum, total_weight),
+        "accuracy": (correct, total_weight),
+        "num_tokens": (total_weight, jnp.ones((), jnp.float32)),
+    }
+    return loss, metrics

@@ -1,0 +1,83 @@
+"""Mesh construction and the one table that maps logical axis names onto mesh axes.
+
+Every parameter and large activation in plmjax carries logical axis names from
+`batch length embed heads kv mlp vocab expert layers`. `LOGICAL_AXIS_RULES` maps them onto the mesh axes
+`('data', 'fsdp', 'tensor')`. Rules are tried in order and a mesh axis is used at most once per array
+(flax's semantics), so for an activation `[batch, length, embed]` the batch takes `('data', 'fsdp')` and
+embed stays replicated, while a parameter `[embed, mlp]` is split over `fsdp` and `tensor`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+    ("expert", None),
+)
+
+
+def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `('data', 'fsdp', 'tensor')` mesh over all (or the given) devices; one size may be -1 (the rest).
+
+    Axes are `Auto`, as linen's logical constraints need (make_mesh's default Explicit axes break them).
+    """
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = [data, fsdp, tensor]
+    if shape.count(-1) > 1:
+        raise ValueError(f"Mesh shape {dict(zip(MESH_AXES, shape))}: at most one axis may be -1.")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(
+                f"Mesh shape {dict(zip(MESH_AXES, shape))} does not divide the {len(devices)} devices: "
+                "change create_mesh.data/fsdp/tensor in the mesh gin file.")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(
+            f"Mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but {len(devices)} are "
+            "available: change create_mesh.data/fsdp/tensor in the mesh gin file (one of them may be -1).")
+    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """Maps a pytree of logical `PartitionSpec`s (from `nn.get_partition_spec`) to `NamedSharding`s."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    """Sharding of a `[batch, length]` input array: batch split over the data-parallel axes."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict[str, jax.Array]:
+    """Puts this host's part of a batch on the mesh as one global array per feature.
+
+    With several processes each host passes its own shard (`seqio.ShardInfo`); the global batch is their
+    concatenation along the batch axis.
+    """
+    sharding = batch_sharding(mesh, rules)
+    return {
+        name: jax.make_array_from_process_local_data(
+            NamedSharding(mesh, PartitionSpec(*sharding.spec[: np.ndim(value)])), value)
+        for name, value in batch.items()
+    }

@@ -1,0 +1,68 @@
+"""`TrainState`, created already sharded (DESIGN.md decision 4).
+
+`jax.eval_shape(init)` gives the state's shapes with the logical axis names of every parameter (and of the
+optimizer moments, which optax builds from the boxed parameters); the rules table turns them into
+`NamedSharding`s, and `jax.jit(init, out_shardings=...)` creates each array directly on its devices.
+Parameters in the state are plain (unboxed) pytrees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from plmjax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # base PRNG key; step s uses fold_in(rng, s)
+
+
+def _dummy_inputs(architecture: str, batch_size: int, lengths: dict[str, int]) -> dict[str, jax.Array]:
+    if architecture == "encoder_decoder":
+        return {
+            "encoder_input_ids": jnp.ones((batch_size, lengths["inputs"]), jnp.int32),
+            "decoder_input_ids": jnp.ones((batch_size, lengths["targets"]), jnp.int32),
+        }
+    return {"input_ids": jnp.ones((batch_size, max(lengths.values())), jnp.int32)}
+
+
+def _boxed_state(module: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, dummy) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    params = module.init({"params": init_rng, "dropout": init_rng}, **dummy, deterministic=True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
+
+
+def state_shardings(module, tx, architecture: str, lengths: dict[str, int], mesh: Mesh,
+                    rules=sharding.LOGICAL_AXIS_RULES, batch_size: int = 1):
+    """(abstract unboxed state, NamedSharding tree) for the state, without allocating it."""
+    dummy = _dummy_inputs(architecture, batch_size, lengths)
+    boxed = jax.eval_shape(lambda r: _boxed_state(module, tx, r, dummy), jax.random.key(0))
+    shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return abstract, shardings
+
+
+def create_train_state(module, tx, architecture: str, lengths: dict[str, int], mesh: Mesh, seed: int,
+                       rules=sharding.LOGICAL_AXIS_RULES) -> tuple[TrainState, Any]:
+    """Initializes a sharded `TrainState`; returns it with its sharding tree."""
+    _, shardings = state_shardings(module, tx, architecture, lengths, mesh, rules)
+    dummy = _dummy_inputs(architecture, 1, lengths)
+
+    def init(rng):
+        return nn.meta.unbox(_boxed_state(module, tx, rng, dummy))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    return state, shardings

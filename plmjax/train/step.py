@@ -1,0 +1,104 @@
+"""Pure train and eval steps: `(state, batch) -> (state, metrics)`, jitted with explicit shardings.
+
+The differentiated quantity is the objective's summed loss divided by the batch's total loss weight
+(`metrics['loss']` is that `(total, count)` pair), so gradient accumulation over micro-batches gives exactly
+the full batch's gradient, whatever the number of predicted tokens in each micro-batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from plmjax import sharding
+from plmjax.objectives.base import Objective
+from plmjax.train.state import TrainState
+
+
+def _add_metrics(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def loss_and_grads(params, batch, rng, module: nn.Module, objective: Objective, deterministic: bool = False):
+    """Summed-loss gradients and metrics on one (micro-)batch."""
+
+    def summed_loss(p):
+        outputs = module.apply({"params": p}, **objective.model_inputs(batch), deterministic=deterministic,
+                               rngs=None if deterministic else {"dropout": rng})
+        _, metrics = objective.loss_fn(batch, outputs)
+        return metrics["loss"][0], metrics
+
+    (_, metrics), grads = jax.value_and_grad(summed_loss, has_aux=True)(params)
+    return grads, metrics
+
+
+def accumulated_grads(params, batch, rng, module, objective, grad_accum_steps: int = 1):
+    """Mean-loss gradients over the whole batch, computed in `grad_accum_steps` sequential micro-batches."""
+    if grad_accum_steps == 1:
+        grads, metrics = loss_and_grads(params, batch, rng, module, objective)
+    else:
+        def split(x):  # [batch, ...] -> [micro_steps, batch / micro_steps, ...]
+            if x.shape[0] % grad_accum_steps:
+                raise ValueError(f"Batch size {x.shape[0]} is not divisible by grad_accum_steps={grad_accum_steps}.")
+            return x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:])
+
+        micro_batches = jax.tree.map(split, batch)
+
+        def body(carry, inputs):
+            i, micro = inputs
+            grads, metrics = loss_and_grads(params, micro, jax.random.fold_in(rng, i), module, objective)
+            return _add_metrics(carry, (grads, metrics)), None
+
+        zero = jax.eval_shape(lambda: loss_and_grads(params, jax.tree.map(lambda x: x[0], micro_batches), rng,
+                                                     module, objective))
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+        (grads, metrics), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum_steps), micro_batches))
+    total_weight = jnp.maximum(metrics["loss"][1], 1.0)
+    grads = jax.tree.map(lambda g: g / total_weight, grads)
+    return grads, metrics
+
+
+def train_step(state: TrainState, batch, *, module, objective: Objective, tx: optax.GradientTransformation,
+               schedule, grad_accum_steps: int = 1):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grads, metrics = accumulated_grads(state.params, batch, rng, module, objective, grad_accum_steps)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    one = jnp.ones((), jnp.float32)
+    metrics = dict(metrics, learning_rate=(schedule(state.step).astype(jnp.float32), one),
+                   grad_norm=(optax.global_norm(grads).astype(jnp.float32), one))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+
+
+def eval_step(params, batch, *, module, objective: Objective):
+    outputs = module.apply({"params": params}, **objective.model_inputs(batch), deterministic=True)
+    _, metrics = objective.loss_fn(batch, outputs)
+    return metrics
+
+
+def _in_mesh(fn, mesh, rules):
+    @functools.wraps(fn)
+    def run(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+    return run
+
+
+def jit_train_step(module, objective, tx, schedule, mesh, state_shardings, *, grad_accum_steps=1,
+                   rules=sharding.LOGICAL_AXIS_RULES):
+    step = functools.partial(train_step, module=module, objective=objective, tx=tx, schedule=schedule,
+                             grad_accum_steps=grad_accum_steps)
+    jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    return _in_mesh(jitted, mesh, rules)
+
+
+def jit_eval_step(module, objective, mesh, param_shardings, *, rules=sharding.LOGICAL_AXIS_RULES):
+    step = functools.partial(eval_step, module=module, objective=objective)
+    jitted = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh, rules)),
+                     out_shardings=sharding.replicated(mesh))
+    return _in_mesh(jitted, mesh, rules)
