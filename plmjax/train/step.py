@@ -102,3 +102,13 @@ def jit_eval_step(module, objective, mesh, param_shardings, *, rules=sharding.LO
     jitted = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh, rules)),
                      out_shardings=sharding.replicated(mesh))
     return _in_mesh(jitted, mesh, rules)
+
+
+def jit_grads(module, objective, mesh, state_shardings, *, rules=sharding.LOGICAL_AXIS_RULES):
+    """The gradients `train_step` would apply at this state and batch (for tests and analysis)."""
+    def grads(state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        return accumulated_grads(state.params, batch, rng, module, objective)[0]
+    jitted = jax.jit(grads, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+                     out_shardings=state_shardings.params)
+    return _in_mesh(jitted, mesh, rules)
