@@ -14,6 +14,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+import seqio
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -81,3 +82,10 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules=LOGICAL_AXIS_RUL
             NamedSharding(mesh, PartitionSpec(*sharding.spec[: np.ndim(value)])), value)
         for name, value in batch.items()
     }
+
+
+def host_shard_info() -> seqio.ShardInfo | None:
+    """This process's shard of the input data (each host reads only its own part); None on one host."""
+    if jax.process_count() == 1:
+        return None
+    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())

@@ -21,7 +21,7 @@ Metrics = dict[str, tuple[jax.Array, jax.Array]]
 class Objective:
     name: str
     architecture: str  # 'encoder' | 'decoder' | 'encoder_decoder': the model family it trains
-    feature_converter: str  # 'mlm' | 'lm' | 'prefix_lm' | 'enc_dec': how task features become a batch
+    feature_converter: str  # plmjax.data.feature_converters family name: how task features become a batch
     model_inputs: Callable[[Batch], dict[str, Any]]
     loss_fn: Callable[[Batch, Mapping[str, jax.Array]], tuple[jax.Array, Metrics]]
 

@@ -19,5 +19,5 @@ def loss_fn(batch, outputs):
     return token_cross_entropy(outputs["logits"], batch["decoder_target_tokens"], batch["decoder_loss_weights"])
 
 
-CAUSAL_LM = Objective("causal_lm", "decoder", "lm", model_inputs, loss_fn)
+CAUSAL_LM = Objective("causal_lm", "decoder", "decoder", model_inputs, loss_fn)
 PREFIX_LM = Objective("prefix_lm", "decoder", "prefix_lm", model_inputs, loss_fn)

@@ -15,4 +15,4 @@ def loss_fn(batch, outputs):
     return token_cross_entropy(outputs["logits"], batch["encoder_target_tokens"], batch["encoder_loss_weights"])
 
 
-MLM = Objective("mlm", "encoder", "mlm", model_inputs, loss_fn)
+MLM = Objective("mlm", "encoder", "encoder", model_inputs, loss_fn)

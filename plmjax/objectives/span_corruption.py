@@ -20,4 +20,4 @@ def loss_fn(batch, outputs):
     return token_cross_entropy(outputs["logits"], batch["decoder_target_tokens"], batch["decoder_loss_weights"])
 
 
-SPAN_CORRUPTION = Objective("span_corruption", "encoder_decoder", "enc_dec", model_inputs, loss_fn)
+SPAN_CORRUPTION = Objective("span_corruption", "encoder_decoder", "encoder_decoder", model_inputs, loss_fn)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from plmjax import sharding
-from plmjax.data import pipeline
+from plmjax.data import feature_converters, pipeline
 from plmjax.train import metrics as metrics_lib
 from plmjax.train import step as step_lib
 
@@ -17,8 +17,8 @@ from plmjax.train import step as step_lib
 def _batches(task, run, split, batch_size, num_batches, shuffle=False):
     dataset = pipeline.get_dataset(
         task, task_feature_lengths=run.task_feature_lengths,
-        feature_converter=pipeline.feature_converter(run.objective.feature_converter), split=split,
-        batch_size=batch_size // jax.process_count(), shuffle=shuffle, seed=0, shard_info=None,
+        feature_converter=feature_converters.make_feature_converter(run.objective.feature_converter), split=split,
+        batch_size=batch_size, shuffle=shuffle, seed=0, shard_info=sharding.host_shard_info(),
         repeat=False)
     return itertools.islice(dataset.as_numpy_iterator(), num_batches)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any, Mapping
 
@@ -19,7 +20,7 @@ import seqio
 
 from plmjax import objectives as objectives_lib
 from plmjax import sharding
-from plmjax.data import pipeline
+from plmjax.data import feature_converters, pipeline
 from plmjax.models import build_model
 from plmjax.train import checkpoint as checkpoint_lib
 from plmjax.train import evaluate as evaluate_lib
@@ -30,6 +31,10 @@ from plmjax.train import step as step_lib
 
 create_mesh = gin.external_configurable(sharding.create_mesh, "create_mesh")
 make_optimizer = gin.external_configurable(optim.make_optimizer, "make_optimizer")
+
+
+# Kill this process (SIGKILL, no clean-up) right after this step: the kill-and-resume test's fault injection.
+_CRASH_AFTER_STEP = int(os.environ.get("PLMJAX_TEST_CRASH_AFTER_STEP", "-1"))
 
 
 class ConfigError(ValueError):
@@ -135,11 +140,10 @@ def train(
 
     train_step = step_lib.jit_train_step(run.module, run.objective, tx, schedule, mesh, shardings,
                                          grad_accum_steps=grad_accum_steps)
-    local_batch = batch_size // jax.process_count()
     dataset = pipeline.get_dataset(
-        task, task_feature_lengths=run.task_feature_lengths, feature_converter=pipeline.feature_converter(
-            run.objective.feature_converter), split="train", batch_size=local_batch, shuffle=True, seed=seed,
-        shard_info=_shard_info(), skip_batches=data_position)
+        task, task_feature_lengths=run.task_feature_lengths, feature_converter=feature_converters.make_feature_converter(
+            run.objective.feature_converter), split="train", batch_size=batch_size, shuffle=True, seed=seed,
+        shard_info=sharding.host_shard_info(), skip_batches=data_position)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params)
 
     writer = metrics_lib.MetricsWriter(model_dir)
@@ -168,6 +172,8 @@ def train(
             writer.write(step, eval_split, eval_fn(state.params, task, eval_split, eval_batches))
         if step % checkpoint_every == 0 or step == num_steps:
             checkpointer.save(step, state, data_position=data_position, config=_config_dict(model_config))
+        if step == _CRASH_AFTER_STEP:  # fault injection for the kill-and-resume test
+            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     checkpointer.wait()
 
@@ -244,12 +250,6 @@ def _checkpoint_root(path: str) -> str:
 def _checkpoint_step(path: str) -> int | None:
     base = os.path.basename(os.path.abspath(path))
     return int(base) if base.isdigit() else None
-
-
-def _shard_info() -> seqio.ShardInfo | None:
-    if jax.process_count() == 1:
-        return None
-    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 
 def _format_summary(summary: Mapping[str, Any]) -> str:

@@ -1,0 +1,70 @@
+"""User mistakes end in one clear message (exit status 2), not a deep traceback."""
+
+import gin
+import pytest
+
+from plmjax import cli
+
+TINY = "--gin_file=gin_configs/experiments/tiny_bert_mlm.gin"
+
+
+def _run(capsys, *argv):
+    gin.clear_config()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("plmjax ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_gin_binding(capsys, tmp_path):
+    code, _, err = _run(capsys, "train", TINY, "--gin_param=train.num_stepz = 3", f"--model_dir={tmp_path}")
+    assert code == 2
+    line = _error_line(err)
+    assert "num_stepz" in line and "train" in line
+
+
+def test_missing_gin_file(capsys, tmp_path):
+    code, _, err = _run(capsys, "train", "--gin_file=gin_configs/no_such.gin", f"--model_dir={tmp_path}")
+    assert code == 2
+    assert "no_such.gin" in _error_line(err)
+
+
+def test_missing_data_file(capsys, tmp_path):
+    missing = tmp_path / "corpus" / "train.txt"
+    code, _, err = _run(capsys, "train", TINY, "--gin_param=TASK = @text_files_task()",
+                        "--gin_param=text_files_task.name = 'my_corpus_mlm'",
+                        f"--gin_param=text_files_task.train_files = ['{missing}']",
+                        f"--gin_param=text_files_task.validation_files = ['{missing}']",
+                        f"--model_dir={tmp_path / 'run'}")
+    assert code == 2
+    line = _error_line(err)
+    assert str(missing) in line and "text_files_task.train_files" in line
+
+
+def test_sequence_longer_than_the_model_allows(capsys, tmp_path):
+    code, _, err = _run(capsys, "train", TINY, "--gin_param=SEQUENCE_LENGTH = 4096", f"--model_dir={tmp_path}")
+    assert code == 2
+    line = _error_line(err)
+    assert "4096" in line and "max_length=128" in line
+
+
+def test_checkpoint_from_a_different_config(capsys, tmp_path):
+    code, out, err = _run(capsys, "train", TINY, "--gin_param=NUM_STEPS = 2", "--gin_param=train.progress = False",
+                          "--gin_param=train.eval_batches = 1", f"--model_dir={tmp_path}")
+    assert code == 0, err
+    code, _, err = _run(capsys, "eval", TINY, "--gin_param=tiny_encoder.emb_dim = 48",
+                        f"--checkpoint={tmp_path}")
+    assert code == 2
+    line = _error_line(err)
+    assert "CheckpointMismatchError" in line and "token_embedder" in line and str(tmp_path) in line
+    # The same config evaluates the checkpoint.
+    code, out, err = _run(capsys, "eval", TINY, "--gin_param=evaluate.eval_batches = 1",
+                          f"--checkpoint={tmp_path}")
+    assert code == 0, err
+    assert '"accuracy"' in out
