@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import gin
 import jax
-import numpy as np
+import optax
 import seqio
 
 from plmjax import objectives as objectives_lib
@@ -226,14 +226,16 @@ def evaluate(
     mesh = mesh if mesh is not None else sharding.create_mesh()
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh)
     _check_vocabulary(task, model_config)
-    tx, _ = optim.make_optimizer(total_steps=1)
-    abstract, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths, mesh)
+    # Only the parameters are read, so any optimizer's checkpoint evaluates (optax.identity: no optimizer state).
+    abstract, shardings = state_lib.state_shardings(run.module, optax.identity(), architecture,
+                                                    run.task_feature_lengths, mesh)
     checkpointer = checkpoint_lib.Checkpointer(_checkpoint_root(checkpoint))
-    state, _ = checkpointer.restore(step=_checkpoint_step(checkpoint), abstract_state=abstract)
+    restored, meta = checkpointer.restore(step=_checkpoint_step(checkpoint), abstract_state={"params": abstract.params},
+                                          partial=True)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params, batch_size=batch_size)
-    results = eval_fn(state.params, task, split, eval_batches or None)
+    results = eval_fn(restored["params"], task, split, eval_batches or None)
     if jax.process_index() == 0:
-        print(json.dumps({"checkpoint": checkpoint, "step": int(state.step), "split": split, **results}, indent=2))
+        print(json.dumps({"checkpoint": checkpoint, "step": meta["step"], "split": split, **results}, indent=2))
     return results
 
 

@@ -1,0 +1,312 @@
+"""The one checkpoint wrapper (DESIGN.md decision 6): an Orbax `CheckpointManager` with two items per step.
+
+    <directory>/<step>/state/      the state pytree (params, optimizer state, step, rng), `StandardSave`
+    <directory>/<step>/metadata/   JSON: step, data position, the run's config, the state's fingerprint
+    <directory>/<step>/commit_success.txt
+
+* Async: `save` returns once the arrays are copied off the devices (so the caller may donate them to the next
+  step); the files are written in a background thread. `wait()` blocks until they are on disk; the next `save`
+  waits for the previous one.
+* Atomic: orbax writes `<step>.orbax-checkpoint-tmp/` and renames it to `<step>/` after writing
+  `commit_success.txt` (on GCS, where renames are not atomic, it writes in place and the commit file comes last).
+  Only directories named `<step>` that hold `commit_success.txt` count as checkpoints, so a crash mid-save (a
+  leftover tmp directory) or an interrupted copy (a step directory without the commit file) is never restored:
+  the previous step is. Leftover tmp directories are deleted by the first `save` (not at construction: a
+  `Checkpointer` opened to evaluate must not delete the files of a run that is saving right now).
+* Keep-N: orbax's preservation policy `LatestN(max_to_keep)` deletes the oldest steps in the directory after
+  each save. Orbax counts EVERY step in the directory, whichever run wrote it; so this wrapper refuses to save
+  into a directory holding checkpoints it did not restore from (`CheckpointDirectoryInUseError`), and refuses
+  to save a step older than the newest one there. Keep-N thus only deletes older steps of the run itself.
+* Restore onto any mesh: `restore(abstract_state=...)` reads each array straight into the shardings of the
+  abstract target (a pytree of `jax.ShapeDtypeStruct` with `.sharding`), whatever mesh wrote it. Before reading
+  arrays it compares the saved fingerprint (paths, shapes, dtypes of every leaf) with the target and raises one
+  `CheckpointMismatchError` naming what differs. `restore(..., partial=True)` reads only some top-level fields,
+  e.g. `{'params': ...}` for evaluation or to initialize fine-tuning without the optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE  # 'commit_success.txt'
+_MAX_LISTED = 5  # differing paths named in a mismatch message
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays do not match the state they are restored into (another model config)."""
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No (finished) checkpoint where one was asked for."""
+
+
+class CheckpointDirectoryInUseError(ValueError):
+    """Saving would mix this run's checkpoints with (and let keep-N delete) checkpoints it did not write."""
+
+
+def tree_fingerprint(tree: Any) -> dict[str, list]:
+    """`{path: [shape, dtype]}` for every leaf of a pytree of arrays or `jax.ShapeDtypeStruct`s.
+
+    Paths are '/'-joined keys (`params/encoder/layer_0/mlp/wi/kernel`, `opt_state/1/0/mu/...`).
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): [list(np.shape(leaf)), str(_dtype(leaf))]
+            for path, leaf in leaves}
+
+
+def _dtype(leaf) -> Any:
+    return leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+
+
+def _describe(entry: Optional[list]) -> str:
+    return "(absent)" if entry is None else f"{tuple(entry[0])} {entry[1]}"
+
+
+def fingerprint_differences(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
+    """Lines `path: saved <shape dtype>, expected <shape dtype>` for every leaf that differs.
+
+    In the order of the expected tree (a TrainState lists params before optimizer moments), then the paths only
+    the checkpoint has.
+    """
+    lines = []
+    for path in list(expected) + [path for path in saved if path not in expected]:
+        old, new = saved.get(path), expected.get(path)
+        if old is None or new is None or [list(old[0]), old[1]] != [list(new[0]), new[1]]:
+            lines.append(f"{path}: saved {_describe(old)}, expected {_describe(new)}")
+    return lines
+
+
+class Checkpointer:
+    """Saves and restores a training state with its data position and config; see the module docstring.
+
+    directory: where step directories go (local path or gs://...). Nothing is created until the first save.
+    max_to_keep: keep the newest N steps of this run (None keeps all).
+    save_interval_steps: `save` writes only when step % save_interval_steps == 0 (or force=True); the default 1
+      writes on every call, leaving the choice of steps to the caller.
+    async_save: write in a background thread (see `wait`).
+    """
+
+    def __init__(self, directory: str, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
+                 async_save: bool = True):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}.")
+        if save_interval_steps < 1:
+            raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}.")
+        self._path = epath.Path(directory)
+        if not self._path.is_absolute() and "://" not in os.fspath(directory):
+            self._path = epath.Path(os.path.abspath(directory))
+        policies = ocp.checkpoint_managers
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.FixedIntervalPolicy(save_interval_steps),
+            preservation_policy=policies.LatestN(max_to_keep),
+            # A step counts only when its directory holds the commit file (see the module docstring).
+            step_name_format=ocp.step.standard_name_format(
+                temporary_path_cls=ocp.path.atomicity.CommitFileTemporaryPath),
+            create=False,
+            cleanup_tmp_directories=False,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(self._path, options=options, item_names=("state", "metadata"))
+        # True once the steps in the directory are this run's: it restored from them, or it saved first.
+        self._owns_directory = False
+        self._tmp_dirs_removed = False
+        self._partial_reader = None  # a read-only manager for `restore(partial=True)`, made on first use
+        incomplete = self._incomplete_step_dirs()
+        if incomplete:
+            logging.warning("Ignoring unfinished checkpoint directories (no %s) in %s: %s", COMMIT_FILE,
+                            self.directory, ", ".join(p.name for p in incomplete))
+
+    @property
+    def directory(self) -> str:
+        return os.fspath(self._path)
+
+    def all_steps(self) -> list[int]:
+        """The finished steps in the directory, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def _incomplete_step_dirs(self) -> list[epath.Path]:
+        if not self._path.exists():
+            return []
+        return sorted((p for p in self._path.iterdir()
+                       if p.name.isdigit() and p.is_dir() and not (p / COMMIT_FILE).exists()),
+                      key=lambda p: int(p.name))
+
+    # ----------------------------------------------------------------------------------------------- saving
+
+    def save(self, step: int, state: Any, *, data_position: int, config: dict, force: bool = False) -> bool:
+        """Starts saving `state` at `step`; returns whether a save was started.
+
+        data_position: batches consumed so far (the input pipeline skips that many when resuming).
+        config: JSON-able dict describing the run (model config as a dict, the operative gin config string);
+          values JSON cannot hold are stored as their str().
+        Returns False (and writes nothing) when `step` is not a multiple of save_interval_steps (unless force),
+        or when this step is already saved, e.g. the step just restored.
+        """
+        step = int(step)
+        if isinstance(data_position, bool) or int(data_position) != data_position or data_position < 0:
+            raise ValueError(f"data_position must be a non-negative integer (batches consumed), got "
+                             f"{data_position!r}.")
+        self._check_can_write(step)
+        if step in self._manager.all_steps():
+            logging.info("Checkpoint for step %d already in %s; not saving it again.", step, self.directory)
+            return False
+        if not force and not self._manager.should_save(step):
+            return False
+        metadata = {
+            "step": step,
+            "data_position": int(data_position),
+            "config": json.loads(json.dumps(config, default=str)),
+            "fingerprint": tree_fingerprint(state),
+        }
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata))
+        saved = self._manager.save(step, args=args, force=force)
+        self._owns_directory = self._owns_directory or saved
+        return saved
+
+    def _check_can_write(self, step: int) -> None:
+        if not self._owns_directory:
+            self._manager.reload()
+            existing = self.all_steps()
+            if existing:
+                raise CheckpointDirectoryInUseError(
+                    f"{self.directory} already holds checkpoints (steps {existing}) that this run did not restore "
+                    "from; saving here would mix two runs and let keep-N delete the other run's checkpoints. "
+                    "Resume from them (restore before saving), or start a fresh --model_dir.")
+        if not self._tmp_dirs_removed:
+            self._remove_tmp_dirs()
+            self._tmp_dirs_removed = True
+        latest = self.latest_step()
+        if latest is not None and step < latest and step not in self._manager.all_steps():
+            raise CheckpointDirectoryInUseError(
+                f"Cannot save step {step} into {self.directory}: it holds a newer step {latest} (restored from an "
+                "older step?). Orbax never writes a step older than the newest one. Move the newer step "
+                "directories elsewhere, or start a fresh --model_dir.")
+        target = self._path / str(step)
+        if target.exists() and not (target / COMMIT_FILE).exists():
+            raise CheckpointDirectoryInUseError(
+                f"{target} exists but is not a finished checkpoint (no {COMMIT_FILE}: an interrupted copy or "
+                "save). Move or delete it, then rerun.")
+
+    def _remove_tmp_dirs(self) -> None:
+        """Deletes `<step>.orbax-checkpoint-tmp` directories that crashed saves left (process 0 only)."""
+        if jax.process_index() != 0 or not self._path.exists():
+            return
+        for tmp in ocp.utils.tmp_checkpoints(self._path):
+            logging.warning("Deleting the unfinished save %s.", tmp.get())
+            tmp.get().rmtree()
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk; raises if a background save failed."""
+        self._manager.wait_until_finished()
+        self._manager.check_for_errors()
+
+    def close(self) -> None:
+        """Waits for pending saves, then releases orbax's threads."""
+        self.wait()
+        self._manager.close()
+        if self._partial_reader is not None:
+            self._partial_reader.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------------- restoring
+
+    def _resolve_step(self, step: Optional[int]) -> int:
+        steps = self.all_steps()
+        if not steps:
+            incomplete = self._incomplete_step_dirs()
+            what = "does not exist" if not self._path.exists() else "holds no finished checkpoint"
+            extra = (f" (unfinished step directories without {COMMIT_FILE}: "
+                     f"{', '.join(p.name for p in incomplete)})" if incomplete else "")
+            raise CheckpointNotFoundError(
+                f"Checkpoint directory {self.directory} {what}{extra}. Pass the model dir of a run that saved "
+                "checkpoints, or train from scratch with a fresh --model_dir.")
+        if step is None:
+            return steps[-1]
+        if int(step) not in steps:
+            raise CheckpointNotFoundError(
+                f"No finished checkpoint for step {step} in {self.directory}; available steps: {steps}.")
+        return int(step)
+
+    def read_metadata(self, step: Optional[int] = None) -> dict:
+        """The JSON metadata of `step` (default: the latest): step, data_position, config, fingerprint."""
+        step = self._resolve_step(step)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+        except (FileNotFoundError, KeyError):  # orbax: KeyError('Item "metadata" was not found ...')
+            restored = None
+        metadata = None if restored is None else restored.metadata
+        if not isinstance(metadata, dict) or "fingerprint" not in metadata:
+            raise CheckpointNotFoundError(
+                f"{self._path / str(step)} has no plmjax metadata: it was not written by plmjax's Checkpointer. "
+                "Point --model_dir (or --checkpoint) at a plmjax run's checkpoints, or train from scratch with a "
+                "fresh --model_dir.")
+        return metadata
+
+    def restore(self, step: Optional[int] = None, *, abstract_state: Any,
+                partial: bool = False) -> tuple[Any, dict]:
+        """Restores `step` (default: the latest) onto the shapes, dtypes and shardings of `abstract_state`.
+
+        abstract_state: a pytree of `jax.ShapeDtypeStruct` (with `.sharding`; a leaf without one lands on the
+          default device) or of arrays, with the structure of the saved state.
+        partial: restore only part of the saved state: `abstract_state` is then a dict of some of the saved
+          state's top-level fields, e.g. `{'params': abstract_params}` to evaluate or to start fine-tuning
+          without reading the optimizer state; the result has that structure. A partial restore does not make
+          the directory this run's (see `save`).
+        Returns `(state, metadata)`, metadata as in `read_metadata`. After a full restore, this run owns the
+        directory: its saves continue there and keep-N may delete the older steps.
+        """
+        step = self._resolve_step(step)
+        metadata = self.read_metadata(step)
+        abstract_state = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+            else jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=getattr(x, "sharding", None)),
+            abstract_state)
+        expected = tree_fingerprint(abstract_state)
+        saved = metadata["fingerprint"]
+        if partial:
+            saved = {path: entry for path, entry in saved.items() if path in expected}
+        differences = fingerprint_differences(saved, expected)
+        if differences:
+            listed = "\n  ".join(differences[:_MAX_LISTED])
+            more = f"\n  ... and {len(differences) - _MAX_LISTED} more" if len(differences) > _MAX_LISTED else ""
+            raise CheckpointMismatchError(
+                f"Checkpoint {self._path / str(step)} does not match the state being restored: "
+                f"{len(differences)} of its arrays differ in path, shape or dtype:\n  {listed}{more}\n"
+                "It was written with another model (or optimizer) configuration. Use the same model gin file as "
+                "the run that wrote it, or start a fresh --model_dir.")
+        if partial:
+            return self._restore_partial(step, abstract_state), metadata
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        self._owns_directory = True
+        return restored.state, metadata
+
+    def _restore_partial(self, step: int, abstract_state: Any) -> Any:
+        # StandardRestore reads whole trees only; orbax's PyTree handler restores a subtree of the same files.
+        if self._partial_reader is None:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, save_interval_steps=0, step_name_format=ocp.step.standard_name_format(
+                    temporary_path_cls=ocp.path.atomicity.CommitFileTemporaryPath))
+            self._partial_reader = ocp.CheckpointManager(
+                self._path, options=options, item_names=("state", "metadata"),
+                item_handlers={"state": ocp.PyTreeCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()})
+        self._partial_reader.reload()
+        args = ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+        return self._partial_reader.restore(step, args=ocp.args.Composite(state=args)).state
