@@ -13,7 +13,9 @@ import argparse
 import os
 import sys
 
-import gin
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow only feeds data here: keep its C++ logs quiet
+
+import gin  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +27,8 @@ def _parse_gin(gin_files: list[str], gin_params: list[str]) -> None:
         if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
             raise FileNotFoundError(f"gin file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT}): "
                                     "check --gin_file.")
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow reads data; accelerators belong to JAX
     import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
     from plmjax.train import loop  # noqa: F401  registers train/evaluate/create_mesh/make_optimizer
     gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)

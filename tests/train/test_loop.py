@@ -36,11 +36,12 @@ def test_tiny_model_trains_and_loss_falls(family, tmp_path):
         str(tmp_path), model_config=config, architecture=family, objective=families.OBJECTIVE[family], task=task,
         task_feature_lengths=LENGTHS[family], batch_size=16, num_steps=steps,
         optimizer=optim.make_optimizer("adamw", learning_rate=3e-3, warmup_steps=5, total_steps=steps),
-        mesh=sharding.create_mesh(devices=jax.devices()[:1]), log_every=10, eval_batches=2,
+        mesh=sharding.create_mesh(devices=jax.devices()[:1]), log_every=5, eval_batches=2,
         checkpoint_every=steps, progress=False)
     losses = _train_losses(tmp_path)
-    assert len(losses) == steps // 10
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert len(losses) == steps // 5
+    # From about ln(4096) = 8.3 nats (uniform) down by more than a nat: the model learns the corpus's tokens.
+    assert losses[0] > 7.5 and losses[-1] < losses[0] - 1.0, losses
     assert np.isfinite(final["loss"]) and 0.0 <= final["accuracy"] <= 1.0
     for name in ("loss_curve.png", "summary.json", "config.gin", "checkpoints"):
         assert (tmp_path / name).exists(), name
