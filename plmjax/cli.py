@@ -34,6 +34,15 @@ def _parse_gin(gin_files: list[str], gin_params: list[str]) -> None:
     gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)
 
 
+def _initialize_distributed(args) -> None:
+    """Joins a multi-process run before anything touches the devices (CPU processes talk over gloo)."""
+    import jax
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                               process_id=args.process_id)
+
+
 def _user_error_types():
     from plmjax.train import checkpoint
     return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, checkpoint.CheckpointMismatchError)
@@ -54,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
         p.add_argument("--gin_param", action="append", default=[], help="gin binding (repeatable)")
         p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+        p.add_argument("--coordinator_address", default=None,
+                       help="host:port of process 0, to run as one of several processes (jax.distributed)")
+        p.add_argument("--num_processes", type=int, default=None, help="with --coordinator_address")
+        p.add_argument("--process_id", type=int, default=None, help="with --coordinator_address")
     sub.choices["train"].add_argument("--model_dir", default=None,
                                       help="where checkpoints, metrics and plots go (default runs/<gin file name>)")
     sub.choices["eval"].add_argument("--checkpoint", required=True,
@@ -61,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        if args.coordinator_address:
+            _initialize_distributed(args)
         _parse_gin(args.gin_file, args.gin_param)
         from plmjax.train import loop
         if args.command == "train":

@@ -89,3 +89,15 @@ def host_shard_info() -> seqio.ShardInfo | None:
     if jax.process_count() == 1:
         return None
     return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def host_rows(batch: dict[str, np.ndarray], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict[str, np.ndarray]:
+    """This process's rows of a global batch: the rows its devices hold under the batch sharding."""
+    if jax.process_count() == 1:
+        return batch
+    global_size = len(next(iter(batch.values())))
+    indices = batch_sharding(mesh, rules).addressable_devices_indices_map((global_size, 1))
+    starts = sorted({idx[0].start or 0 for idx in indices.values()})
+    stops = sorted({global_size if idx[0].stop is None else idx[0].stop for idx in indices.values()})
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])  # [local_batch]
+    return {name: value[rows] for name, value in batch.items()}

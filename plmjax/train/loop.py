@@ -111,13 +111,20 @@ def train(
     checkpoint_every: int = 500,
     keep_checkpoints: int = 3,
     progress: bool = True,
+    input_sharding: str = "shard",
 ) -> dict[str, float]:
     """Trains (or resumes) a model; returns the final evaluation metrics.
 
     Resuming is automatic: when `model_dir/checkpoints` holds a checkpoint, the run continues from it with
     the same parameters, optimizer state, rng and data position, so an interrupted run ends bit-identical to an
     uninterrupted one.
+
+    input_sharding: 'shard' (each host reads only its part of the data, `seqio.ShardInfo`) or 'slice' (each
+      host reads the global batch and keeps its rows: the same batches as one process, for small data and for
+      checking that several processes train exactly like one).
     """
+    if input_sharding not in ("shard", "slice"):
+        raise ConfigError(f"train.input_sharding={input_sharding!r}: use 'shard' or 'slice'.")
     start = time.time()
     mesh = mesh if mesh is not None else sharding.create_mesh()
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh)
@@ -143,7 +150,7 @@ def train(
     dataset = pipeline.get_dataset(
         task, task_feature_lengths=run.task_feature_lengths, feature_converter=feature_converters.make_feature_converter(
             run.objective.feature_converter), split="train", batch_size=batch_size, shuffle=True, seed=seed,
-        shard_info=sharding.host_shard_info(), skip_batches=data_position)
+        shard_info=sharding.host_shard_info() if input_sharding == "shard" else None, skip_batches=data_position)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params)
 
     writer = metrics_lib.MetricsWriter(model_dir)
@@ -154,6 +161,8 @@ def train(
     batches = dataset.as_numpy_iterator()
     while int(state.step) < num_steps:
         batch = next(batches)
+        if input_sharding == "slice":  # every host read the global batch: keep this host's rows
+            batch = sharding.host_rows(batch, mesh)
         data_position += 1
         state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh))
         totals = step_metrics if totals is None else metrics_lib.add_metrics(totals, step_metrics)

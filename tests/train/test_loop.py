@@ -14,6 +14,7 @@ from plmjax import sharding
 from plmjax.data import pipeline
 from plmjax.train import loop, optim
 from tests.conftest import REPO_ROOT
+from tests.train.saved_state import load_saved_state
 from tests.train import families
 
 TASKS = {"encoder": "pydoc_mlm", "decoder": "pydoc_lm", "encoder_decoder": "pydoc_span_corruption"}
@@ -59,12 +60,6 @@ def _cli_train(model_dir, steps, crash_after=None):
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _final_params(model_dir):
-    from plmjax.train import checkpoint
-    ckpt = checkpoint.Checkpointer(os.path.join(model_dir, "checkpoints"))
-    return ckpt.read_metadata(), ckpt
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_bit_exactly(tmp_path):
     """Kill -9 a run after step 10 (a checkpoint at 8, maybe one at 12 in flight), resume, compare with a run
@@ -79,16 +74,9 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from" in result.stdout and "at step 8" in result.stdout, result.stdout[-2000:]
 
-    a = _load_step(straight, 16)
-    b = _load_step(killed, 16)
+    a = load_saved_state(straight, 16)
+    b = load_saved_state(killed, 16)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b) > 10
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _load_step(model_dir, step):
-    """The raw saved state tree of one step (no target structure needed)."""
-    import orbax.checkpoint as ocp
-    path = os.path.join(model_dir, "checkpoints", str(step), "state")
-    return ocp.StandardCheckpointer().restore(path)
