@@ -1,0 +1,2 @@
+"""seqio task registrations, installed as `plmjax.tasks`: importing this package registers every task."""
+from . import pretraining  # noqa: F401

@@ -1,0 +1,207 @@
+"""Multi-head dot-product attention (self and cross), its mask helper and the decoding cache.
+
+One attention serves every family: an optional additive bias (T5's relative bias), optional Shaw-style relative
+key/value embeddings (NEZHA), optional rotary positions, score scaling on or off (T5 folds it into the init) and
+a key/value cache for autoregressive decoding (flax 'cache' collection, as flax's examples/wmt).
+
+Decoding: `SelfAttentionContext` owns one `cache_index` per stack. Initialize with a full-length input and
+`decode=True` (this creates zero caches of that length); then every call with `decode=True` feeds the next
+chunk of n >= 1 tokens (a prompt, then one token a step): positions i..i+n-1 attend to cached keys 0..i+n-1.
+"""
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from plmjax.layers import position
+
+Initializer = Callable[..., jax.Array]
+
+
+def make_attention_mask(*, key_mask: jax.Array | None = None, causal: bool = False,
+                        query_positions: jax.Array | None = None, key_positions: jax.Array | None = None,
+                        query_prefix: jax.Array | None = None, key_prefix: jax.Array | None = None
+                        ) -> jax.Array | None:
+    """Boolean [batch or 1, 1, query, key], True where the query may attend to the key; None if nothing is masked.
+
+    key_mask: [batch, key], nonzero for real keys (padding mask). causal: a query sees keys at positions <= its own
+    (needs query_positions [query] and key_positions [key]). query_prefix [batch, query], key_prefix [batch, key]:
+    prefix LM, nonzero on the prefix; prefix positions also see each other bidirectionally.
+    """
+    mask = None
+
+    def combine(new):
+        return new if mask is None else jnp.logical_and(mask, new)
+
+    if causal:
+        visible = key_positions[None, :] <= query_positions[:, None]  # [query, key]
+        visible = visible[None, None]  # [1, 1, query, key]
+        if query_prefix is not None:
+            both_in_prefix = jnp.logical_and(query_prefix[:, None, :, None] != 0, key_prefix[:, None, None, :] != 0)
+            visible = jnp.logical_or(visible, both_in_prefix)  # [batch, 1, query, key]
+        mask = combine(visible)
+    if key_mask is not None:
+        mask = combine((key_mask != 0)[:, None, None, :])  # [batch, 1, 1, key]
+    return mask
+
+
+class AttentionContext(NamedTuple):
+    """What the layers of one stack share about self-attention: positions, mask, and the cache write index."""
+    positions: jax.Array  # [query] positions of the inputs
+    key_positions: jax.Array  # [key]
+    mask: jax.Array | None  # [batch or 1, 1, query, key] bool
+    cache_index: jax.Array | None  # where this chunk's keys go in the cache (decoding only)
+
+
+class SelfAttentionContext(nn.Module):
+    """Positions and the self-attention mask of one stack, and in decoding the cache index and cached masks."""
+    causal: bool
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, *, input_mask: jax.Array | None = None,
+                 prefix_mask: jax.Array | None = None, decode: bool = False) -> AttentionContext:
+        batch, length = input_ids.shape
+        if decode and self.has_variable('cache', 'cache_index'):
+            return self._decode_step(batch, length, input_mask, prefix_mask)
+        if decode:  # initialization: the input's length is the cache length
+            self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+            self.variable('cache', 'key_mask', jnp.zeros, (batch, length), jnp.bool_)
+            self.variable('cache', 'key_prefix', jnp.zeros, (batch, length), jnp.bool_)
+        positions = jnp.arange(length)
+        mask = make_attention_mask(key_mask=input_mask, causal=self.causal, query_positions=positions,
+                                   key_positions=positions, query_prefix=prefix_mask, key_prefix=prefix_mask)
+        return AttentionContext(positions, positions, mask, None)
+
+    def _decode_step(self, batch, length, input_mask, prefix_mask) -> AttentionContext:
+        index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+        key_mask = self.variable('cache', 'key_mask', jnp.zeros, (batch, length), jnp.bool_)
+        key_prefix = self.variable('cache', 'key_prefix', jnp.zeros, (batch, length), jnp.bool_)
+        start = index.value
+        chunk_mask = jnp.ones((batch, length), jnp.bool_) if input_mask is None else input_mask != 0
+        chunk_prefix = jnp.zeros((batch, length), jnp.bool_) if prefix_mask is None else prefix_mask != 0
+        key_mask.value = jax.lax.dynamic_update_slice(key_mask.value, chunk_mask, (0, start))
+        key_prefix.value = jax.lax.dynamic_update_slice(key_prefix.value, chunk_prefix, (0, start))
+        index.value = start + length
+        positions = start + jnp.arange(length)
+        key_positions = jnp.arange(key_mask.value.shape[1])
+        mask = make_attention_mask(key_mask=key_mask.value, causal=self.causal, query_positions=positions,
+                                   key_positions=key_positions, query_prefix=chunk_prefix, key_prefix=key_prefix.value)
+        return AttentionContext(positions, key_positions, mask, start)
+
+
+def _as_matrix_init(init: Initializer, num_input_axes: int) -> Initializer:
+    """Initialize an [in..., out...] kernel as the [prod(in), prod(out)] matrix, so fan-in/fan-out scaling sees
+    the same shape as for a Dense layer."""
+    def init_fn(key, shape, dtype=jnp.float32):
+        fan_in = math.prod(shape[:num_input_axes])
+        return init(key, (fan_in, math.prod(shape) // fan_in), dtype).reshape(shape)
+    return init_fn
+
+
+class Projection(nn.Module):
+    """Dense layer over the last `num_input_axes` axes to `features` ([emb] -> [heads, kv] or [heads, kv] -> [emb]).
+
+    flax's DenseGeneral would do, but it initializes a flat kernel and unboxes it before reshaping, which fails once
+    logical axis rules and a mesh are active; this kernel is created at its real shape with its axis names."""
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    num_input_axes: int = 1
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_shape = x.shape[x.ndim - self.num_input_axes:] + tuple(self.features)
+        kernel = self.param('kernel', nn.with_logical_partitioning(
+            _as_matrix_init(self.kernel_init, self.num_input_axes), self.kernel_axes), kernel_shape, self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        y = jnp.tensordot(x, kernel, axes=self.num_input_axes)
+        if self.use_bias:
+            bias = self.param('bias', nn.with_logical_partitioning(
+                nn.initializers.zeros_init(), self.kernel_axes[self.num_input_axes:]), tuple(self.features),
+                self.param_dtype)
+            y = y + jnp.asarray(bias, y.dtype)
+        return y
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; q/k/v are [batch, length, heads, kv]."""
+    num_heads: int
+    head_dim: int
+    use_bias: bool = True
+    scale_scores: bool = True  # scores / sqrt(head_dim)
+    dropout_rate: float = 0.0  # on the attention probabilities
+    rotary_base: float = 10000.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+    query_kernel_init: Initializer | None = None
+    out_kernel_init: Initializer | None = None
+
+    @nn.compact
+    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
+                 bias: jax.Array | None = None, relative_kv: jax.Array | None = None,
+                 rotary_positions: jax.Array | None = None, cache_index: jax.Array | None = None,
+                 decode: bool = False, deterministic: bool = True) -> jax.Array:
+        """inputs_q [batch, q, emb], inputs_kv [batch, k, emb] (None: self-attention) -> [batch, q, emb].
+
+        mask: bool [batch or 1, 1 or heads, q, k]. bias: float [batch or 1, heads, q, k], added to the scores.
+        relative_kv: [q, k, kv] relative embeddings added to the keys and values (NEZHA).
+        rotary_positions: [q] positions for rotary embeddings of q and k (self-attention).
+        decode: write this chunk's k/v into the cache at cache_index and attend to the whole cache.
+        """
+        if inputs_kv is None:
+            inputs_kv = inputs_q
+        qkv = functools.partial(Projection, features=(self.num_heads, self.head_dim),
+                                kernel_axes=('embed', 'heads', 'kv'), use_bias=self.use_bias, dtype=self.dtype,
+                                param_dtype=self.param_dtype)
+        query = qkv(kernel_init=self.query_kernel_init or self.kernel_init, name='query')(inputs_q)
+        key = qkv(kernel_init=self.kernel_init, name='key')(inputs_kv)
+        value = qkv(kernel_init=self.kernel_init, name='value')(inputs_kv)
+        heads_axes = ('batch', 'length', 'heads', 'kv')
+        query, key, value = (nn.with_logical_constraint(x, heads_axes) for x in (query, key, value))
+        if rotary_positions is not None:
+            query = position.apply_rotary(query, rotary_positions, self.rotary_base)
+            key = position.apply_rotary(key, rotary_positions, self.rotary_base)
+        if decode:
+            key, value = self._update_cache(key, value, cache_index)
+
+        scores = jnp.einsum('bqhd,bkhd->bhqk', query, key)  # [batch, heads, q, k]
+        if relative_kv is not None:
+            scores = scores + jnp.einsum('bqhd,qkd->bhqk', query, relative_kv.astype(self.dtype))
+        scores = scores.astype(jnp.promote_types(self.dtype, jnp.float32))  # softmax in float32 at least
+        if self.scale_scores:
+            scores = scores * self.head_dim ** -0.5
+        if bias is not None:
+            scores = scores + bias
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+
+        out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)  # [batch, q, heads, kv]
+        if relative_kv is not None:
+            out = out + jnp.einsum('bhqk,qkd->bqhd', probs, relative_kv.astype(self.dtype))
+        out = nn.with_logical_constraint(out, heads_axes)
+        out = Projection(features=(inputs_q.shape[-1],), kernel_axes=('heads', 'kv', 'embed'), num_input_axes=2,
+                         use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                         kernel_init=self.out_kernel_init or self.kernel_init, name='out')(out)
+        return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+    def _update_cache(self, key: jax.Array, value: jax.Array, cache_index: jax.Array | None):
+        """Store this chunk's [batch, n, heads, kv] keys/values; return the whole cache (after initialization)."""
+        initialized = self.has_variable('cache', 'cached_key')
+        cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+        if not initialized:  # the init pass sets the cache's shape and attends over its own inputs
+            return key, value
+        start = (0, cache_index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                                          start)
+        return cached_key.value, cached_value.value

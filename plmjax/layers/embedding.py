@@ -1,0 +1,26 @@
+"""Embedding tables with logical axis names.
+
+Token embeddings are flax's `nn.Embed`, whose `attend(x)` (x @ table^T) gives tied output logits. Small tables
+(token types, learned positions) are never worth sharding: their row axis carries no logical name (None).
+"""
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def token_embedder(vocab_size: int, features: int, *, embedding_init: Initializer, dtype=jnp.float32,
+                   param_dtype=jnp.float32, name: str | None = None) -> nn.Embed:
+    """The [vocab, embed] token table; `.attend(hidden)` projects back onto the vocabulary."""
+    return nn.Embed(vocab_size, features, dtype=dtype, param_dtype=param_dtype,
+                    embedding_init=nn.with_logical_partitioning(embedding_init, ('vocab', 'embed')), name=name)
+
+
+def table_embedder(num_embeddings: int, features: int, *, embedding_init: Initializer, dtype=jnp.float32,
+                   param_dtype=jnp.float32, name: str | None = None) -> nn.Embed:
+    """A small [rows, embed] table (token types, learned absolute positions, PanGu-α query positions)."""
+    return nn.Embed(num_embeddings, features, dtype=dtype, param_dtype=param_dtype,
+                    embedding_init=nn.with_logical_partitioning(embedding_init, (None, 'embed')), name=name)

@@ -1,0 +1,58 @@
+"""The position-wise MLP of every transformer layer: dense (BERT, GPT-2, T5 v1.0, BART) or gated (T5 v1.1)."""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+# Names as in Hugging Face's ACT2FN: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation (GPT-2).
+ACTIVATIONS = {
+    'relu': nn.relu,
+    'gelu': functools.partial(nn.gelu, approximate=False),
+    'gelu_new': functools.partial(nn.gelu, approximate=True),
+    'silu': nn.silu,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f'unknown activation {name!r}; choose one of {tuple(ACTIVATIONS)}.')
+    return ACTIVATIONS[name]
+
+
+def logical_dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool, dtype, param_dtype,
+                  kernel_init: Initializer, name: str) -> nn.Dense:
+    """nn.Dense whose kernel carries `axes` and whose bias carries `axes[1]`."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)), name=name)
+
+
+class Mlp(nn.Module):
+    """emb -> mlp -> emb. Dense: wo(act(wi x)). Gated (GeGLU/SwiGLU): wo(act(wi_0 x) * wi_1 x)."""
+    mlp_dim: int
+    activation: str = 'gelu'
+    gated: bool = False
+    use_bias: bool = True
+    dropout_rate: float = 0.0  # on the hidden activation
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+    out_kernel_init: Initializer | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        act = get_activation(self.activation)
+        dense = functools.partial(logical_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        wi = functools.partial(dense, self.mlp_dim, ('embed', 'mlp'), kernel_init=self.kernel_init)
+        if self.gated:
+            h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
+        else:
+            h = act(wi(name='wi')(x))
+        h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        out = dense(x.shape[-1], ('mlp', 'embed'), kernel_init=self.out_kernel_init or self.kernel_init, name='wo')(h)
+        return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))

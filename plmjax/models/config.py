@@ -1,0 +1,280 @@
+"""TransformerConfig, the one description of every plmjax network, and its named presets.
+
+Every architectural choice of BERT, RoBERTa, NEZHA, ELECTRA, GPT-2, PanGu-α, T5 v1.0/v1.1 and BART is a field
+here, with the value each family uses, so that a Hugging Face checkpoint maps onto a plmjax model one tensor at a
+time and the forward pass matches the reference exactly. Presets are plain functions returning a config
+(`bert_base(max_length=1024)`), registered with gin so that gin files bind `MODEL_CONFIG = @bert_base()` and
+override fields (`bert_base.max_length = 1024`). This is the one models file that imports gin.
+"""
+import dataclasses
+from typing import Optional
+
+import gin
+import jax.numpy as jnp
+
+from plmjax.layers import mlp, norms
+
+ACTIVATIONS = tuple(mlp.ACTIVATIONS)
+NORMS = norms.NORMS
+POSITIONS = ('learned', 'sinusoidal', 'rotary', 't5_relative', 'nezha_relative', 'none')
+DTYPES = ('float32', 'bfloat16', 'float64')  # float64 (with jax_enable_x64) is for numerical checks
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Every architectural choice of a plmjax network (defaults: BERT-base)."""
+    name: str = 'custom'                 # preset name, used in error messages (`bert_base.max_length = ...`)
+    vocab_size: int = 30522
+    emb_dim: int = 768                   # width of the residual stream (d_model, hidden_size)
+    embedding_size: Optional[int] = None  # factorized token embeddings (ELECTRA: 128), projected to emb_dim
+    num_heads: int = 12
+    head_dim: int = 64                   # d_kv
+    mlp_dim: int = 3072                  # d_ff, intermediate_size
+    num_encoder_layers: int = 12
+    num_decoder_layers: int = 0          # PanGu-α: includes its top query layer
+    max_length: int = 512                # longest sequence accepted; learned position tables hold this many rows
+    type_vocab_size: int = 0             # token types (BERT segments A/B); 0 = none
+    # MLP.
+    activation: str = 'gelu'             # 'relu' | 'gelu' (exact erf) | 'gelu_new' (tanh approximation) | 'silu'
+    gated_mlp: bool = False              # GeGLU/SwiGLU: act(x wi_0) * (x wi_1), as T5 v1.1
+    # Normalization.
+    norm: str = 'layernorm'              # 'layernorm' | 'rmsnorm' (T5: no mean, no bias, variance in float32)
+    norm_eps: float = 1e-12
+    pre_norm: bool = False               # False: post-LN (BERT, BART); True: pre-LN (GPT-2, T5, PanGu-α)
+    embedding_norm: bool = True          # LayerNorm after the embeddings (BERT, BART's layernorm_embedding)
+    final_norm: bool = False             # norm after the last layer (GPT-2's ln_f, T5's final_layer_norm)
+    # Positions.
+    position: str = 'learned'            # one of POSITIONS ('none': no position information)
+    position_offset: int = 0             # learned position ids start here (RoBERTa, BART: 2; RoBERTa's HF
+                                         # position ids equal these on right-padded inputs)
+    relative_num_buckets: int = 32       # T5 relative attention bias
+    relative_max_distance: int = 128
+    nezha_max_relative_position: int = 64  # NEZHA clips relative distances to [-k, k]
+    rotary_base: float = 10000.0
+    # Attention and embeddings.
+    use_bias: bool = True                # biases in attention and MLP projections (T5: none)
+    scale_attention: bool = True         # divide scores by sqrt(head_dim); T5 folds it into the query init instead
+    scale_embeddings: bool = False       # multiply token embeddings by sqrt(emb_dim) (BART scale_embedding, mBART)
+    # Dropout.
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    activation_dropout_rate: float = 0.0  # on the MLP hidden activation (T5's dropout in DenseReluDense; BART)
+    # Heads.
+    tie_embeddings: bool = True          # output projection shares the token embedding matrix
+    scale_tied_logits: bool = False      # tied logits from hidden * emb_dim**-0.5 (T5 v1.0)
+    lm_head_bias: bool = False           # bias on the LM logits (BART's final_logits_bias)
+    mlm_head_transform: bool = True      # BERT's dense + act + LayerNorm before the MLM vocab projection
+    pooler: bool = False                 # BERT's pooler: tanh(dense(hidden[:, 0])), returned as 'pooled'
+    query_layer: bool = False            # PanGu-α: the last decoder layer queries with learned position embeddings
+    # Numerics and memory.
+    init_std: Optional[float] = 0.02     # N(0, init_std) weights; None: T5's fan-in scaling, embeddings N(0, 1)
+    pad_id: int = 0
+    dtype: str = 'float32'               # compute dtype: 'float32' | 'bfloat16' ('float64' for numerical checks)
+    param_dtype: str = 'float32'
+    remat: bool = False                  # rematerialize each layer (nn.remat) to save activation memory
+
+    def __post_init__(self):
+        def check_choice(field, choices):
+            value = getattr(self, field)
+            if value not in choices:
+                raise ValueError(f'TransformerConfig.{field}={value!r} is not one of {choices}.')
+
+        check_choice('activation', ACTIVATIONS)
+        check_choice('norm', NORMS)
+        check_choice('position', POSITIONS)
+        check_choice('dtype', DTYPES)
+        check_choice('param_dtype', DTYPES)
+        for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'max_length'):
+            if getattr(self, field) <= 0:
+                raise ValueError(f'TransformerConfig.{field} must be positive, got {getattr(self, field)}.')
+        if self.num_encoder_layers < 0 or self.num_decoder_layers < 0:
+            raise ValueError('TransformerConfig.num_encoder_layers and num_decoder_layers must be >= 0.')
+        if self.position in ('rotary', 'nezha_relative') and self.head_dim % 2:
+            raise ValueError(f'{self.position} positions need an even head_dim, got head_dim={self.head_dim}.')
+        if self.position == 'sinusoidal' and self.token_embedding_size % 2:
+            raise ValueError(f'sinusoidal positions need an even embedding width, got {self.token_embedding_size}.')
+        if self.query_layer and self.num_decoder_layers < 1:
+            raise ValueError('query_layer=True needs num_decoder_layers >= 1 (the query layer is the last of them).')
+        if self.embedding_size not in (None, self.emb_dim) and self.tie_embeddings and not self.mlm_head_transform:
+            raise ValueError(
+                f'tied output embeddings of size embedding_size={self.embedding_size} need mlm_head_transform=True '
+                f'to map emb_dim={self.emb_dim} to it (as ELECTRA\'s generator head does).')
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    @property
+    def token_embedding_size(self) -> int:
+        """Width of the token (and position, token type) embedding tables."""
+        return self.embedding_size or self.emb_dim
+
+
+gin.external_configurable(TransformerConfig, module='plmjax.models')
+
+
+def _preset(name, base, overrides):
+    return TransformerConfig(**{**base, 'name': name, **overrides})
+
+
+# --- Encoders: BERT, RoBERTa, NEZHA, ELECTRA -------------------------------------------------------------
+
+_BERT = dict(vocab_size=30522, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=3072, num_encoder_layers=12,
+             num_decoder_layers=0, max_length=512, type_vocab_size=2, activation='gelu', norm='layernorm',
+             norm_eps=1e-12, pre_norm=False, embedding_norm=True, final_norm=False, position='learned',
+             use_bias=True, tie_embeddings=True, mlm_head_transform=True, pooler=True, init_std=0.02)
+
+
+@gin.configurable
+def tiny_encoder(**overrides) -> TransformerConfig:
+    """A 2-layer BERT for tests and smoke runs."""
+    return _preset('tiny_encoder', {**_BERT, 'vocab_size': 512, 'emb_dim': 64, 'num_heads': 4, 'head_dim': 16,
+                                    'mlp_dim': 128, 'num_encoder_layers': 2, 'max_length': 128}, overrides)
+
+
+@gin.configurable
+def bert_base(**overrides) -> TransformerConfig:
+    """BERT-base (Devlin et al., 2019): 12 layers, 768 wide, 12 heads, post-LN, 110M parameters."""
+    return _preset('bert_base', _BERT, overrides)
+
+
+@gin.configurable
+def bert_large(**overrides) -> TransformerConfig:
+    """BERT-large: 24 layers, 1024 wide, 16 heads, 335M parameters."""
+    return _preset('bert_large', {**_BERT, 'emb_dim': 1024, 'num_heads': 16, 'mlp_dim': 4096,
+                                  'num_encoder_layers': 24}, overrides)
+
+
+@gin.configurable
+def nezha_base(**overrides) -> TransformerConfig:
+    """NEZHA-base (Wei et al., 2019): BERT-base with functional relative positions (k=64), Chinese vocabulary."""
+    return _preset('nezha_base', {**_BERT, 'vocab_size': 21128, 'position': 'nezha_relative',
+                                  'nezha_max_relative_position': 64}, overrides)
+
+
+@gin.configurable
+def roberta_base(**overrides) -> TransformerConfig:
+    """RoBERTa-base: BERT-base with byte-level BPE (pad id 1), one token type, positions starting at 2."""
+    return _preset('roberta_base', {**_BERT, 'vocab_size': 50265, 'type_vocab_size': 1, 'norm_eps': 1e-5,
+                                    'position_offset': 2, 'pad_id': 1}, overrides)
+
+
+@gin.configurable
+def electra_small(**overrides) -> TransformerConfig:
+    """ELECTRA-small discriminator body: 12 layers, 256 wide, 4 heads, 128-wide factorized embeddings."""
+    return _preset('electra_small', {**_BERT, 'emb_dim': 256, 'embedding_size': 128, 'num_heads': 4,
+                                     'mlp_dim': 1024, 'pooler': False}, overrides)
+
+
+# --- Decoders: GPT-2, PanGu-α ------------------------------------------------------------------------------
+
+_GPT2 = dict(vocab_size=50257, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=3072, num_encoder_layers=0,
+             num_decoder_layers=12, max_length=1024, type_vocab_size=0, activation='gelu_new', norm='layernorm',
+             norm_eps=1e-5, pre_norm=True, embedding_norm=False, final_norm=True, position='learned',
+             use_bias=True, tie_embeddings=True, lm_head_bias=False, mlm_head_transform=False, init_std=0.02)
+
+
+@gin.configurable
+def tiny_decoder(**overrides) -> TransformerConfig:
+    """A 2-layer GPT-2 for tests and smoke runs."""
+    return _preset('tiny_decoder', {**_GPT2, 'vocab_size': 512, 'emb_dim': 64, 'num_heads': 4, 'head_dim': 16,
+                                    'mlp_dim': 128, 'num_decoder_layers': 2, 'max_length': 128}, overrides)
+
+
+@gin.configurable
+def gpt2_small(**overrides) -> TransformerConfig:
+    """GPT-2 small (Radford et al., 2019): 12 pre-LN layers, 768 wide, 124M parameters."""
+    return _preset('gpt2_small', _GPT2, overrides)
+
+
+@gin.configurable
+def gpt2_xl(**overrides) -> TransformerConfig:
+    """GPT-2 XL: 48 layers, 1600 wide, 25 heads, 1.56B parameters."""
+    return _preset('gpt2_xl', {**_GPT2, 'emb_dim': 1600, 'num_heads': 25, 'mlp_dim': 6400,
+                               'num_decoder_layers': 48}, overrides)
+
+
+_PANGU = {**_GPT2, 'vocab_size': 40000, 'activation': 'gelu', 'query_layer': True}
+
+
+@gin.configurable
+def pangu_alpha_350m(**overrides) -> TransformerConfig:
+    """PanGu-α 350M (Zeng et al., 2021): 23 GPT layers + a top query layer, 1024 wide, 16 heads."""
+    return _preset('pangu_alpha_350m', {**_PANGU, 'emb_dim': 1024, 'num_heads': 16, 'head_dim': 64,
+                                        'mlp_dim': 4096, 'num_decoder_layers': 24}, overrides)
+
+
+@gin.configurable
+def pangu_alpha_2_6b(**overrides) -> TransformerConfig:
+    """PanGu-α 2.6B: 32 layers (incl. the query layer), 2560 wide, 32 heads."""
+    return _preset('pangu_alpha_2_6b', {**_PANGU, 'emb_dim': 2560, 'num_heads': 32, 'head_dim': 80,
+                                        'mlp_dim': 10240, 'num_decoder_layers': 32}, overrides)
+
+
+@gin.configurable
+def pangu_alpha_13b(**overrides) -> TransformerConfig:
+    """PanGu-α 13B: 40 layers (incl. the query layer), 5120 wide, 40 heads."""
+    return _preset('pangu_alpha_13b', {**_PANGU, 'emb_dim': 5120, 'num_heads': 40, 'head_dim': 128,
+                                       'mlp_dim': 20480, 'num_decoder_layers': 40}, overrides)
+
+
+# --- Encoder-decoders: T5, BART ----------------------------------------------------------------------------
+
+_T5 = dict(vocab_size=32128, emb_dim=512, num_heads=8, head_dim=64, mlp_dim=2048, num_encoder_layers=6,
+           num_decoder_layers=6, max_length=512, type_vocab_size=0, activation='relu', gated_mlp=False,
+           norm='rmsnorm', norm_eps=1e-6, pre_norm=True, embedding_norm=False, final_norm=True,
+           position='t5_relative', relative_num_buckets=32, relative_max_distance=128, use_bias=False,
+           scale_attention=False, dropout_rate=0.1, attention_dropout_rate=0.1, activation_dropout_rate=0.1,
+           tie_embeddings=True, scale_tied_logits=True, lm_head_bias=False, mlm_head_transform=False,
+           init_std=None)
+_T5_V1_1 = {**_T5, 'activation': 'gelu_new', 'gated_mlp': True, 'tie_embeddings': False,
+            'scale_tied_logits': False}
+
+
+@gin.configurable
+def tiny_encoder_decoder(**overrides) -> TransformerConfig:
+    """A 2+2-layer T5 v1.1 (gated GELU, relative bias) for tests and smoke runs."""
+    return _preset('tiny_encoder_decoder', {**_T5_V1_1, 'vocab_size': 512, 'emb_dim': 64, 'num_heads': 4,
+                                            'head_dim': 16, 'mlp_dim': 128, 'num_encoder_layers': 2,
+                                            'num_decoder_layers': 2, 'max_length': 128}, overrides)
+
+
+@gin.configurable
+def t5_small(**overrides) -> TransformerConfig:
+    """T5 v1.0 small (Raffel et al., 2020): 6+6 layers, 512 wide, ReLU, tied scaled logits, 60M parameters."""
+    return _preset('t5_small', _T5, overrides)
+
+
+@gin.configurable
+def t5_base(**overrides) -> TransformerConfig:
+    """T5 v1.0 base: 12+12 layers, 768 wide, 12 heads, 223M parameters."""
+    return _preset('t5_base', {**_T5, 'emb_dim': 768, 'num_heads': 12, 'mlp_dim': 3072, 'num_encoder_layers': 12,
+                               'num_decoder_layers': 12}, overrides)
+
+
+@gin.configurable
+def t5_v1_1_small(**overrides) -> TransformerConfig:
+    """T5 v1.1 small: 8+8 layers, 512 wide, 6 heads, gated GELU, untied output layer."""
+    return _preset('t5_v1_1_small', {**_T5_V1_1, 'num_heads': 6, 'mlp_dim': 1024, 'num_encoder_layers': 8,
+                                     'num_decoder_layers': 8}, overrides)
+
+
+@gin.configurable
+def bart_base(**overrides) -> TransformerConfig:
+    """BART-base (Lewis et al., 2020): 6+6 post-LN layers, 768 wide, positions offset by 2, 139M parameters."""
+    return _preset('bart_base', dict(
+        vocab_size=50265, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=3072, num_encoder_layers=6,
+        num_decoder_layers=6, max_length=1024, type_vocab_size=0, activation='gelu', norm='layernorm', norm_eps=1e-5,
+        pre_norm=False, embedding_norm=True, final_norm=False, position='learned', position_offset=2, use_bias=True,
+        dropout_rate=0.1, attention_dropout_rate=0.1, activation_dropout_rate=0.1, tie_embeddings=True,
+        lm_head_bias=True, mlm_head_transform=False, init_std=0.02, pad_id=1), overrides)
+
+
+PRESETS = {fn.__name__: fn for fn in (
+    tiny_encoder, bert_base, bert_large, nezha_base, roberta_base, electra_small,
+    tiny_decoder, gpt2_small, gpt2_xl, pangu_alpha_350m, pangu_alpha_2_6b, pangu_alpha_13b,
+    tiny_encoder_decoder, t5_small, t5_base, t5_v1_1_small, bart_base)}

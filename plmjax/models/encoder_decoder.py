@@ -1,0 +1,59 @@
+"""EncoderDecoderModel: T5 and BART — an encoder stack, a causal decoder stack with cross-attention, an LM
+head; one token embedding shared by encoder inputs, decoder inputs and (when tied) the output projection."""
+import jax
+import flax.linen as nn
+
+from plmjax.layers import attention
+from plmjax.models import heads, transformer
+from plmjax.models.config import TransformerConfig
+
+
+class EncoderDecoderModel(nn.Module):
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = transformer.make_token_embedder(cfg)
+        self.encoder_context = attention.SelfAttentionContext(causal=False)
+        self.encoder = transformer.TransformerStack(cfg, cfg.num_encoder_layers, self.token_embedder)
+        self.decoder_context = attention.SelfAttentionContext(causal=True)
+        self.decoder = transformer.TransformerStack(cfg, cfg.num_decoder_layers, self.token_embedder, causal=True,
+                                                    cross_attention=True)
+        self.lm_head = heads.LmHead(cfg)
+
+    def encode(self, encoder_input_ids: jax.Array, *, encoder_mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+        """[batch, in_length] -> encoder hidden states [batch, in_length, emb]. encoder_mask: 1 for real tokens;
+        default encoder_input_ids != pad_id."""
+        transformer.check_length(encoder_input_ids.shape[1], self.config, 'encoder input')
+        if encoder_mask is None:
+            encoder_mask = encoder_input_ids != self.config.pad_id
+        context = self.encoder_context(encoder_input_ids, input_mask=encoder_mask)
+        return self.encoder(encoder_input_ids, context, deterministic=deterministic)
+
+    def decode(self, encoded: jax.Array, decoder_input_ids: jax.Array, *, encoder_mask: jax.Array | None,
+               decoder_mask: jax.Array | None = None, deterministic: bool = True,
+               decode: bool = False) -> dict[str, jax.Array]:
+        """Decoder over encoder states [batch, in_length, emb] -> {'hidden_states', 'logits' (float32)}.
+
+        encoder_mask [batch, in_length]: 1 for real encoder tokens (None: all real). decoder_mask: 1 for real decoder
+        tokens; default None (no padding mask: decoder inputs start with id 0 and a causal mask keeps right padding
+        away from real positions). decode: cached decoding, see `plmjax.layers.attention`.
+        """
+        transformer.check_length(decoder_input_ids.shape[1], self.config, 'decoder input')
+        context = self.decoder_context(decoder_input_ids, input_mask=decoder_mask, decode=decode)
+        cross_mask = attention.make_attention_mask(key_mask=encoder_mask)
+        hidden = self.decoder(decoder_input_ids, context, encoded=encoded, cross_mask=cross_mask,
+                              deterministic=deterministic, decode=decode)
+        return {'hidden_states': hidden, 'logits': self.lm_head(hidden, self.token_embedder)}
+
+    def __call__(self, encoder_input_ids: jax.Array, decoder_input_ids: jax.Array, *,
+                 encoder_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
+                 deterministic: bool = True, decode: bool = False) -> dict[str, jax.Array]:
+        """-> {'encoder_hidden_states': [b, in, emb], 'hidden_states': [b, out, emb], 'logits': [b, out, vocab]}."""
+        if encoder_mask is None:
+            encoder_mask = encoder_input_ids != self.config.pad_id
+        encoded = self.encode(encoder_input_ids, encoder_mask=encoder_mask, deterministic=deterministic)
+        outputs = self.decode(encoded, decoder_input_ids, encoder_mask=encoder_mask, decoder_mask=decoder_mask,
+                              deterministic=deterministic, decode=decode)
+        return {'encoder_hidden_states': encoded, **outputs}

@@ -1,0 +1,95 @@
+"""Output heads on top of a stack's hidden states: MLM (BERT family), LM (GPT, T5, BART), BERT's pooler and
+PanGu-α's top query layer. Heads for classification, span extraction, tagging and replaced-token detection
+belong here too, each a small module taking the hidden states (and the config)."""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from plmjax.layers import attention, embedding, mlp
+from plmjax.models import transformer
+from plmjax.models.config import TransformerConfig
+
+
+def _vocab_logits(logits: jax.Array) -> jax.Array:
+    """Logits leave the model in float32 (or wider), whatever the compute dtype."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+def _output_projection(config: TransformerConfig, hidden: jax.Array, token_embedder: nn.Module) -> jax.Array:
+    if config.tie_embeddings:
+        return token_embedder.attend(hidden)
+    return mlp.logical_dense(config.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=config.compute_dtype,
+                             param_dtype=config.params_dtype, kernel_init=transformer.kernel_init(config),
+                             name='output')(hidden)
+
+
+class MlmHead(nn.Module):
+    """BERT's masked-LM head: [dense -> act -> norm] -> vocab projection (tied or not) + bias."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, token_embedder: nn.Module) -> jax.Array:
+        cfg = self.config
+        x = hidden
+        if cfg.mlm_head_transform:  # to the token embedding width (ELECTRA's generator: emb_dim -> embedding_size)
+            x = mlp.logical_dense(cfg.token_embedding_size, ('embed', 'mlp'), use_bias=True, dtype=cfg.compute_dtype,
+                                  param_dtype=cfg.params_dtype, kernel_init=transformer.kernel_init(cfg),
+                                  name='transform')(x)
+            # Constrained like every embed-wide activation. Without it, XLA (jax 0.10.2) miscompiles the
+            # gradients of dense(embed, mlp) -> tied vocab projection when batch is split over ('data', 'fsdp')
+            # and vocab over 'tensor' (tests/models/test_model_sharding.py).
+            x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+            x = mlp.get_activation(cfg.activation)(x)
+            x = transformer.make_norm(cfg, 'transform_norm')(x)
+        logits = _output_projection(cfg, x, token_embedder)
+        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                          (cfg.vocab_size,), cfg.params_dtype)
+        return _vocab_logits(logits + bias.astype(logits.dtype))
+
+
+class LmHead(nn.Module):
+    """Next-token logits: tied (optionally from hidden * emb_dim**-0.5, T5 v1.0) or untied, optional bias."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, token_embedder: nn.Module) -> jax.Array:
+        cfg = self.config
+        if cfg.tie_embeddings and cfg.scale_tied_logits:
+            hidden = hidden * jnp.asarray(cfg.emb_dim ** -0.5, hidden.dtype)
+        logits = _output_projection(cfg, hidden, token_embedder)
+        if cfg.lm_head_bias:
+            bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                              (cfg.vocab_size,), cfg.params_dtype)
+            logits = logits + bias.astype(logits.dtype)
+        return _vocab_logits(logits)
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(dense(hidden of the first token)) -> [batch, emb]."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        cfg = self.config
+        first = hidden[:, 0]  # [batch, emb]
+        dense = mlp.logical_dense(cfg.emb_dim, ('embed', 'mlp'), use_bias=True, dtype=cfg.compute_dtype,
+                                  param_dtype=cfg.params_dtype, kernel_init=transformer.kernel_init(cfg), name='dense')
+        return jnp.tanh(dense(first))
+
+
+class QueryLayer(nn.Module):
+    """PanGu-α's top query layer: a transformer layer whose attention queries are learned embeddings of the
+    positions (no norm on them) while keys and values come from the (final-normed) hidden states."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, context: attention.AttentionContext, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
+        cfg = self.config
+        query_embedder = embedding.table_embedder(
+            cfg.max_length, cfg.emb_dim, embedding_init=transformer.embedding_init(cfg), dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype, name='query_embedder')
+        query = jnp.broadcast_to(query_embedder(context.positions)[None], hidden.shape)  # [batch, length, emb]
+        return transformer.TransformerLayer(cfg, name='layer')(
+            hidden, context.mask, None, None, None, None, None, context.cache_index, query, deterministic, decode)

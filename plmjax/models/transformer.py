@@ -1,0 +1,175 @@
+"""The transformer body shared by all three families: input embeddings, one layer, one stack of layers.
+
+Encoder and decoder stacks differ only in their self-attention mask (bidirectional vs causal, built by
+`layers.attention.SelfAttentionContext`) and in cross-attention. A layer is post-LN (BERT, BART):
+    x = norm(x + dropout(sublayer(x)))
+or pre-LN (GPT-2, T5, PanGu-α):
+    x = x + dropout(sublayer(norm(x)))
+for its sublayers self-attention, cross-attention (decoders of encoder-decoders) and MLP.
+"""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from plmjax.layers import attention, embedding, mlp, norms, position
+from plmjax.models.config import PRESETS, TransformerConfig
+
+
+def check_length(length: int, config: TransformerConfig, what: str = 'input') -> None:
+    """Raise a ValueError that says how to fix a sequence longer than the model accepts."""
+    if length > config.max_length:
+        field = f'{config.name}.max_length' if config.name in PRESETS else 'TransformerConfig.max_length'
+        raise ValueError(
+            f'The {what} sequence has length {length}, longer than max_length={config.max_length} of the model '
+            f'config {config.name!r}. Shorten the inputs (the task\'s feature lengths) or raise max_length in the '
+            f'model config (gin: `{field} = {length}`); a learned position table grows with '
+            f'max_length, so a pre-trained checkpoint with a shorter table no longer fits.')
+
+
+def kernel_init(config: TransformerConfig):
+    """Dense kernels: N(0, init_std), or T5's fan-in scaling N(0, 1/fan_in) when init_std is None."""
+    if config.init_std is None:
+        return nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+    return nn.initializers.normal(config.init_std)
+
+
+def query_kernel_init(config: TransformerConfig):
+    """Without score scaling (T5), the query kernel's init carries the 1/sqrt(head_dim) instead."""
+    init = kernel_init(config)
+    if config.scale_attention:
+        return init
+    return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) * config.head_dim ** -0.5
+
+
+def embedding_init(config: TransformerConfig):
+    return nn.initializers.normal(1.0 if config.init_std is None else config.init_std)
+
+
+def make_token_embedder(config: TransformerConfig, name: str = 'token_embedder') -> nn.Embed:
+    return embedding.token_embedder(config.vocab_size, config.token_embedding_size,
+                                    embedding_init=embedding_init(config), dtype=config.compute_dtype,
+                                    param_dtype=config.params_dtype, name=name)
+
+
+def make_norm(config: TransformerConfig, name: str) -> nn.Module:
+    return norms.make_norm(config.norm, epsilon=config.norm_eps, dtype=config.compute_dtype,
+                           param_dtype=config.params_dtype, name=name)
+
+
+class Embedder(nn.Module):
+    """Token (+ position, + token type) embeddings, embedding norm, dropout, factorized-embedding projection."""
+    config: TransformerConfig
+    token_embedder: nn.Module
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, token_type_ids: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        table = lambda rows, name: embedding.table_embedder(  # noqa: E731
+            rows, cfg.token_embedding_size, embedding_init=embedding_init(cfg), dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype, name=name)
+        x = self.token_embedder(input_ids)  # [batch, length, token_embedding_size]
+        if cfg.scale_embeddings:
+            x = x * jnp.asarray(cfg.emb_dim ** 0.5, x.dtype)
+        if cfg.position == 'learned':
+            x = x + table(cfg.max_length + cfg.position_offset, 'position_embedder')(positions + cfg.position_offset)
+        elif cfg.position == 'sinusoidal':
+            x = x + position.sinusoidal_embedding(positions, cfg.token_embedding_size,
+                                                  dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
+        if cfg.type_vocab_size:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            x = x + table(cfg.type_vocab_size, 'token_type_embedder')(token_type_ids)
+        if cfg.embedding_norm:
+            x = make_norm(cfg, 'embedding_norm')(x)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if cfg.token_embedding_size != cfg.emb_dim:  # ELECTRA's embeddings_project
+            x = mlp.logical_dense(cfg.emb_dim, (None, 'embed'), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                                  param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg),
+                                  name='embedding_projection')(x)
+        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention, optional cross-attention, MLP; pre- or post-LN; residual dropout."""
+    config: TransformerConfig
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
+                 cache_index=None, query=None, deterministic=True, decode=False):
+        """x: [batch, length, emb] -> [batch, length, emb]. All arguments are positional so that nn.remat can mark
+        `deterministic` and `decode` static. query: [batch, length, emb] replaces the self-attention's query input
+        (PanGu-α's query layer: queries from position embeddings, keys and values from x)."""
+        cfg = self.config
+        attend = lambda name: attention.MultiHeadAttention(  # noqa: E731
+            num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale_scores=cfg.scale_attention,
+            dropout_rate=cfg.attention_dropout_rate, rotary_base=cfg.rotary_base, dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg), query_kernel_init=query_kernel_init(cfg),
+            name=name)
+        dropout = nn.Dropout(cfg.dropout_rate)
+
+        def residual(x, sublayer, norm_name):
+            if cfg.pre_norm:
+                return x + dropout(sublayer(make_norm(cfg, norm_name)(x)), deterministic=deterministic)
+            return make_norm(cfg, norm_name)(x + dropout(sublayer(x), deterministic=deterministic))
+
+        def self_attention(h):
+            return attend('self_attention')(
+                h if query is None else query.astype(h.dtype), h, mask=mask, bias=bias, relative_kv=relative_kv,
+                rotary_positions=rotary_positions, cache_index=cache_index, decode=decode, deterministic=deterministic)
+
+        x = residual(x, self_attention, 'self_attention_norm')
+        if self.cross_attention:
+            def cross_attention(h):
+                return attend('cross_attention')(h, encoded, mask=cross_mask, deterministic=deterministic)
+
+            x = residual(x, cross_attention, 'cross_attention_norm')
+        feed_forward = mlp.Mlp(mlp_dim=cfg.mlp_dim, activation=cfg.activation, gated=cfg.gated_mlp,
+                               use_bias=cfg.use_bias, dropout_rate=cfg.activation_dropout_rate, dtype=cfg.compute_dtype,
+                               param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg), name='mlp')
+        x = residual(x, lambda h: feed_forward(h, deterministic=deterministic), 'mlp_norm')
+        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class TransformerStack(nn.Module):
+    """Embedder -> num_layers TransformerLayers -> optional final norm. Relative positions (T5 bias, NEZHA) are
+    computed once per stack and shared by all its layers, as in T5 (where layer 0 owns the bias table)."""
+    config: TransformerConfig
+    num_layers: int
+    token_embedder: nn.Module
+    causal: bool = False
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, context: attention.AttentionContext, *,
+                 token_type_ids: jax.Array | None = None, encoded: jax.Array | None = None,
+                 cross_mask: jax.Array | None = None, deterministic: bool = True, decode: bool = False) -> jax.Array:
+        cfg = self.config
+        x = Embedder(cfg, self.token_embedder, name='embedder')(input_ids, context.positions, token_type_ids,
+                                                                 deterministic)
+        bias = relative_kv = rotary_positions = None
+        if cfg.position == 't5_relative':
+            bias = position.T5RelativePositionBias(
+                num_heads=cfg.num_heads, num_buckets=cfg.relative_num_buckets, max_distance=cfg.relative_max_distance,
+                bidirectional=not self.causal, embedding_init=embedding_init(cfg), param_dtype=cfg.params_dtype,
+                name='relative_attention_bias')(context.positions, context.key_positions)
+        elif cfg.position == 'nezha_relative':
+            relative_kv = position.nezha_relative_positions(
+                context.positions, context.key_positions, max_relative_position=cfg.nezha_max_relative_position,
+                depth=cfg.head_dim, dtype=jnp.promote_types(cfg.compute_dtype, jnp.float32))
+        elif cfg.position == 'rotary':
+            rotary_positions = context.positions
+
+        layer = TransformerLayer
+        if cfg.remat:
+            layer = nn.remat(TransformerLayer, static_argnums=(10, 11))  # (self, ..., deterministic, decode)
+        for i in range(self.num_layers):
+            x = layer(cfg, self.cross_attention, name=f'layers_{i}')(
+                x, context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index, None,
+                deterministic, decode)
+        if cfg.final_norm:
+            x = make_norm(cfg, 'final_norm')(x)
+            if not self.causal or self.cross_attention:  # T5 drops out after its final norms; GPT-2's ln_f does not
+                x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        return x
