@@ -1,6 +1,12 @@
 """The same 3 training steps on a (data=2, fsdp=2, tensor=2) mesh of 8 fake CPU devices and on 1 device give
 the same loss at every step and the same gradients (1e-5 relative, float32), for each family — and the
-parameters really are split across devices."""
+parameters really are split across devices.
+
+This test found an XLA SPMD miscompile in jax 0.10.2 (both partitioners): BERT's MLM head (a dense layer whose
+output is tensor-sharded, feeding the tied vocabulary projection with logits constrained to
+(('data', 'fsdp'), None, 'tensor')) had a correct forward pass but gradients 40-140% off on this mesh.
+`plmjax.models.heads.MlmHead` constrains the dense output to ('batch', 'length', 'embed') to avoid it.
+"""
 
 import jax
 import numpy as np
@@ -42,10 +48,12 @@ def test_sharded_equals_unsharded(family):
 
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-6)
     assert losses_1[-1] != losses_1[0]
-    for g1, g8 in zip(grads_1, grads_8):
+    for step, (g1, g8) in enumerate(zip(grads_1, grads_8)):
         for path, a, b in zip(*_flatten(g1), jax.tree.leaves(g8)):
-            scale = max(np.max(np.abs(a)), 1e-30)
-            assert np.max(np.abs(a - b)) / scale <= 1e-5, f"{family} grad {path}"
+            if path.endswith("['key']['bias']"):
+                continue  # exactly 0 in exact arithmetic (softmax ignores a per-query constant): rounding noise only
+            scale = np.max(np.abs(a))
+            assert np.max(np.abs(a - b)) <= 1e-5 * scale, f"{family} step {step} grad {path}"
 
     # The parameters really are split: the token embedding and every MLP kernel live in pieces.
     split = {path: leaf for path, leaf in zip(*_flatten(state_8.params)) if _is_split(leaf)}
