@@ -52,6 +52,8 @@ def _one_line(error: BaseException) -> str:
     message = str(error).strip() or type(error).__name__
     if isinstance(error, KeyError) and error.args:
         message = str(error.args[0])
+    # gin appends "In call to configurable ..." lines to errors raised inside configurables: not for users.
+    message = "\n".join(line for line in message.splitlines() if not line.strip().startswith("In call to configurable"))
     return f"{type(error).__name__}: {message}"
 
 
