@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,8 +63,8 @@ def _cli_train(model_dir, steps, crash_after=None):
 
 @pytest.mark.slow
 def test_killed_run_resumes_bit_exactly(tmp_path):
-    """Kill -9 a run after step 10 (a checkpoint at 8, maybe one at 12 in flight), resume, compare with a run
-    that never stopped: every parameter and optimizer moment bit-identical."""
+    """Kill -9 a run right after step 10 (checkpoints every 4 steps, saved asynchronously), resume, and compare
+    with a run that never stopped: every parameter and optimizer moment bit-identical."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = _cli_train(straight, 16)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -72,11 +73,16 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     assert not (killed / "summary.json").exists()
     result = _cli_train(killed, 16)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resumed from" in result.stdout and "at step 8" in result.stdout, result.stdout[-2000:]
+    # Step 8's asynchronous save may still have been in flight when the process died: then its half-written
+    # directory is ignored and the run resumes from step 4. Either way it continues from a finished checkpoint.
+    resumed = re.search(r"Resumed from .* at step (\d+) \(batch (\d+)\)", result.stdout)
+    assert resumed and resumed.group(1) in ("4", "8") and resumed.group(1) == resumed.group(2), result.stdout[-2000:]
 
     a = load_saved_state(straight, 16)
     b = load_saved_state(killed, 16)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b) > 10
     for x, y in zip(leaves_a, leaves_b):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
