@@ -21,11 +21,12 @@ INSTALL_REQUIRES = [
     "tqdm",
     "matplotlib",
     "tensorboard",
+    "jieba==0.42.1",  # Chinese word segmentation for whole-word masking
 ]
 
 EXTRAS = {
-    "test": ["pytest", "pytest-xdist"],
-    "torch": ["torch==2.13.0", "transformers==5.23.0", "safetensors"],
+    "test": ["pytest", "pytest-xdist", "scipy"],
+    "torch": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tiktoken==0.14.0"],
     "tpu": ["jax[tpu]==0.10.2"],
 }
 

@@ -1,7 +1,9 @@
-"""`plmjax train|eval ...`: flags -> gin -> a library call.
+"""`plmjax train|eval|convert ...`: flags -> gin -> a library call.
 
     plmjax train --gin_file=gin_configs/quickstart.gin [--gin_param='train.num_steps = 100'] [--model_dir=DIR]
     plmjax eval  --gin_file=gin_configs/quickstart.gin --checkpoint=DIR
+    plmjax convert --from hf --model_dir=HF_DIR --out=DIR [--verify]    # Hugging Face -> plmjax checkpoint + gin
+    plmjax convert --to hf --model_dir=DIR --out=HF_DIR [--verify]      # plmjax checkpoint -> from_pretrained dir
 
 A mistake a user can make (a bad gin binding, a missing file, a too-long sequence, a checkpoint of another
 model) ends in one line naming the problem and the fix, exit status 2; `--traceback` shows the whole story.
@@ -57,6 +59,21 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}"
 
 
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint from or to Hugging Face")
+    direction = p.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from", dest="from_format", choices=["hf"], help="read a Hugging Face model directory")
+    direction.add_argument("--to", dest="to_format", choices=["hf"], help="write a Hugging Face model directory")
+    p.add_argument("--model_dir", required=True, help="the directory to convert (--from hf: config.json + weights; "
+                   "--to hf: a plmjax model dir, its checkpoints/ dir or one step's dir)")
+    p.add_argument("--out", required=True, help="where the converted model goes")
+    p.add_argument("--family", default=None, help="--to hf: the Hugging Face model_type to write (default: the "
+                   "one the checkpoint came from, else the first that represents its config)")
+    p.add_argument("--verify", action="store_true", help="run transformers and plmjax on a sample batch and print "
+                   "the largest differences (needs torch and transformers)")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plmjax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,9 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                                       help="where checkpoints, metrics and plots go (default runs/<gin file name>)")
     sub.choices["eval"].add_argument("--checkpoint", required=True,
                                      help="a model dir, its checkpoints/ dir, or one step's dir")
+    _add_convert_parser(sub)
     args = parser.parse_args(argv)
 
     try:
+        if args.command == "convert":
+            from plmjax.convert import command
+            command.run(args)
+            return 0
         if args.coordinator_address:
             _initialize_distributed(args)
         _parse_gin(args.gin_file, args.gin_param)

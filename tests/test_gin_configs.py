@@ -9,7 +9,7 @@ import plmjax.tasks  # noqa: F401  registers the tasks that experiment files nam
 from plmjax.data import pipeline
 from plmjax.models.config import TransformerConfig
 from plmjax.train import loop
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SHARED_DATA
 
 GIN_FILES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "gin_configs").rglob("*.gin"))
 RUNNABLE = [f for f in GIN_FILES if f.startswith("gin_configs/experiments/") or f == "gin_configs/quickstart.gin"]
@@ -49,4 +49,7 @@ def test_experiment_is_complete(path):
     run = loop.setup(config, bindings["architecture"], bindings["objective"], bindings["task_feature_lengths"],
                      mesh=None)
     assert run.objective.name == bindings["objective"]
-    assert pipeline.vocab_size(bindings["task"]) <= config.vocab_size
+    task = bindings["task"]
+    if any(corpus in task for corpus in ("wikitext2", "fewclue")) and not SHARED_DATA.is_dir():
+        pytest.skip(f"{task}'s vocabulary is trained on {SHARED_DATA}, which is absent")
+    assert pipeline.vocab_size(task) <= config.vocab_size

@@ -201,7 +201,49 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
 # ------------------------------------------------------------------------------------------------ WordPiece
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
+class TokenizersVocabulary(seqio.Vocabulary):
+    """A seqio vocabulary on a Hugging Face `tokenizers` tokenizer (the `tokenizer` property of a subclass):
+    Python and TensorFlow encoding and decoding, without special tokens added on encoding."""
+
+    @property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        raise NotImplementedError
+
+    def _encode(self, s: str) -> Sequence[int]:
+        return self.tokenizer.encode(s, add_special_tokens=False).ids
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        """A scalar string -> [length] int32; a [n] string vector -> a [n, (length)] int32 RaggedTensor."""
+        def encode(strings: np.ndarray):  # [n] bytes -> ([sum of lengths] int32 ids, [n] int64 lengths)
+            texts = [x.decode("utf-8") for x in strings]
+            ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+            flat = np.fromiter((i for row in ids for i in row), dtype=np.int32)
+            return flat, np.array([len(row) for row in ids], np.int64)
+
+        if s.shape.rank not in (0, 1):
+            raise ValueError(f"{type(self).__name__}.encode_tf takes a scalar or a vector of strings, got {s.shape}.")
+        values, lengths = tf.numpy_function(encode, [tf.reshape(s, [-1])], (tf.int32, tf.int64), stateful=False)
+        values = tf.ensure_shape(values, [None])
+        if s.shape.rank == 0:
+            return values
+        return tf.RaggedTensor.from_row_lengths(values, tf.ensure_shape(lengths, [None]))
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        def decode(batch: np.ndarray) -> np.ndarray:  # [n, length] -> [n] bytes
+            return np.array([self._decode(row).encode("utf-8") for row in batch], dtype=object)
+
+        if ids.shape.rank == 1:
+            text = tf.numpy_function(lambda x: decode(x[None])[0], [ids], tf.string, stateful=False)
+            return tf.ensure_shape(text, [])
+        flat = tf.reshape(ids, [-1, tf.shape(ids)[-1]])
+        texts = tf.numpy_function(decode, [flat], tf.string, stateful=False)
+        return tf.reshape(texts, tf.shape(ids)[:-1])
+
+
+class WordPieceVocabulary(TokenizersVocabulary):
     """BERT WordPiece (a `vocab.txt`) on HF `tokenizers`, ids identical to transformers' BertTokenizerFast.
 
     Encoding adds no [CLS]/[SEP] (the preprocessors do); decoding drops special tokens. There is no EOS.
@@ -257,39 +299,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
     @property
     def _base_vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
-
-    def _encode(self, s: str) -> Sequence[int]:
-        return self.tokenizer.encode(s, add_special_tokens=False).ids
-
-    def _decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        """A scalar string -> [length] int32; a [n] string vector -> a [n, (length)] int32 RaggedTensor."""
-        def encode(strings: np.ndarray):  # [n] bytes -> ([sum of lengths] int32 ids, [n] int64 lengths)
-            texts = [x.decode("utf-8") for x in strings]
-            ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-            flat = np.fromiter((i for row in ids for i in row), dtype=np.int32)
-            return flat, np.array([len(row) for row in ids], np.int64)
-
-        if s.shape.rank not in (0, 1):
-            raise ValueError(f"WordPieceVocabulary.encode_tf takes a scalar or a vector of strings, got {s.shape}.")
-        values, lengths = tf.numpy_function(encode, [tf.reshape(s, [-1])], (tf.int32, tf.int64), stateful=False)
-        values = tf.ensure_shape(values, [None])
-        if s.shape.rank == 0:
-            return values
-        return tf.RaggedTensor.from_row_lengths(values, tf.ensure_shape(lengths, [None]))
-
-    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        def decode(batch: np.ndarray) -> np.ndarray:  # [n, length] -> [n] bytes
-            return np.array([self._decode(row).encode("utf-8") for row in batch], dtype=object)
-
-        if ids.shape.rank == 1:
-            text = tf.numpy_function(lambda x: decode(x[None])[0], [ids], tf.string, stateful=False)
-            return tf.ensure_shape(text, [])
-        flat = tf.reshape(ids, [-1, tf.shape(ids)[-1]])
-        texts = tf.numpy_function(decode, [flat], tf.string, stateful=False)
-        return tf.reshape(texts, tf.shape(ids)[:-1])
 
     def __str__(self) -> str:
         return f"WordPieceVocabulary(vocab_file={self._vocab_file}, lower_case={self._lower_case})"

@@ -14,10 +14,17 @@ from plmjax.models.config import (PRESETS, TransformerConfig, bart_base, bert_ba
 from plmjax.models.decoder import DecoderModel
 from plmjax.models.encoder import EncoderModel
 from plmjax.models.encoder_decoder import EncoderDecoderModel
+from plmjax.models.bert_pretraining import SentencePairModel, SpanBoundaryModel
+from plmjax.models.electra import ElectraModel
 
-ARCHITECTURES = {'encoder': EncoderModel, 'decoder': DecoderModel, 'encoder_decoder': EncoderDecoderModel}
+ARCHITECTURES = {'encoder': EncoderModel, 'decoder': DecoderModel, 'encoder_decoder': EncoderDecoderModel,
+                 # Pre-training variants of the encoder (NSP/SOP head, SpanBERT's SBO head, ELECTRA's pair).
+                 'encoder_sentence_pair': SentencePairModel, 'encoder_span_boundary': SpanBoundaryModel,
+                 'electra': ElectraModel}
 _NEEDED_LAYERS = {'encoder': ('num_encoder_layers',), 'decoder': ('num_decoder_layers',),
-                  'encoder_decoder': ('num_encoder_layers', 'num_decoder_layers')}
+                  'encoder_decoder': ('num_encoder_layers', 'num_decoder_layers'),
+                  'encoder_sentence_pair': ('num_encoder_layers',), 'encoder_span_boundary': ('num_encoder_layers',),
+                  'electra': ('num_encoder_layers',)}
 
 
 def build_model(arch: str, config: TransformerConfig) -> nn.Module:

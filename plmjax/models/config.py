@@ -32,6 +32,7 @@ class TransformerConfig:
     mlp_dim: int = 3072                  # d_ff, intermediate_size
     num_encoder_layers: int = 12
     num_decoder_layers: int = 0          # PanGu-α: includes its top query layer
+    shared_layers: bool = False          # ALBERT: every layer of a stack reuses the parameters of layers_0
     max_length: int = 512                # longest sequence accepted; learned position tables hold this many rows
     type_vocab_size: int = 0             # token types (BERT segments A/B); 0 = none
     # MLP.

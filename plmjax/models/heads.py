@@ -93,3 +93,64 @@ class QueryLayer(nn.Module):
         query = jnp.broadcast_to(query_embedder(context.positions)[None], hidden.shape)  # [batch, length, emb]
         return transformer.TransformerLayer(cfg, name='layer')(
             hidden, context.mask, None, None, None, None, None, context.cache_index, query, deterministic, decode)
+
+
+# --- Pre-training heads: NSP/SOP (BERT, ALBERT), span boundary (SpanBERT), replaced-token detection (ELECTRA) ---
+
+SPAN_POSITIONS = 32  # rows of the SBO position table; plmjax.data.span_masking clips positions to 31
+
+
+class SentencePairHead(nn.Module):
+    """NSP / SOP logits [batch, 2] from the pooled output [batch, emb] (BERT's `cls.seq_relationship`)."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        cfg = self.config
+        logits = mlp.logical_dense(2, ('embed', None), use_bias=True, dtype=cfg.compute_dtype,
+                                   param_dtype=cfg.params_dtype, kernel_init=transformer.kernel_init(cfg),
+                                   name='dense')(pooled)
+        return logits.astype(jnp.float32)
+
+
+class SpanBoundaryHead(nn.Module):
+    """SpanBERT's SBO: y_i = FFN([x_{s-1}; x_{e+1}; p_{i-s}]), a 2-layer GeLU + LayerNorm network, then the
+    tied token embedding (+ bias) -> logits [batch, length, vocab] float32."""
+    config: TransformerConfig
+    num_positions: int = SPAN_POSITIONS
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, span_left: jax.Array, span_right: jax.Array, span_positions: jax.Array,
+                 token_embedding: jax.Array) -> jax.Array:
+        cfg = self.config
+        left = jnp.take_along_axis(hidden, span_left[..., None], axis=1)  # [batch, length, emb]
+        right = jnp.take_along_axis(hidden, span_right[..., None], axis=1)
+        positions = embedding.table_embedder(
+            self.num_positions, cfg.emb_dim, embedding_init=transformer.embedding_init(cfg), dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype, name='position_embedder')(span_positions)
+        x = jnp.concatenate([left, right, positions.astype(hidden.dtype)], axis=-1)  # [batch, length, 3 * emb]
+        for i, width in enumerate((cfg.emb_dim, cfg.token_embedding_size)):
+            x = mlp.logical_dense(width, (None, 'embed') if i == 0 else ('embed', 'mlp'), use_bias=True,
+                                  dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                                  kernel_init=transformer.kernel_init(cfg), name=f'dense_{i}')(x)
+            x = transformer.make_norm(cfg, f'norm_{i}')(mlp.get_activation('gelu')(x))
+        logits = jnp.einsum('ble,ve->blv', x, token_embedding.astype(x.dtype))
+        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                          (cfg.vocab_size,), cfg.params_dtype)
+        logits = (logits + bias.astype(logits.dtype)).astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+class RtdHead(nn.Module):
+    """ELECTRA's discriminator head: dense -> activation -> dense(1) -> replaced-token logits [batch, length]."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        cfg = self.config
+        dense = lambda features, axes, name: mlp.logical_dense(  # noqa: E731
+            features, axes, use_bias=True, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+            kernel_init=transformer.kernel_init(cfg), name=name)
+        x = mlp.get_activation(cfg.activation)(dense(cfg.emb_dim, ('embed', 'mlp'), 'dense')(hidden))
+        logits = dense(1, ('mlp', None), 'output')(x)
+        return logits[..., 0].astype(jnp.float32)

@@ -164,8 +164,12 @@ class TransformerStack(nn.Module):
         layer = TransformerLayer
         if cfg.remat:
             layer = nn.remat(TransformerLayer, static_argnums=(10, 11))  # (self, ..., deterministic, decode)
+        if cfg.shared_layers and decode:  # one module's cache cannot hold the keys of every layer
+            raise ValueError('Cached decoding does not support shared_layers=True (ALBERT-style layer sharing).')
+        layers = [layer(cfg, self.cross_attention, name=f'layers_{i}')
+                  for i in range(1 if cfg.shared_layers else self.num_layers)]
         for i in range(self.num_layers):
-            x = layer(cfg, self.cross_attention, name=f'layers_{i}')(
+            x = layers[i % len(layers)](
                 x, context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index, None,
                 deterministic, decode)
         if cfg.final_norm:

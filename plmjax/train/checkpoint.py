@@ -310,3 +310,19 @@ class Checkpointer:
         args = ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
                                       restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
         return self._partial_reader.restore(step, args=ocp.args.Composite(state=args)).state
+
+
+def checkpoint_root(path: str) -> str:
+    """A model dir (holding `checkpoints/`), its `checkpoints` dir, or one step's dir -> the checkpoints dir."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints")
+    if os.path.basename(path).isdigit():
+        return os.path.dirname(path)
+    return path
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+    """The step a path names (`.../checkpoints/<step>`), or None for the latest."""
+    base = os.path.basename(os.path.abspath(path))
+    return int(base) if base.isdigit() else None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 
-import jax
 import numpy as np
 
 from plmjax import sharding
@@ -35,7 +35,10 @@ def make_eval_fn(run, param_shardings, batch_size: int = 32):
         if totals is None:
             raise ValueError(f"Split {split!r} of task {task!r} gave no full batch of {batch_size} examples: "
                              "lower the batch size or use a larger split.")
-        return metrics_lib.reduce_metrics(totals)
+        results = metrics_lib.reduce_metrics(totals)
+        if run.objective.architecture == "decoder":  # language models report perplexity = exp(mean token loss)
+            results["perplexity"] = math.exp(results["loss"])
+        return results
 
     return eval_fn
 

@@ -238,29 +238,14 @@ def evaluate(
     # Only the parameters are read, so any optimizer's checkpoint evaluates (optax.identity: no optimizer state).
     abstract, shardings = state_lib.state_shardings(run.module, optax.identity(), architecture,
                                                     run.task_feature_lengths, mesh)
-    checkpointer = checkpoint_lib.Checkpointer(_checkpoint_root(checkpoint))
-    restored, meta = checkpointer.restore(step=_checkpoint_step(checkpoint), abstract_state={"params": abstract.params},
-                                          partial=True)
+    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(checkpoint))
+    restored, meta = checkpointer.restore(step=checkpoint_lib.checkpoint_step(checkpoint),
+                                          abstract_state={"params": abstract.params}, partial=True)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params, batch_size=batch_size)
     results = eval_fn(restored["params"], task, split, eval_batches or None)
     if jax.process_index() == 0:
         print(json.dumps({"checkpoint": checkpoint, "step": meta["step"], "split": split, **results}, indent=2))
     return results
-
-
-def _checkpoint_root(path: str) -> str:
-    """Accepts a model dir, its `checkpoints` dir, or one step's dir (`.../checkpoints/<step>`)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints")
-    if os.path.basename(path).isdigit():
-        return os.path.dirname(path)
-    return path
-
-
-def _checkpoint_step(path: str) -> int | None:
-    base = os.path.basename(os.path.abspath(path))
-    return int(base) if base.isdigit() else None
 
 
 def _format_summary(summary: Mapping[str, Any]) -> str:

@@ -1,0 +1,84 @@
+"""Converted models as plmjax checkpoints: the parameters in an Orbax checkpoint (through the one wrapper,
+`plmjax.train.checkpoint.Checkpointer`) beside a gin model file that rebuilds the network.
+
+    <out>/checkpoints/0/state/     {'params': ...}
+    <out>/checkpoints/0/metadata/  config: {'model_config': {...}, 'architecture': ..., 'hf_family': ..., 'source': ...}
+    <out>/config.gin               MODEL_ARCH and MODEL_CONFIG (the closest preset plus overrides)
+    <out>/tokenizer/               the Hugging Face tokenizer files, when the source had them
+
+`plmjax eval --gin_file=<out>/config.gin ... --checkpoint=<out>` evaluates it; `load_checkpoint` also reads the
+checkpoints `plmjax train` writes (their metadata holds the model config too).
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+from plmjax.convert import common
+from plmjax.convert.hf import Converted
+from plmjax.models.config import TransformerConfig
+from plmjax.train import checkpoint as checkpoint_lib
+
+
+def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> str:
+    """A gin model file binding MODEL_ARCH and MODEL_CONFIG = the closest preset with overrides."""
+    preset = common.base_preset(config)
+    lines = [f'# {line}' if line else '#' for line in header.splitlines()]
+    lines += [f'MODEL_ARCH = {arch!r}', f'MODEL_CONFIG = @{preset}()']
+    overrides = common.preset_overrides(config, preset)
+    lines += [f'{preset}.{field} = {value!r}' for field, value in sorted(overrides.items())]
+    return '\n'.join(lines) + '\n'
+
+
+def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, *, hf_family: Optional[str] = None,
+                    hf_class: Optional[str] = None, source: str = '') -> str:
+    """Writes `params` as step 0 of `<out_dir>/checkpoints` and `<out_dir>/config.gin`; returns the step's dir.
+    hf_family, hf_class: the Hugging Face model_type and class it came from, written again by `--to hf`."""
+    config = dataclasses.replace(config, name=common.base_preset(config))
+    metadata = {'model_config': dataclasses.asdict(config), 'architecture': arch, 'hf_family': hf_family,
+                'hf_class': hf_class, 'source': source}
+    with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=None,
+                                     async_save=False) as checkpointer:
+        checkpointer.save(0, {'params': params}, data_position=0, config=metadata, force=True)
+    header = (f'Converted by `plmjax convert` from {source or "plmjax parameters"}'
+              f'{f" (Hugging Face {hf_family})" if hf_family else ""}.\n'
+              f'The parameters are in {os.path.join(os.path.abspath(out_dir), "checkpoints", "0")}.')
+    with open(os.path.join(out_dir, 'config.gin'), 'w') as f:
+        f.write(gin_model_file(arch, config, header))
+    return os.path.join(checkpointer.directory, '0')
+
+
+def read_model_config(metadata: dict, where: str) -> tuple[str, TransformerConfig]:
+    """(architecture, config) from a checkpoint's metadata."""
+    saved = (metadata.get('config') or {}).get('model_config')
+    if not isinstance(saved, dict):
+        raise ValueError(f'Checkpoint {where} does not record its model config; convert a checkpoint written by '
+                         '`plmjax train` or `plmjax convert`.')
+    known = {f.name for f in dataclasses.fields(TransformerConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f'Checkpoint {where} has model config fields {unknown} this plmjax does not know: it was '
+                         'written by another version of plmjax.')
+    config = TransformerConfig(**saved)
+    return metadata['config'].get('architecture') or common.architecture_of(config), config
+
+
+def load_checkpoint(path: str, step: Optional[int] = None) -> Converted:
+    """The architecture, config and parameters (numpy) of a plmjax checkpoint, at its latest step or the step of a
+    step directory; `family` and `hf_class` are the Hugging Face origin of a converted checkpoint, else None."""
+    base = os.path.basename(os.path.abspath(path))
+    if step is None and base.isdigit():
+        step = int(base)
+    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(path))
+    try:
+        metadata = checkpointer.read_metadata(step)
+        arch, config = read_model_config(metadata, checkpointer.directory)
+        abstract = common.abstract_params(arch, config)
+        restored, _ = checkpointer.restore(step, abstract_state={'params': abstract}, partial=True)
+    finally:
+        checkpointer.close()
+    params = jax.tree.map(np.asarray, restored['params'])
+    return Converted(arch, config, params, metadata['config'].get('hf_family'), [], [],
+                     metadata['config'].get('hf_class'))

@@ -1,0 +1,78 @@
+"""`plmjax convert`: a Hugging Face directory -> a plmjax checkpoint with its gin model file, and back.
+
+Both directions print what was converted (family, architecture, preset, parameter count) and what was not
+(heads the source lacked or plmjax lacks); `--verify` then runs transformers and plmjax on a sample batch and
+prints the largest differences.
+"""
+import os
+import sys
+
+from plmjax import models
+from plmjax.convert import checkpoint, hf
+from plmjax.train import checkpoint as checkpoint_lib
+
+
+def convert_from_hf(model_dir: str, out: str, verify: bool = False) -> dict:
+    """Writes `<out>/checkpoints/0`, `<out>/config.gin` and `<out>/tokenizer/`; returns a summary."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f'--model_dir {model_dir} is not a directory.')
+    converted = hf.load_hf(model_dir)
+    step_dir = checkpoint.save_checkpoint(out, converted.architecture, converted.config, converted.params,
+                                          hf_family=converted.family, hf_class=converted.hf_class,
+                                          source=os.path.abspath(model_dir))
+    tokenizer = hf.copy_tokenizer_files(model_dir, os.path.join(out, 'tokenizer'))
+    summary = _summary(converted, checkpoint=step_dir, gin_file=os.path.abspath(os.path.join(out, 'config.gin')),
+                       tokenizer_files=tokenizer)
+    if verify:
+        summary['max_differences'] = _verify(model_dir, converted)
+    return summary
+
+
+def convert_to_hf(model_dir: str, out: str, family: str | None = None, verify: bool = False) -> dict:
+    """Writes `<out>/config.json`, `<out>/model.safetensors` and the tokenizer files; returns a summary."""
+    converted = checkpoint.load_checkpoint(model_dir)
+    root = os.path.dirname(checkpoint_lib.checkpoint_root(model_dir))
+    keep_class = family in (None, converted.family)  # the source's class, unless another family is asked for
+    converted.family = hf.save_hf(out, converted.config, converted.params, family=family or converted.family,
+                                  hf_class=converted.hf_class if keep_class else None,
+                                  architecture=converted.architecture, tokenizer_dir=os.path.join(root, 'tokenizer'))
+    summary = _summary(converted, hf_dir=os.path.abspath(out))
+    if verify:
+        summary['max_differences'] = _verify(out, converted)
+    return summary
+
+
+def _summary(converted: hf.Converted, **paths) -> dict:
+    summary = {'family': converted.family, 'architecture': converted.architecture,
+               'preset': converted.config.name, 'parameters': models.count_params(converted.params), **paths}
+    if converted.initialized:
+        summary['newly_initialized'] = converted.initialized
+    if converted.unused:
+        summary['not_converted'] = converted.unused
+    return summary
+
+
+def _verify(hf_dir: str, converted: hf.Converted) -> dict[str, float]:
+    import transformers
+    from plmjax.convert import parity
+    hf_config, _ = hf.read_hf_dir(hf_dir)
+    name = (hf_config.get('architectures') or ['AutoModel'])[0]
+    if not hasattr(transformers, name):
+        raise ValueError(f'transformers {transformers.__version__} has no {name} to verify against '
+                         '(NEZHA needs transformers 4.x); convert without --verify.')
+    model = getattr(transformers, name).from_pretrained(hf_dir).float().eval()
+    return parity.compare(model, converted)
+
+
+def run(args) -> None:
+    if args.from_format:
+        summary = convert_from_hf(args.model_dir, args.out, verify=args.verify)
+    else:
+        summary = convert_to_hf(args.model_dir, args.out, family=args.family, verify=args.verify)
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ', '.join(f'{k} {v:.2e}' for k, v in value.items())
+        elif isinstance(value, list):
+            value = ', '.join(value) or '-'
+        print(f'{key.ljust(width)}  {value}', file=sys.stdout)

@@ -1,0 +1,45 @@
+"""BERT's MLM + next-sentence prediction (Devlin et al. 2019) and ALBERT's MLM + sentence-order prediction
+(Lan et al. 2020): the loss is the mean MLM token loss plus the mean 2-way sentence loss, as in BERT.
+
+The batch comes from the `*_nsp` / `*_sop` tasks (`encoder_token_types`, `encoder_sentence_labels` [batch, 1]:
+1 for a random or swapped B). So that the trainer's (total, count) loss, total / count, equals that sum, the
+sentence loss enters `loss` scaled by the MLM weight: total = mlm_sum + sentence_mean * mlm_weight.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from plmjax.objectives.base import Objective, token_cross_entropy
+
+
+def model_inputs(batch):
+    return {"input_ids": batch["encoder_input_tokens"], "token_type_ids": batch["encoder_token_types"]}
+
+
+def sentence_cross_entropy(logits, labels):
+    """(summed loss, correct, count) of 2-way logits [batch, 2] against labels [batch] (or [batch, 1])."""
+    labels = labels.reshape(labels.shape[0]).astype(jnp.int32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], axis=-1)[:, 0]
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(nll), correct, jnp.asarray(labels.shape[0], jnp.float32)
+
+
+def loss_fn(batch, outputs):
+    mlm_loss, metrics = token_cross_entropy(outputs["logits"], batch["encoder_target_tokens"],
+                                            batch["encoder_loss_weights"])
+    sentence_sum, correct, count = sentence_cross_entropy(outputs["sentence_logits"], batch["encoder_sentence_labels"])
+    sentence_loss = sentence_sum / count
+    mlm_sum, mlm_weight = metrics["loss"]
+    metrics = {
+        "loss": (mlm_sum + sentence_loss * mlm_weight, mlm_weight),
+        "mlm_loss": metrics["loss"],
+        "accuracy": metrics["accuracy"],
+        "num_tokens": metrics["num_tokens"],
+        "sentence_loss": (sentence_sum, count),
+        "sentence_accuracy": (correct, count),
+    }
+    return mlm_loss + sentence_loss, metrics
+
+
+NSP = Objective("nsp", "encoder_sentence_pair", "encoder_sentence_pair", model_inputs, loss_fn)
+SOP = Objective("sop", "encoder_sentence_pair", "encoder_sentence_pair", model_inputs, loss_fn)

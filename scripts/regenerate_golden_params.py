@@ -1,0 +1,54 @@
+"""Rewrites the golden parameter trees of tests/testdata/models: one JSON file per preset of plmjax.models.PRESETS
+holding every parameter's path, shape and logical axis names (checkpoint compatibility: converters, Orbax
+restores and the sharding rules depend on them). Run it after a deliberate change of the parameter tree and
+review the diff:
+
+    python scripts/regenerate_golden_params.py [PRESET ...]
+"""
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+from plmjax import models  # noqa: E402
+from plmjax.convert import common  # noqa: E402
+
+GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests', 'testdata', 'models')
+
+
+def golden_path(preset: str) -> str:
+    return os.path.join(GOLDEN_DIR, f'{preset}_params.json')
+
+
+def golden_text(preset: str) -> str:
+    """One parameter a line, sorted, so that diffs stay readable."""
+    config = models.PRESETS[preset]()
+    spec = common.parameter_spec(common.architecture_of(config), config)
+    lines = [f'  {json.dumps(path)}: {json.dumps(spec[path], sort_keys=True)}' for path in sorted(spec)]
+    return '{\n' + ',\n'.join(lines) + '\n}\n'
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('presets', nargs='*', help=f'default: all of {sorted(models.PRESETS)}')
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.presets) - set(models.PRESETS))
+    if unknown:
+        print(f'regenerate_golden_params: error: unknown presets {unknown}; choose from {sorted(models.PRESETS)}.',
+              file=sys.stderr)
+        return 2
+    os.makedirs(GOLDEN_DIR, exist_ok=True)
+    for preset in args.presets or sorted(models.PRESETS):
+        path = golden_path(preset)
+        text = golden_text(preset)
+        old = open(path).read() if os.path.exists(path) else None
+        with open(path, 'w') as f:
+            f.write(text)
+        print(f'{"unchanged" if old == text else "written  "} {os.path.relpath(path)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
