@@ -87,6 +87,17 @@ def _close(actual, expected, mask=None):
     np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=RTOL)
 
 
+def _check_masked_lm(converted: convert.Converted, hf) -> None:
+    """Runs the converted EncoderModel and the HF masked-LM model on one padded batch: hidden states and logits."""
+    ids, mask = _inputs()
+    out = models.EncoderModel(converted.config).apply({'params': converted.params}, jnp.asarray(ids),
+                                                      input_mask=jnp.asarray(mask))
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    _close(out['hidden_states'], ref.hidden_states[-1])
+    _close(out['logits'], ref.logits)
+
+
 def test_bert_matches_transformers():
     hf_config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=E, num_hidden_layers=2, num_attention_heads=HEADS,
                                         intermediate_size=MLP, max_position_embeddings=64)
@@ -130,13 +141,7 @@ def test_electra_generator_matches_transformers():
     hf = transformers.ElectraForMaskedLM(hf_config)
     _randomize(hf)
     converted = _convert(hf, models.electra_small(**SMALL, embedding_size=16, num_encoder_layers=2))
-    ids, mask = _inputs()
-    out = models.EncoderModel(converted.config).apply({'params': converted.params}, jnp.asarray(ids),
-                                                      input_mask=jnp.asarray(mask))
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
-    _close(out['hidden_states'], ref.hidden_states[-1])
-    _close(out['logits'], ref.logits)
+    _check_masked_lm(converted, hf)
 
 
 def test_albert_matches_transformers():
@@ -147,13 +152,7 @@ def test_albert_matches_transformers():
     _randomize(hf)
     converted = _convert(hf, models.tiny_encoder(**SMALL, embedding_size=16, num_encoder_layers=3, shared_layers=True,
                                                  activation='gelu_new', pooler=False))
-    ids, mask = _inputs()
-    out = models.EncoderModel(converted.config).apply({'params': converted.params}, jnp.asarray(ids),
-                                                      input_mask=jnp.asarray(mask))
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
-    _close(out['hidden_states'], ref.hidden_states[-1])
-    _close(out['logits'], ref.logits)
+    _check_masked_lm(converted, hf)
 
 
 def test_gpt2_matches_transformers():
