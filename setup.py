@@ -22,10 +22,12 @@ INSTALL_REQUIRES = [
     "matplotlib",
     "tensorboard",
     "jieba==0.42.1",  # Chinese word segmentation for whole-word masking
+    "scipy",  # metrics (Pearson/Spearman) and statistics tests
+    "scikit-learn==1.9.1",  # official metric implementations (F1, Matthews correlation)
 ]
 
 EXTRAS = {
-    "test": ["pytest", "pytest-xdist", "scipy"],
+    "test": ["pytest", "pytest-xdist"],
     "torch": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tiktoken==0.14.0"],
     "tpu": ["jax[tpu]==0.10.2"],
 }

