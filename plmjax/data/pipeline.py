@@ -7,7 +7,7 @@
 For a given seed the stream is the same on every run, so `skip_batches=N` continues exactly where a run that
 consumed N batches stopped (the trainer keeps N in its checkpoints).
 """
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import seqio
 import tensorflow as tf
@@ -17,7 +17,7 @@ def get_dataset(mixture_or_task_name: Union[str, seqio.Task, seqio.Mixture], *,
                 task_feature_lengths: Mapping[str, int], feature_converter: seqio.FeatureConverter,
                 split: str, batch_size: int, shuffle: bool = True, seed: int = 0,
                 shard_info: Optional[seqio.ShardInfo] = None, skip_batches: int = 0,
-                repeat: bool = True) -> tf.data.Dataset:
+                repeat: bool = True, length_buckets: Optional[Sequence[int]] = None) -> tf.data.Dataset:
     """A dataset of batched model features (see docs/interfaces.md).
 
     Args:
@@ -31,9 +31,13 @@ def get_dataset(mixture_or_task_name: Union[str, seqio.Task, seqio.Mixture], *,
       shard_info: this host's shard, `seqio.ShardInfo(jax.process_index(), jax.process_count())`.
       skip_batches: batches to drop from the start: resume a run that consumed that many.
       repeat: repeat forever (new shuffles and corruptions each epoch); False for one pass (evaluation).
+      length_buckets: e.g. (16, 32, 64): group examples of similar length into batches, each trimmed to the
+        smallest bucket that holds its longest example (fewer padded tokens for short-text fine-tuning; one
+        compiled step per bucket). Needs every sequence feature at one length; the stream stays deterministic.
 
     Returns:
-      A `tf.data.Dataset` of dicts of [batch_size // num_shards, length] tensors, last partial batch dropped;
+      A `tf.data.Dataset` of dicts of [batch_size // num_shards, length] tensors (length: the task feature length,
+      or a bucket's with `length_buckets`), last partial batch dropped;
       `*_loss_weights` are float32, every other feature int32.
     """
     num_shards = shard_info.num_shards if shard_info else 1
@@ -43,14 +47,43 @@ def get_dataset(mixture_or_task_name: Union[str, seqio.Task, seqio.Mixture], *,
     dataset = seqio.get_dataset(
         mixture_or_task_name, task_feature_lengths=task_feature_lengths, feature_converter=feature_converter,
         dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1, shard_info=shard_info,
-        seed=seed, batch_size=batch_size // num_shards, verbose=False)
+        seed=seed, batch_size=None if length_buckets else batch_size // num_shards, verbose=False)
     dataset = dataset.map(_float_loss_weights, num_parallel_calls=tf.data.AUTOTUNE)
+    if length_buckets:
+        dataset = _bucket_by_length(dataset, length_buckets, batch_size // num_shards)
     options = tf.data.Options()
     options.deterministic = True  # parallel maps keep their order: the stream depends on the seed only
     dataset = dataset.with_options(options)
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _bucket_by_length(dataset: tf.data.Dataset, buckets: Sequence[int], batch_size: int) -> tf.data.Dataset:
+    """Batches examples of similar length together, each batch trimmed to its bucket's length."""
+    lengths = {int(shape[0]) for shape in (s.shape for s in dataset.element_spec.values()) if shape[0] != 1}
+    if len(lengths) != 1:
+        raise ValueError(f"length_buckets needs every sequence feature at one length, but the batch has lengths "
+                         f"{sorted(lengths)}; drop the length_buckets setting for this task.")
+    full = lengths.pop()
+    boundaries = sorted({min(int(b), full) for b in buckets} | {full})
+    sequence_features = [k for k, s in dataset.element_spec.items() if s.shape[0] == full]
+    token_features = [k for k in sequence_features if k.endswith("_tokens")] or sequence_features
+
+    def bucket(example):  # the smallest boundary that holds the example's last non-zero token
+        positions = tf.range(1, full + 1, dtype=tf.int64)  # 1-based, so an all-padding feature gives 0
+        used = tf.reduce_max([tf.reduce_max(tf.where(tf.not_equal(example[k], 0), positions, 0))
+                              for k in token_features])
+        return tf.argmax(tf.constant(boundaries, tf.int64) >= used, output_type=tf.int64)
+
+    def trim(key, batch):  # [batch, full] -> [batch, boundary]
+        size = tf.gather(tf.constant(boundaries, tf.int64), key)
+        return {k: v[:, :size] if k in sequence_features else v for k, v in batch.items()}
+
+    return dataset.group_by_window(
+        key_func=bucket, window_size=batch_size,
+        reduce_func=lambda key, window: window.batch(batch_size, drop_remainder=True).map(
+            lambda b: trim(key, b)))
 
 
 def _float_loss_weights(batch):
