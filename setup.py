@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "jieba==0.42.1",  # Chinese word segmentation for whole-word masking
     "scipy",  # metrics (Pearson/Spearman) and statistics tests
     "scikit-learn==1.9.1",  # official metric implementations (F1, Matthews correlation)
+    "conllu==6.0.0",  # CoNLL-U treebanks (Universal Dependencies tagging)
 ]
 
 EXTRAS = {
