@@ -4,6 +4,8 @@
     plmjax eval  --gin_file=gin_configs/quickstart.gin --checkpoint=DIR
     plmjax convert --from hf --model_dir=HF_DIR --out=DIR [--verify]    # Hugging Face -> plmjax checkpoint + gin
     plmjax convert --to hf --model_dir=DIR --out=HF_DIR [--verify]      # plmjax checkpoint -> from_pretrained dir
+    plmjax bench [--sizes full|tiny] [--out results.json]               # speed vs the PyTorch reference
+    plmjax plan --gin_file=EXPERIMENT --topology=v5e:4x4 --mesh=data=16  # TPU memory/FLOPs by AOT compilation
 
 A mistake a user can make (a bad gin binding, a missing file, a too-long sequence, a checkpoint of another
 model) ends in one line naming the problem and the fix, exit status 2; `--traceback` shows the whole story.
@@ -90,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                                       help="where checkpoints, metrics and plots go (default runs/<gin file name>)")
     sub.choices["eval"].add_argument("--checkpoint", required=True,
                                      help="a model dir, its checkpoints/ dir, or one step's dir")
+    sub.choices["eval"].add_argument("--out", default=None, help="fine-tuning: where the results table and the "
+                                     "submission file go (default: <model dir>/eval)")
     _add_convert_parser(sub)
+    from plmjax.bench import command as bench_command
+    from plmjax.plan import command as plan_command
+    bench_command.add_parser(sub)
+    plan_command.add_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -98,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             from plmjax.convert import command
             command.run(args)
             return 0
+        if args.command == "bench":
+            bench_command.run(args)
+            return 0
+        if args.command == "plan":
+            return plan_command.run(args)
         if args.coordinator_address:
             _initialize_distributed(args)
         _parse_gin(args.gin_file, args.gin_param)
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runs", os.path.splitext(os.path.basename(args.gin_file[-1]))[0])
             loop.train(model_dir)
         else:
-            loop.evaluate(args.checkpoint)
+            loop.evaluate(args.checkpoint, args.out)
     except Exception as error:  # noqa: BLE001  user errors become one line; others keep their traceback
         if args.traceback or not isinstance(error, _user_error_types()):
             raise

@@ -47,7 +47,7 @@ def test_experiment_is_complete(path):
     assert not unbound, f"{path} leaves {unbound} %gin.REQUIRED"
     config = bindings["model_config"]
     run = loop.setup(config, bindings["architecture"], bindings["objective"], bindings["task_feature_lengths"],
-                     mesh=None)
+                     mesh=None, task=bindings["task"], peft=bindings.get("peft"))
     assert run.objective.name == bindings["objective"]
     task = bindings["task"]
     if any(corpus in task for corpus in ("wikitext2", "fewclue")) and not SHARED_DATA.is_dir():

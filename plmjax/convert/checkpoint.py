@@ -75,7 +75,11 @@ def load_checkpoint(path: str, step: Optional[int] = None) -> Converted:
     try:
         metadata = checkpointer.read_metadata(step)
         arch, config = read_model_config(metadata, checkpointer.directory)
-        abstract = common.abstract_params(arch, config)
+        if metadata['config'].get('peft'):
+            raise ValueError(f'Checkpoint {checkpointer.directory} is a PEFT run ({metadata["config"]["peft"]}): its '
+                             'base model is the run\'s init_checkpoint and its own parameters are in <run>/adapter '
+                             '(plmjax.peft.load_adapter); load those instead.')
+        abstract = common.abstract_params(arch, config, **(metadata['config'].get('head_options') or {}))
         restored, _ = checkpointer.restore(step, abstract_state={'params': abstract}, partial=True)
     finally:
         checkpointer.close()

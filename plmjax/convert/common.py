@@ -268,11 +268,12 @@ def activation_from_hf(hf_config: Mapping, field: str, family: str) -> str:
 # ------------------------------------------------------------------------------------------ parameter trees
 
 
-def abstract_params(arch: str, config: TransformerConfig, boxed: bool = False):
-    """The parameter tree of the plmjax model (shapes and dtypes only, no memory): `jax.eval_shape(init)`."""
+def abstract_params(arch: str, config: TransformerConfig, boxed: bool = False, **head_options):
+    """The parameter tree of the plmjax model (shapes and dtypes only, no memory): `jax.eval_shape(init)`.
+    `head_options` (num_labels, num_choices) for the fine-tuning architectures."""
     ids = jnp.ones((1, 8), jnp.int32)
     args = (ids, ids) if arch == 'encoder_decoder' else (ids,)
-    tree = jax.eval_shape(models.build_model(arch, config).init, jax.random.key(0), *args)['params']
+    tree = jax.eval_shape(models.build_model(arch, config, **head_options).init, jax.random.key(0), *args)['params']
     return tree if boxed else nn.meta.unbox(tree)
 
 

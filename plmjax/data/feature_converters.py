@@ -225,6 +225,14 @@ _FAMILIES = {
 }
 
 
+def _pet_converter(**kwargs) -> seqio.FeatureConverter:
+    from plmjax.prompting.pet import PetFeatureConverter  # PET's converter lives with its patterns
+    return PetFeatureConverter(**kwargs)
+
+
+_FAMILIES["pet"] = _pet_converter
+
+
 def make_feature_converter(family: str, **kwargs) -> seqio.FeatureConverter:
     """The unpacked converter for a model family: encoder | decoder | prefix_lm | encoder_decoder, the MLM
     variants encoder_sentence_pair | encoder_span_boundary, or a fine-tuning kind classification (also

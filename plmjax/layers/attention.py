@@ -92,6 +92,23 @@ class SelfAttentionContext(nn.Module):
         return AttentionContext(positions, key_positions, mask, start)
 
 
+def _prepend_kv(extra_kv, key, value, mask, bias, relative_kv):
+    """Keys/values [batch, k, heads, kv] -> [batch, n + k, heads, kv] with `extra_kv` first; the mask, bias and
+    relative embeddings grow by n key columns that every query sees with nothing added (True, 0, 0)."""
+    extra = [jnp.broadcast_to(x, (key.shape[0],) + x.shape[1:]).astype(key.dtype) for x in extra_kv]
+    n = extra[0].shape[1]
+    key, value = jnp.concatenate([extra[0], key], axis=1), jnp.concatenate([extra[1], value], axis=1)
+
+    def left_pad_keys(x, fill, axis):  # the key axis: k -> n + k
+        return None if x is None else jnp.pad(x, [(n, 0) if i == axis % x.ndim else (0, 0) for i in range(x.ndim)],
+                                              constant_values=fill)
+
+    mask = left_pad_keys(mask, True, -1)  # [batch or 1, 1, q, n + k]
+    bias = left_pad_keys(bias, 0, -1)  # [batch or 1, heads, q, n + k]
+    relative_kv = left_pad_keys(relative_kv, 0, 1)  # [q, n + k, kv]
+    return key, value, mask, bias, relative_kv
+
+
 def _as_matrix_init(init: Initializer, num_input_axes: int) -> Initializer:
     """Initialize an [in..., out...] kernel as the [prod(in), prod(out)] matrix, so fan-in/fan-out scaling sees
     the same shape as for a Dense layer."""
@@ -147,13 +164,16 @@ class MultiHeadAttention(nn.Module):
     def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
                  bias: jax.Array | None = None, relative_kv: jax.Array | None = None,
                  rotary_positions: jax.Array | None = None, cache_index: jax.Array | None = None,
-                 decode: bool = False, deterministic: bool = True) -> jax.Array:
+                 decode: bool = False, deterministic: bool = True,
+                 extra_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """inputs_q [batch, q, emb], inputs_kv [batch, k, emb] (None: self-attention) -> [batch, q, emb].
 
         mask: bool [batch or 1, 1 or heads, q, k]. bias: float [batch or 1, heads, q, k], added to the scores.
         relative_kv: [q, k, kv] relative embeddings added to the keys and values (NEZHA).
         rotary_positions: [q] positions for rotary embeddings of q and k (self-attention).
         decode: write this chunk's k/v into the cache at cache_index and attend to the whole cache.
+        extra_kv: (keys, values) [batch or 1, n, heads, kv] put before the keys/values (after their projection,
+          rotary and cache), visible to every query, with no bias or relative embedding: prefix tuning's prefixes.
         """
         if inputs_kv is None:
             inputs_kv = inputs_q
@@ -170,6 +190,8 @@ class MultiHeadAttention(nn.Module):
             key = position.apply_rotary(key, rotary_positions, self.rotary_base)
         if decode:
             key, value = self._update_cache(key, value, cache_index)
+        if extra_kv is not None:
+            key, value, mask, bias, relative_kv = _prepend_kv(extra_kv, key, value, mask, bias, relative_kv)
 
         scores = jnp.einsum('bqhd,bkhd->bhqk', query, key)  # [batch, heads, q, k]
         if relative_kv is not None:

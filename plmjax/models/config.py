@@ -18,6 +18,10 @@ ACTIVATIONS = tuple(mlp.ACTIVATIONS)
 NORMS = norms.NORMS
 POSITIONS = ('learned', 'sinusoidal', 'rotary', 't5_relative', 'nezha_relative', 'none')
 DTYPES = ('float32', 'bfloat16', 'float64')  # float64 (with jax_enable_x64) is for numerical checks
+# What each rematerialized layer keeps for the backward pass (jax.checkpoint policies): 'full' keeps only the layer's
+# inputs and recomputes its forward pass; 'dots_saveable' keeps matmul outputs and recomputes the cheap elementwise
+# work; 'dots_with_no_batch_dims_saveable' keeps only matmuls without batch dimensions (not attention scores).
+REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +76,9 @@ class TransformerConfig:
     pad_id: int = 0
     dtype: str = 'float32'               # compute dtype: 'float32' | 'bfloat16' ('float64' for numerical checks)
     param_dtype: str = 'float32'
-    remat: bool = False                  # rematerialize each layer (nn.remat) to save activation memory
+    remat: bool = False                  # shorthand for remat_policy='full' (kept for existing configs)
+    remat_policy: str = 'none'           # rematerialize each layer (nn.remat) to save activation memory: one of
+                                         # REMAT_POLICIES; see `layer_remat_policy` for the one in force
 
     def __post_init__(self):
         def check_choice(field, choices):
@@ -85,6 +91,7 @@ class TransformerConfig:
         check_choice('position', POSITIONS)
         check_choice('dtype', DTYPES)
         check_choice('param_dtype', DTYPES)
+        check_choice('remat_policy', REMAT_POLICIES)
         for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'max_length'):
             if getattr(self, field) <= 0:
                 raise ValueError(f'TransformerConfig.{field} must be positive, got {getattr(self, field)}.')
@@ -108,6 +115,11 @@ class TransformerConfig:
     @property
     def params_dtype(self):
         return jnp.dtype(self.param_dtype)
+
+    @property
+    def layer_remat_policy(self) -> str:
+        """The rematerialization in force: `remat_policy`, or 'full' when only the older flag `remat=True` is set."""
+        return 'full' if self.remat and self.remat_policy == 'none' else self.remat_policy
 
     @property
     def token_embedding_size(self) -> int:

@@ -1,5 +1,6 @@
 """EncoderModel: BERT, RoBERTa, NEZHA, ELECTRA — a bidirectional stack with an MLM head."""
 import jax
+import jax.numpy as jnp
 import flax.linen as nn
 
 from plmjax.layers import attention
@@ -12,9 +13,12 @@ class EncoderModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, input_mask: jax.Array | None = None,
-                 token_type_ids: jax.Array | None = None, deterministic: bool = True) -> dict[str, jax.Array]:
+                 token_type_ids: jax.Array | None = None, mlm_positions: jax.Array | None = None,
+                 deterministic: bool = True) -> dict[str, jax.Array]:
         """input_ids [batch, length] -> {'hidden_states': [b, l, emb], 'logits': [b, l, vocab] float32 (MLM head),
-        'pooled': [b, emb] (only with config.pooler)}. input_mask: 1 for real tokens; default input_ids != pad_id."""
+        'pooled': [b, emb] (only with config.pooler)}. input_mask: 1 for real tokens; default input_ids != pad_id.
+        mlm_positions: [b, p] int positions; the MLM head then runs only there and 'logits' is [b, p, vocab]
+        (BERT's masked_lm_positions: the vocab projection at the ~15% predicted positions, not at all of them)."""
         cfg = self.config
         transformer.check_length(input_ids.shape[1], cfg)
         if input_mask is None:
@@ -23,7 +27,13 @@ class EncoderModel(nn.Module):
         token_embedder = transformer.make_token_embedder(cfg)
         hidden = transformer.TransformerStack(cfg, cfg.num_encoder_layers, token_embedder, name='encoder')(
             input_ids, context, token_type_ids=token_type_ids, deterministic=deterministic)
-        outputs = {'hidden_states': hidden, 'logits': heads.MlmHead(cfg, name='mlm_head')(hidden, token_embedder)}
+        head_inputs = hidden
+        if mlm_positions is not None:
+            head_inputs = jnp.take_along_axis(hidden, mlm_positions[..., None].astype(jnp.int32), axis=1)  # [b, p, e]
+        outputs = {'hidden_states': hidden,
+                   'logits': heads.MlmHead(cfg, name='mlm_head')(head_inputs, token_embedder)}
+        if mlm_positions is not None:
+            outputs['mlm_positions'] = mlm_positions
         if cfg.pooler:
             outputs['pooled'] = heads.Pooler(cfg, name='pooler')(hidden)
         return outputs

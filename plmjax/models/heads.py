@@ -154,3 +154,34 @@ class RtdHead(nn.Module):
         x = mlp.get_activation(cfg.activation)(dense(cfg.emb_dim, ('embed', 'mlp'), 'dense')(hidden))
         logits = dense(1, ('mlp', None), 'output')(x)
         return logits[..., 0].astype(jnp.float32)
+
+
+# --- Fine-tuning heads: BERT's BertFor{SequenceClassification,MultipleChoice,TokenClassification,QuestionAnswering} ---
+
+
+def _task_dense(config: TransformerConfig, features: int, name: str) -> nn.Dense:
+    """A dense layer from the hidden width to a few task outputs (labels, start/end): ('embed', None)."""
+    return mlp.logical_dense(features, ('embed', None), use_bias=True, dtype=config.compute_dtype,
+                             param_dtype=config.params_dtype, kernel_init=transformer.kernel_init(config), name=name)
+
+
+class ClassificationHead(nn.Module):
+    """dropout -> dense: [..., emb] -> [..., num_labels] float32. On the pooled output it is BERT's sequence
+    classifier (num_labels=1: regression, or one score per choice); on every token's hidden state BERT's tagger."""
+    config: TransformerConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, deterministic: bool = True) -> jax.Array:
+        x = nn.Dropout(rate=self.config.dropout_rate)(hidden, deterministic=deterministic)
+        return _task_dense(self.config, self.num_labels, 'dense')(x).astype(jnp.float32)
+
+
+class SpanHead(nn.Module):
+    """BERT's extractive question answering head: dense(2) on every token -> (start, end) logits [batch, length]."""
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = _task_dense(self.config, 2, 'dense')(hidden).astype(jnp.float32)  # [batch, length, 2]
+        return logits[..., 0], logits[..., 1]

@@ -14,6 +14,10 @@ import flax.linen as nn
 from plmjax.layers import attention, embedding, mlp, norms, position
 from plmjax.models.config import PRESETS, TransformerConfig
 
+# jax.checkpoint policies of TransformerConfig.remat_policy ('full': None, jax.checkpoint's default, saves nothing).
+_REMAT_POLICIES = {'full': None, 'dots_saveable': jax.checkpoint_policies.dots_saveable,
+                   'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
 
 def check_length(length: int, config: TransformerConfig, what: str = 'input') -> None:
     """Raise a ValueError that says how to fix a sequence longer than the model accepts."""
@@ -162,8 +166,8 @@ class TransformerStack(nn.Module):
             rotary_positions = context.positions
 
         layer = TransformerLayer
-        if cfg.remat:
-            layer = nn.remat(TransformerLayer, static_argnums=(10, 11))  # (self, ..., deterministic, decode)
+        if cfg.layer_remat_policy != 'none':  # static: (self, ..., deterministic, decode)
+            layer = nn.remat(TransformerLayer, static_argnums=(10, 11), policy=_REMAT_POLICIES[cfg.layer_remat_policy])
         if cfg.shared_layers and decode:  # one module's cache cannot hold the keys of every layer
             raise ValueError('Cached decoding does not support shared_layers=True (ALBERT-style layer sharing).')
         layers = [layer(cfg, self.cross_attention, name=f'layers_{i}')

@@ -8,10 +8,12 @@ from plmjax.objectives.denoising import DENOISING
 from plmjax.objectives.electra import ELECTRA
 from plmjax.objectives.sentence_pair import NSP, SOP
 from plmjax.objectives.span_boundary import SPAN_BOUNDARY
+from plmjax.objectives.finetune import FINETUNE_OBJECTIVES
+from plmjax.objectives.pet import PET
 
 # Whole-word masking and u-PMLM train with the 'mlm' objective: they differ from BERT only in the data (their tasks).
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (MLM, CAUSAL_LM, PREFIX_LM, SPAN_CORRUPTION, DENOISING,
-                                                        NSP, SOP, SPAN_BOUNDARY, ELECTRA)}
+                                                        NSP, SOP, SPAN_BOUNDARY, ELECTRA, *FINETUNE_OBJECTIVES, PET)}
 
 
 def get_objective(name: str) -> Objective:

@@ -24,6 +24,10 @@ class Objective:
     feature_converter: str  # plmjax.data.feature_converters family name: how task features become a batch
     model_inputs: Callable[[Batch], dict[str, Any]]
     loss_fn: Callable[[Batch, Mapping[str, jax.Array]], tuple[jax.Array, Metrics]]
+    # Optional cheaper inputs for training: batch -> (module kwargs, fits). Where `fits` (a bool scalar) holds,
+    # loss_fn on the module's outputs for these kwargs equals loss_fn for `model_inputs` (MLM: the head only at the
+    # predicted positions); the train step falls back to `model_inputs` where it does not.
+    sparse_model_inputs: Callable[[Batch], tuple[dict[str, Any], jax.Array]] | None = None
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, Metrics]:

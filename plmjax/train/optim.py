@@ -1,27 +1,23 @@
 """Optimizers and learning-rate schedules, built from optax (no hand-written optimizer).
 
 `make_optimizer(...)` returns `(tx, schedule)`: an `optax.GradientTransformation` and the learning-rate
-schedule inside it, so the loop can log `schedule(update_count)`. The transformation is, outermost first::
+schedule inside it, so the loop can log `schedule(step)`. The transformation is, outermost first::
 
-    optax.MultiSteps(                                   # only when grad_accum_steps > 1
-        optax.chain(
-            optax.clip_by_global_norm(clip_norm),       # only when clip_norm is not None
-            adamw | lamb | adafactor | sgd (learning_rate=schedule, ...)))
+    optax.chain(
+        optax.clip_by_global_norm(clip_norm),           # only when clip_norm is not None
+        adamw | lamb | adafactor | sgd (learning_rate=schedule, ...),
+        layer-wise learning-rate factors)               # only when layerwise_lr_decay > 0
 
-Gradient accumulation with `grad_accum_steps = k > 1` is `optax.MultiSteps(every_k_schedule=k)`:
+Gradient accumulation is not the optimizer's business: the train step (`plmjax.train.step`,
+`train.grad_accum_steps`) sums the gradients of its micro-batches in a `lax.scan` and calls `tx.update` once per
+batch, so the schedule counts optimizer updates = train steps.
 
-* the train step calls `tx.update(grads_of_one_micro_batch, opt_state, params)` once per micro-batch.
-  MultiSteps averages the k gradients (mean, not sum); on every k-th call the mean is clipped and given to the
-  optimizer. On the other k - 1 calls the returned updates are exact zeros, so `optax.apply_updates` leaves the
-  parameters unchanged. The state is an `optax.MultiStepsState`; `opt_state.mini_step == 0` after the call
-  that updated (what `optax.MultiSteps.has_updated` checks).
-* The schedule counts OPTIMIZER UPDATES, not micro-batches: `warmup_steps` and `total_steps` are in optimizer
-  updates (= micro-batches / k). The update applied at 0-based micro-step t (the one with t % k == k - 1) uses
-  `schedule(t // k)`; to log the rate at micro-step t, log `schedule(t // k)`.
-* MultiSteps runs the step once per micro-batch. A train step that already loops over micro-batches itself
-  (`plmjax.train.step`'s `grad_accum_steps`) needs grad_accum_steps=1 here: setting both accumulates twice.
-* With k = 1 nothing is wrapped, so the optimizer state (and a checkpoint of it) differs between k = 1 and
-  k > 1; restoring across that change is reported as a checkpoint mismatch.
+Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020; the usual recipe for fine-tuning BERT-style
+encoders) multiplies each update by a factor of its parameter's depth: layer i (0-based) of N gets
+`decay ** (N - i)`, the embeddings `decay ** (N + 1)`, everything above the layers (pooler, heads, final norm)
+1. Every optimizer here is linear in its learning rate after the gradient statistics, so scaling the update
+equals giving that parameter group its own learning rate, as torch's per-group AdamW (adafactor, whose weight
+decay is not multiplied by the learning rate, then has its weight decay scaled too).
 
 Weight decay is decoupled (AdamW, LAMB: `param -= lr * weight_decay * param`, as BERT and torch.optim.AdamW)
 and skips biases and normalization parameters (`default_weight_decay_mask`).
@@ -92,7 +88,8 @@ def make_schedule(schedule: str = "linear", learning_rate: float = 1e-4, warmup_
             step = jnp.asarray(count, jnp.float32) + warmup_steps
             return learning_rate * jnp.sqrt(floor / jnp.maximum(step, floor))
     else:
-        decay = optax.constant_schedule(learning_rate)
+        def decay(count):  # an array, like the other schedules (optax.constant_schedule gives a Python float)
+            return jnp.full((), learning_rate, jnp.float32) + 0 * jnp.asarray(count, jnp.float32)
 
     if warmup_steps == 0:
         return decay
@@ -136,18 +133,20 @@ def make_optimizer(name: str = "adamw",
                    warmup_steps: int = 0,
                    total_steps: Optional[int] = None,
                    end_lr_factor: float = 0.0,
+                   warmup_ratio: float = 0.0,
                    weight_decay: Optional[float] = None,
                    b1: Optional[float] = None,
                    b2: Optional[float] = None,
                    eps: Optional[float] = None,
                    clip_norm: Optional[float] = 1.0,
-                   grad_accum_steps: int = 1,
+                   layerwise_lr_decay: float = 0.0,
                    weight_decay_mask: Optional[Callable[[Any], Any]] = default_weight_decay_mask,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns `(tx, schedule)`; the module docstring gives the chain and the accumulation semantics.
 
     name: 'adamw' (optax.adamw), 'lamb' (optax.lamb), 'adafactor' (optax.adafactor) or 'sgd' (optax.sgd).
     schedule, learning_rate (the peak), warmup_steps, total_steps, end_lr_factor: see `make_schedule`.
+    warmup_ratio: warm up over this fraction of total_steps instead of warmup_steps (fine-tuning recipes: 0.1).
     b1, b2, eps, weight_decay: None means the optimizer's default. adamw, lamb: b1=0.9, b2=0.999, eps=1e-6,
       weight_decay=0.01 (BERT). adafactor: optax's (T5's) defaults; b1 is its momentum, eps its epsilon, and
       weight_decay its `weight_decay_rate`, which optax does not scale by the learning rate
@@ -155,12 +154,15 @@ def make_optimizer(name: str = "adamw",
       gradient (L2). Setting a hyperparameter the optimizer lacks (adafactor: b2; sgd: b2, eps) is an error.
     clip_norm: clip the (accumulated) gradient to this global norm before the optimizer; None disables it
       (t5x does not clip with adafactor: set None to match T5).
+    layerwise_lr_decay: 0 disables it; d in (0, 1] scales layer i of N by d**(N - i), the embeddings by
+      d**(N + 1) and the heads by 1 (see the module docstring and `layerwise_lr_factors`).
     weight_decay_mask: params -> pytree of bools (True = decay); None decays every parameter.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}.")
-    if isinstance(grad_accum_steps, bool) or int(grad_accum_steps) != grad_accum_steps or grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}.")
+    if not 0.0 <= layerwise_lr_decay <= 1.0:
+        raise ValueError(f"layerwise_lr_decay must be in [0, 1] (0 disables it), got {layerwise_lr_decay}: bind "
+                         "make_optimizer.layerwise_lr_decay to e.g. 0.8.")
     if clip_norm is not None and clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm}.")
     given = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
@@ -168,6 +170,12 @@ def make_optimizer(name: str = "adamw",
         if given[hyper] is not None:
             raise ValueError(f"Optimizer {name!r} has no hyperparameter {hyper!r} (got {given[hyper]}): remove "
                              f"the binding make_optimizer.{hyper}.")
+    if warmup_ratio:
+        if warmup_steps or not 0.0 < warmup_ratio <= 1.0 or total_steps is None:
+            raise ValueError(f"warmup_ratio={warmup_ratio} needs total_steps, a value in (0, 1] and warmup_steps=0 "
+                             f"(got total_steps={total_steps}, warmup_steps={warmup_steps}): bind one of "
+                             "make_optimizer.warmup_ratio and make_optimizer.warmup_steps.")
+        warmup_steps = round(warmup_ratio * total_steps)
     hp = {key: _DEFAULTS[name][key] if value is None else value for key, value in given.items()}
     lr = make_schedule(schedule, learning_rate, warmup_steps, total_steps, end_lr_factor)
 
@@ -185,8 +193,59 @@ def make_optimizer(name: str = "adamw",
         if hp["weight_decay"]:
             opt = optax.chain(optax.add_decayed_weights(hp["weight_decay"], mask=weight_decay_mask), opt)
 
+    if layerwise_lr_decay:
+        opt = optax.chain(opt, layerwise_lr_scaling(layerwise_lr_decay))
     if clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
-    if grad_accum_steps > 1:
-        opt = optax.MultiSteps(opt, every_k_schedule=int(grad_accum_steps)).gradient_transformation()
     return opt, lr
+
+
+# --------------------------------------------------------------------------- layer-wise learning-rate decay
+
+_LAYER = re.compile(r"^layers_(\d+)$")
+_EMBEDDING_MODULES = ("embedder", "token_embedder")  # a stack's embedder (positions, types, norm); the tokens
+
+
+def _num_layers(params) -> int:
+    """Layers of the one stack holding `layers_<i>` (ValueError for several stacks, e.g. encoder-decoder)."""
+    stacks: dict[tuple[str, ...], int] = {}
+    for path, _ in jax.tree_util.tree_leaves_with_path(params):
+        names = _path_names(path)
+        for position, name in enumerate(names):
+            match = _LAYER.match(name)
+            if match:
+                stack = tuple(names[:position])
+                stacks[stack] = max(stacks.get(stack, 0), int(match.group(1)) + 1)
+    if len(stacks) > 1:
+        raise ValueError(f"layerwise_lr_decay needs a model with one stack of layers, found {len(stacks)} "
+                         f"({sorted('/'.join(s) for s in stacks)}): unset make_optimizer.layerwise_lr_decay.")
+    return next(iter(stacks.values()), 0)
+
+
+def _decay_exponent(path, num_layers: int) -> int:
+    names = _path_names(path)
+    for name in names:
+        match = _LAYER.match(name)
+        if match:
+            return num_layers - int(match.group(1))
+    if any(name in _EMBEDDING_MODULES for name in names):
+        return num_layers + 1
+    return 0
+
+
+def layerwise_lr_factors(params: Any, decay: float) -> Any:
+    """The learning-rate factor of every parameter, a pytree of floats shaped like `params` (boxed or not):
+    `decay ** (N - i)` in `layers_<i>` of N, `decay ** (N + 1)` in the embeddings, 1 elsewhere."""
+    num_layers = _num_layers(params)
+    return jax.tree_util.tree_map_with_path(lambda path, _: decay ** _decay_exponent(path, num_layers), params)
+
+
+def layerwise_lr_scaling(decay: float) -> optax.GradientTransformation:
+    """Multiplies every update by its parameter's `layerwise_lr_factors` (stateless)."""
+
+    def update(updates, state, params=None):
+        del params
+        factors = layerwise_lr_factors(updates, decay)
+        return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -49,8 +49,12 @@ def state_shardings(module, tx, architecture: str, lengths: dict[str, int], mesh
     dummy = _dummy_inputs(architecture, batch_size, lengths)
     boxed = jax.eval_shape(lambda r: _boxed_state(module, tx, r, dummy), jax.random.key(0))
     shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
+    # optax.MaskedNode (the state of a frozen leaf under multi_transform, PEFT) is an empty tuple, which flax's
+    # logical_to_mesh reads as a PartitionSpec: give it back its place as an empty node.
+    unboxed = nn.meta.unbox(boxed)
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    shardings = jax.tree.map(lambda a, s: a if is_masked(a) else s, unboxed, shardings, is_leaf=is_masked)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), unboxed, shardings)
     return abstract, shardings
 
 

@@ -24,16 +24,27 @@ def _add_metrics(a, b):
 
 
 def loss_and_grads(params, batch, rng, module: nn.Module, objective: Objective, deterministic: bool = False):
-    """Summed-loss gradients and metrics on one (micro-)batch."""
+    """Summed-loss gradients and metrics on one (micro-)batch.
 
-    def summed_loss(p):
-        outputs = module.apply({"params": p}, **objective.model_inputs(batch), deterministic=deterministic,
-                               rngs=None if deterministic else {"dropout": rng})
-        _, metrics = objective.loss_fn(batch, outputs)
-        return metrics["loss"][0], metrics
+    With `objective.sparse_model_inputs` (MLM: the head only at the predicted positions), the step runs those
+    inputs when they cover the batch and the full `model_inputs` otherwise: a `lax.cond` around the whole
+    value-and-grad, so that each branch keeps only its own activations for the backward pass.
+    """
 
-    (_, metrics), grads = jax.value_and_grad(summed_loss, has_aux=True)(params)
-    return grads, metrics
+    def grads_with(inputs):
+        def summed_loss(p):
+            outputs = module.apply({"params": p}, **inputs, deterministic=deterministic,
+                                   rngs=None if deterministic else {"dropout": rng})
+            _, metrics = objective.loss_fn(batch, outputs)
+            return metrics["loss"][0], metrics
+
+        (_, metrics), grads = jax.value_and_grad(summed_loss, has_aux=True)(params)
+        return grads, metrics
+
+    if objective.sparse_model_inputs is None:
+        return grads_with(objective.model_inputs(batch))
+    sparse_inputs, fits = objective.sparse_model_inputs(batch)
+    return jax.lax.cond(fits, lambda: grads_with(sparse_inputs), lambda: grads_with(objective.model_inputs(batch)))
 
 
 def accumulated_grads(params, batch, rng, module, objective, grad_accum_steps: int = 1):
@@ -69,7 +80,7 @@ def train_step(state: TrainState, batch, *, module, objective: Objective, tx: op
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     one = jnp.ones((), jnp.float32)
-    metrics = dict(metrics, learning_rate=(schedule(state.step).astype(jnp.float32), one),
+    metrics = dict(metrics, learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one),
                    grad_norm=(optax.global_norm(grads).astype(jnp.float32), one))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 

@@ -1,0 +1,187 @@
+"""How a fine-tuning run builds its model and first parameters (docs/interfaces.md, "Fine-tuning"):
+
+* `head_options(architecture, objective, task)`: `num_labels` / `num_choices` of a fine-tuning architecture, from
+  the task's `plmjax.data.finetune.get_task_info`;
+* `build_module(...)`: `build_model` with them, wrapped by `plmjax.peft.wrap` when the run tunes an adapter;
+* `init_from_checkpoint(...)` (`train.init_checkpoint`): the parameters of a converted or pre-trained checkpoint
+  replace the matching subtree of the freshly initialized ones (`params['bert']` of a fine-tuning architecture,
+  under `params['base']` with PEFT, the whole tree when the architectures match); everything else keeps its fresh
+  initialization, and the run prints which subtrees came from where;
+* `save_adapter(...)`: a PEFT run's trainable parameters in `model_dir/adapter`, with their size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from plmjax import models
+from plmjax.models.finetune import FINETUNE_ARCHITECTURES
+
+# The TaskInfo kinds each fine-tuning architecture can learn.
+_KINDS = {'encoder_classifier': ('classification', 'regression'), 'encoder_span': ('span_extraction',),
+          'encoder_multiple_choice': ('multiple_choice',), 'encoder_tagger': ('tagging',)}
+
+
+class InitCheckpointError(ValueError):
+    """`train.init_checkpoint` does not fit the model the run builds."""
+
+
+def is_finetune(architecture: str) -> bool:
+    return architecture in FINETUNE_ARCHITECTURES
+
+
+def head_options(architecture: str, objective: str, task: Optional[str]) -> dict[str, int]:
+    """The head options of a fine-tuning architecture for `task` ({} for every other architecture)."""
+    if not is_finetune(architecture):
+        return {}
+    from plmjax.data.finetune import get_task_info  # data never imports train: imported here, at run time
+    info = get_task_info(task)
+    if info.kind not in _KINDS[architecture]:
+        raise ValueError(f"Task {task!r} is a {info.kind!r} task, which MODEL_ARCH={architecture!r} cannot learn; "
+                         f"use the objective gin file gin_configs/objectives/{info.kind}.gin.")
+    if objective in _KINDS[architecture] and objective != info.kind:
+        raise ValueError(f"Task {task!r} is a {info.kind!r} task but train.objective={objective!r}; use "
+                         f"gin_configs/objectives/{info.kind}.gin.")
+    if architecture == 'encoder_multiple_choice':
+        return {'num_choices': info.num_choices}
+    if architecture == 'encoder_span':
+        return {}
+    return {'num_labels': info.num_labels}
+
+
+def build_module(architecture: str, model_config, options: dict[str, int], peft: Optional[str]) -> nn.Module:
+    module = models.build_model(architecture, model_config, **options)
+    if peft:
+        from plmjax import peft as peft_lib
+        module = peft_lib.wrap(module, peft)
+    return module
+
+
+# ------------------------------------------------------------------------------ init from a checkpoint
+
+
+def _target_and_source(source_arch: str, source_params: dict, architecture: str, where: str):
+    """(path of the subtree to replace, relative to the run's model params; path of the checkpoint's subtree)."""
+    if source_arch == architecture:
+        return (), ()
+    if is_finetune(architecture):
+        if source_arch == 'encoder':
+            return ('bert',), ()
+        if 'bert' in source_params:  # another encoder wrapper: NSP/SOP, SpanBERT, another fine-tuning head
+            return ('bert',), ('bert',)
+    raise InitCheckpointError(
+        f"train.init_checkpoint={where!r} holds a {source_arch!r} model, which cannot initialize a "
+        f"{architecture!r} model: use a checkpoint of an encoder (or of the same architecture).")
+
+
+def _subtree(tree: dict, path: tuple[str, ...]) -> dict:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _collapse(tree: dict, selected: set, prefix: tuple = ()) -> list[str]:
+    """The largest subtrees of `tree` whose leaves are all in `selected` (flat paths), '/'-joined."""
+    leaves = set(traverse_util.flatten_dict(tree).keys()) if isinstance(tree, dict) else {()}
+    full = {prefix + leaf for leaf in leaves}
+    if full <= selected:
+        return ['/'.join(prefix) or '(all)']
+    if not full & selected or not isinstance(tree, dict):
+        return []
+    return [name for key in tree for name in _collapse(tree[key], selected, prefix + (key,))]
+
+
+def _config_differences(saved, config) -> dict[str, tuple]:
+    from plmjax.convert import common  # convert imports train.checkpoint: imported at run time
+    a, b = common.effective_fields(saved), common.effective_fields(config)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_config, *, peft: Optional[str] = None,
+                            where: str = '') -> tuple[dict, dict[str, list[str]]]:
+    """`fresh` (the run's parameter tree) with the checkpoint's parameters in place of the matching subtree.
+
+    Returns (params, report) where report = {'target': path of the replaced subtree, 'source': the checkpoint's
+    subtree read into it, 'loaded': subtrees read from the checkpoint, 'initialized': subtrees kept fresh (both
+    as paths in `fresh`), 'unused': checkpoint subtrees with no place}; '(all)' names a whole tree.
+    Loaded leaves are numpy arrays in the fresh leaf's dtype; the other leaves are `fresh`'s own objects.
+    """
+    relative, source_path = _target_and_source(converted.architecture, converted.params, architecture, where)
+    source = _subtree(converted.params, source_path)
+    target_path = (('base',) if peft else ()) + relative
+    target = _subtree(fresh, target_path)
+    flat_target, flat_source = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
+    differences = _config_differences(converted.config, model_config)
+    hint = (f" The checkpoint's model config differs in {differences} (checkpoint, run): build the run's "
+            "MODEL_CONFIG from the checkpoint's config.gin.") if differences else ''
+    for path, leaf in flat_target.items():
+        if path in flat_source and np.shape(flat_source[path]) != tuple(leaf.shape):
+            name = '/'.join(target_path + path)
+            raise InitCheckpointError(
+                f"train.init_checkpoint={where!r}: parameter {name} has shape {tuple(np.shape(flat_source[path]))} "
+                f"in the checkpoint but {tuple(leaf.shape)} in the model.{hint}")
+    if differences:
+        raise InitCheckpointError(f"train.init_checkpoint={where!r} does not match the run's model.{hint}")
+    merged = {path: np.asarray(flat_source[path]).astype(leaf.dtype) if path in flat_source else leaf
+              for path, leaf in flat_target.items()}
+    merged = traverse_util.unflatten_dict(merged)
+    params = merged
+    for depth in range(len(target_path), 0, -1):  # put the merged subtree back into copies of its ancestors
+        parent = dict(_subtree(fresh, target_path[:depth - 1]))
+        parent[target_path[depth - 1]] = params
+        params = parent
+    loaded = {target_path + path for path in flat_target if path in flat_source}
+    report = {'target': '/'.join(target_path) or '(all)', 'source': '/'.join(source_path) or '(all)',
+              'loaded': _collapse(fresh, loaded),
+              'initialized': _collapse(fresh, set(traverse_util.flatten_dict(fresh)) - loaded),
+              'unused': _collapse(source, set(flat_source) - set(flat_target))}
+    return params, report
+
+
+def _place(params, shardings):
+    """Numpy leaves become global arrays with the run's shardings (each host reads its own shards)."""
+    def place(x, sharding):
+        if isinstance(x, jax.Array):
+            return x
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(place, params, shardings)
+
+
+def init_from_checkpoint(state, shardings, tx, path: str, *, architecture: str, model_config,
+                         peft: Optional[str] = None, log=print):
+    """`state` with its parameters initialized from the checkpoint at `path` and a fresh optimizer state."""
+    from plmjax.convert import load_checkpoint
+    converted = load_checkpoint(path)
+    params, report = merge_checkpoint_params(state.params, converted, architecture, model_config, peft=peft,
+                                             where=path)
+    params = _place(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    origin = f"{converted.family} " if converted.family else ''
+    log(f"Initialized from {path} ({origin}{converted.architecture!r} checkpoint; its {report['source']} into the "
+        f"model's {report['target']}):\n"
+        f"  loaded: {', '.join(report['loaded']) or '-'}\n"
+        f"  freshly initialized: {', '.join(report['initialized']) or '-'}"
+        + (f"\n  not used: {', '.join(report['unused'])}" if report['unused'] else ''))
+    return state.replace(params=params, opt_state=opt_state)
+
+
+# ------------------------------------------------------------------------------ PEFT adapter
+
+
+def save_adapter(model_dir: str, params: Any, method: str, log=print) -> dict[str, int]:
+    """Writes `model_dir/adapter` (plmjax.peft.save_adapter) and reports its size beside the full model's (the
+    full parameters written in the same Orbax format, `plmjax.peft.adapter_size`)."""
+    from plmjax import peft as peft_lib
+    directory = os.path.join(model_dir, 'adapter')
+    peft_lib.save_adapter(directory, params, method)
+    size = peft_lib.adapter_size(directory, params)
+    log(f"Adapter ({method}) saved to {directory}: {size['adapter_parameters']:,} parameters, "
+        f"{size['adapter_bytes'] / 2**20:.2f} MiB, against the full model's {size['full_parameters']:,} parameters, "
+        f"{size['full_bytes'] / 2**20:.2f} MiB ({100 * size['adapter_bytes'] / max(size['full_bytes'], 1):.2f}%).")
+    return size
