@@ -33,6 +33,10 @@ from plmjax.data.finetune import spec as spec_lib
 from plmjax.data.finetune import ud
 from plmjax.data.finetune import vocab
 
+# The default vocab.txt files, for gin (e.g. `text_files_task.wordpiece_vocab_file = @chinese_bert_vocab_file()`).
+gin.external_configurable(vocab.minilm_vocab_file, "minilm_vocab_file")
+gin.external_configurable(vocab.chinese_bert_vocab_file, "chinese_bert_vocab_file")
+
 ENGLISH_VOCABULARY = vocab.english_vocabulary()
 CHINESE_VOCABULARY = vocab.chinese_vocabulary()
 TEXT_TO_TEXT_VOCABULARY = vocab.text_to_text_vocabulary()
