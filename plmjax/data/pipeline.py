@@ -92,11 +92,14 @@ def _float_loss_weights(batch):
 
 
 def vocabulary(mixture_or_task_name: Union[str, seqio.Task, seqio.Mixture],
-               feature: str = "targets") -> seqio.Vocabulary:
-    """The vocabulary of a task's feature (trains the task's SentencePiece model on first use)."""
+               feature: Optional[str] = None) -> seqio.Vocabulary:
+    """The vocabulary of a task's feature (trains the task's SentencePiece model on first use); by default
+    'targets', or 'inputs' for tasks without targets (the encoder-format fine-tuning tasks)."""
     provider = mixture_or_task_name
     if isinstance(provider, str):
         provider = seqio.get_mixture_or_task(provider)
+    if feature is None:
+        feature = "targets" if "targets" in provider.output_features else "inputs"
     return provider.output_features[feature].vocabulary
 
 
