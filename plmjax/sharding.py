@@ -14,7 +14,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-import seqio
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -84,10 +83,11 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules=LOGICAL_AXIS_RUL
     }
 
 
-def host_shard_info() -> seqio.ShardInfo | None:
+def host_shard_info() -> "seqio.ShardInfo | None":
     """This process's shard of the input data (each host reads only its own part); None on one host."""
     if jax.process_count() == 1:
         return None
+    import seqio  # here, not at the top: the train step imports this module, and seqio pulls in TensorFlow
     return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plmjax.layers import position
+from plmjax.layers import dropout, position
 
 Initializer = Callable[..., jax.Array]
 
@@ -204,7 +204,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+        probs = dropout.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
         out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)  # [batch, q, heads, kv]
         if relative_kv is not None:

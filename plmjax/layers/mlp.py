@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from plmjax.layers import dropout
+
 Initializer = Callable[..., jax.Array]
 
 # Names as in Hugging Face's ACT2FN: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation (GPT-2).
@@ -53,6 +55,6 @@ class Mlp(nn.Module):
         else:
             h = act(wi(name='wi')(x))
         h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = dropout.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         out = dense(x.shape[-1], ('mlp', 'embed'), kernel_init=self.out_kernel_init or self.kernel_init, name='wo')(h)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from plmjax.layers import attention, embedding, mlp, norms, position
+from plmjax.layers import dropout as dropout_lib
 from plmjax.models.config import PRESETS, TransformerConfig
 
 # jax.checkpoint policies of TransformerConfig.remat_policy ('full': None, jax.checkpoint's default, saves nothing).
@@ -86,7 +87,7 @@ class Embedder(nn.Module):
             x = x + table(cfg.type_vocab_size, 'token_type_embedder')(token_type_ids)
         if cfg.embedding_norm:
             x = make_norm(cfg, 'embedding_norm')(x)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = dropout_lib.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.token_embedding_size != cfg.emb_dim:  # ELECTRA's embeddings_project
             x = mlp.logical_dense(cfg.emb_dim, (None, 'embed'), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
                                   param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg),
@@ -111,7 +112,7 @@ class TransformerLayer(nn.Module):
             dropout_rate=cfg.attention_dropout_rate, rotary_base=cfg.rotary_base, dtype=cfg.compute_dtype,
             param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg), query_kernel_init=query_kernel_init(cfg),
             name=name)
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = dropout_lib.Dropout(cfg.dropout_rate)
 
         def residual(x, sublayer, norm_name):
             if cfg.pre_norm:
@@ -179,5 +180,5 @@ class TransformerStack(nn.Module):
         if cfg.final_norm:
             x = make_norm(cfg, 'final_norm')(x)
             if not self.causal or self.cross_attention:  # T5 drops out after its final norms; GPT-2's ln_f does not
-                x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+                x = dropout_lib.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return x

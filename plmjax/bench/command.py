@@ -1,0 +1,76 @@
+"""`plmjax bench`: the matmul ceiling, the training steps of BERT-base / GPT-2 small / T5-small and greedy
+decoding, for plmjax and the PyTorch reference, each configuration in a fresh process; a Markdown table on the
+terminal and a JSON record.
+
+    plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode] [--repeats 3] [--out results.json]
+                 [--no_torch] [--torch_variants eager_f32,eager_bf16_autocast,compile]
+
+Until cli.py wires it, run it as `python -m plmjax.bench [flags]`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from plmjax.bench import configs, report, runner
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser('bench', help='measure training and decoding speed against the PyTorch reference')
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--sizes', choices=['full', 'tiny'], default='full',
+                   help='full: BERT-base, GPT-2 small, T5-small at the issue\'s shapes; tiny: 2-layer, 64-wide '
+                        'versions for smoke tests')
+    p.add_argument('--only', default=','.join(runner.GROUPS),
+                   help=f'comma-separated subset of {",".join(runner.GROUPS)}')
+    p.add_argument('--repeats', type=int, default=3, help='timed repeats per configuration (median, min, max)')
+    p.add_argument('--out', default='results.json', help='where the JSON record goes')
+    p.add_argument('--no_torch', action='store_true', help='measure plmjax only (no PyTorch reference)')
+    p.add_argument('--torch_variants', default=','.join(runner.TORCH_VARIANTS),
+                   help=f'comma-separated subset of {",".join(runner.TORCH_VARIANTS)}')
+    p.add_argument('--traceback', action='store_true', help='show the full traceback of an error')
+
+
+def _split(value: str, allowed, flag: str) -> list[str]:
+    items = [v.strip() for v in value.split(',') if v.strip()]
+    unknown = [v for v in items if v not in allowed]
+    if unknown or not items:
+        raise ValueError(f'{flag} {value!r}: choose a comma-separated subset of {",".join(allowed)}.')
+    return items
+
+
+def run(args) -> dict:
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the parent only reads shapes; the workers measure the CPU
+    if args.repeats < 1:
+        raise ValueError(f'--repeats must be >= 1, got {args.repeats}.')
+    only = _split(args.only, runner.GROUPS, '--only')
+    variants = _split(args.torch_variants, runner.TORCH_VARIANTS, '--torch_variants')
+    spec_list = runner.specs(args.sizes, args.repeats, only, torch=not args.no_torch, torch_variants=variants)
+    counts = {m: runner.model_counts(m, args.sizes) for m in configs.MODELS if m in only}
+    results = runner.run_all(spec_list, args.sizes)
+    record = report.build(results, args.sizes, args.repeats, counts)
+    print(report.markdown(record), file=sys.stdout)
+    with open(args.out, 'w') as f:
+        json.dump(record, f, indent=2)
+    print(f'JSON record: {args.out}', file=sys.stderr)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='plmjax bench', description=__doc__.split('\n')[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:
+        if args.traceback:
+            raise
+        print(f'plmjax bench: error: {error}', file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,142 @@
+"""What `plmjax bench` measures: the models, their batch shapes at each size, and the model-FLOP formula.
+
+Model FLOPs of one training step (forward + backward), as in Kaplan et al. (2020) and PaLM's MFU (Chowdhery
+et al., 2022, appendix B):
+
+    6 * N * tokens  +  12 * layers * seq * d_attn * tokens
+
+N is the number of NON-EMBEDDING parameters: every parameter except the token, position and token-type
+embedding tables and T5's relative-attention-bias tables. The output projection is tied to the token table in
+all three benchmarked models (BERT, GPT-2, T5), so its FLOPs are not counted either (nor in PyTorch's figures,
+which use the same formula). d_attn = heads * head_dim; seq is the attended length (no causal halving).
+An encoder-decoder counts each stack with its own tokens: 6 * N_enc * input tokens + 6 * N_dec * target
+tokens + 12 * L_enc * S_in * d * input tokens + 12 * L_dec * (S_tgt + S_in) * d * target tokens (decoder
+self-attention plus cross-attention); its tokens/s counts input + target tokens.
+
+This module never imports jax at module level: the PyTorch worker processes read the shapes from here too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+# Token tables and relative-bias tables: what "non-embedding" leaves out (names of plmjax parameter modules).
+EMBEDDING_MODULES = ('token_embedder', 'position_embedder', 'token_type_embedder', 'relative_attention_bias')
+
+# The tiny sizes shrink the full presets (same structure, CI-sized): see `ModelBench.preset_overrides`.
+TINY = dict(vocab_size=512, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128, max_length=128)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBench:
+    """One benchmarked training configuration: a plmjax preset + objective and its Hugging Face class."""
+    name: str  # 'bert' | 'gpt2' | 't5'
+    preset: str  # plmjax.models.config preset function
+    architecture: str
+    objective: str
+    hf_class: str  # the transformers class of the PyTorch reference
+    lengths: Mapping[str, int]  # full size: {'inputs': ..., 'targets': ...}
+    tiny_lengths: Mapping[str, int]
+    overrides: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    batch_size: int = 8
+
+    def feature_lengths(self, size: str) -> dict[str, int]:
+        return dict(self.lengths if size == 'full' else self.tiny_lengths)
+
+    def preset_overrides(self, size: str) -> dict:
+        overrides = dict(self.overrides)
+        if size == 'tiny':
+            layers = {f: 2 for f in ('num_encoder_layers', 'num_decoder_layers')
+                      if f in _LAYER_FIELDS[self.architecture]}
+            overrides.update(TINY, **layers)
+        return overrides
+
+
+_LAYER_FIELDS = {'encoder': ('num_encoder_layers',), 'decoder': ('num_decoder_layers',),
+                 'encoder_decoder': ('num_encoder_layers', 'num_decoder_layers')}
+
+# BERT-base MLM is `BertForMaskedLM`, which has no pooler: neither has the plmjax model here.
+MODELS = {m.name: m for m in (
+    ModelBench('bert', 'bert_base', 'encoder', 'mlm', 'BertForMaskedLM', {'inputs': 128}, {'inputs': 32},
+               {'pooler': False}),
+    ModelBench('gpt2', 'gpt2_small', 'decoder', 'causal_lm', 'GPT2LMHeadModel', {'targets': 128}, {'targets': 32}),
+    ModelBench('t5', 't5_small', 'encoder_decoder', 'span_corruption', 'T5ForConditionalGeneration',
+               {'inputs': 128, 'targets': 32}, {'inputs': 32, 'targets': 8}),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeBench:
+    """Greedy decoding with a KV cache: prompt length, new tokens, model (a decoder ModelBench)."""
+    model: str = 'gpt2'
+    prompt_length: int = 32
+    new_tokens: int = 64
+    tiny_prompt_length: int = 8
+    tiny_new_tokens: int = 8
+    batch_sizes: tuple[int, ...] = (1, 8)
+
+    def shape(self, size: str) -> tuple[int, int]:
+        return ((self.prompt_length, self.new_tokens) if size == 'full'
+                else (self.tiny_prompt_length, self.tiny_new_tokens))
+
+
+DECODE = DecodeBench()
+MATMUL_SIZE = {'full': 4096, 'tiny': 512}  # square [n, n] @ [n, n]: 2 n^3 FLOPs
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCounts:
+    """The numbers the FLOP formula needs, for one model and batch shape."""
+    non_embedding_params: dict[str, int]  # per stack: 'encoder' / 'decoder' (heads count with their stack)
+    layers: dict[str, int]
+    seq: dict[str, int]  # attended length per stack
+    tokens: dict[str, int]  # tokens per step per stack
+    d_attn: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return sum(self.tokens.values())
+
+    @property
+    def flops_per_step(self) -> float:
+        flops = 0.0
+        for stack, tokens in self.tokens.items():
+            flops += 6 * self.non_embedding_params[stack] * tokens
+            flops += 12 * self.layers[stack] * self.seq[stack] * self.d_attn * tokens
+        return flops
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), 'tokens_per_step': self.tokens_per_step,
+                'flops_per_step': self.flops_per_step}
+
+
+def is_embedding(path: tuple[str, ...]) -> bool:
+    return any(name in EMBEDDING_MODULES for name in path)
+
+
+def model_counts(bench: ModelBench, size: str, param_shapes: Mapping[tuple[str, ...], tuple[int, ...]],
+                 config) -> ModelCounts:
+    """`param_shapes`: {path: shape} of the plmjax parameters; config: its TransformerConfig."""
+    lengths = bench.feature_lengths(size)
+    batch = bench.batch_size
+    d_attn = config.num_heads * config.head_dim
+    if bench.architecture != 'encoder_decoder':
+        stack = 'encoder' if bench.architecture == 'encoder' else 'decoder'
+        n = sum(math.prod(s) for p, s in param_shapes.items() if not is_embedding(p))
+        seq = max(lengths.values())
+        layers = config.num_encoder_layers if stack == 'encoder' else config.num_decoder_layers
+        return ModelCounts({stack: n}, {stack: layers}, {stack: seq}, {stack: batch * seq}, d_attn)
+    n_enc = sum(math.prod(s) for p, s in param_shapes.items() if not is_embedding(p) and p[0] == 'encoder')
+    n_dec = sum(math.prod(s) for p, s in param_shapes.items() if not is_embedding(p) and p[0] != 'encoder')
+    s_in, s_tgt = lengths['inputs'], lengths['targets']
+    return ModelCounts({'encoder': n_enc, 'decoder': n_dec},
+                       {'encoder': config.num_encoder_layers, 'decoder': config.num_decoder_layers},
+                       {'encoder': s_in, 'decoder': s_tgt + s_in},
+                       {'encoder': batch * s_in, 'decoder': batch * s_tgt}, d_attn)
+
+
+FORMULA = ('model FLOPs/step = 6*N*tokens + 12*layers*seq*d_attn*tokens; N = non-embedding parameters (all but '
+           'the token, position, token-type and relative-bias tables; the tied output projection is the token '
+           'table, so not counted); d_attn = heads*head_dim; T5: each stack with its own tokens, decoder seq = '
+           'targets + inputs (self + cross attention)')

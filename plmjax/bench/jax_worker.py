@@ -1,0 +1,101 @@
+"""The plmjax side of the benchmark, run inside a worker process: XLA matmul ceiling, train step, decoding.
+
+The train step is the real `plmjax.train.step.jit_train_step` with the objective and optax AdamW
+(`plmjax.train.optim.make_optimizer`, constant learning rate, global-norm clipping at 1.0 as its default), on a
+one-device mesh; compile time is `lower(...).compile()` of that jitted step, and the compiled step then runs.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from plmjax.bench import batches, configs, timing
+
+
+def matmul(spec: dict) -> dict:
+    """Best-of-N FLOP/s of an [n, n] @ [n, n] XLA matmul in float32 and bfloat16."""
+    n, repeats = spec['n'], spec['repeats']
+    out = {}
+    for dtype in ('float32', 'bfloat16'):
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
+        dot = jax.jit(jnp.dot)
+        dot(a, b).block_until_ready()
+        rates = timing.repeat_rates(lambda steps: [dot(a, b).block_until_ready() for _ in range(steps)],
+                                    spec['steps'], repeats, 2 * n ** 3)
+        out[dtype] = rates
+    return {'flops_per_s': out}
+
+
+def _model(bench: configs.ModelBench, size: str):
+    from plmjax import models
+    config = models.PRESETS[bench.preset](**bench.preset_overrides(size))
+    return config, models.build_model(bench.architecture, config)
+
+
+def train(spec: dict) -> dict:
+    from flax import linen as nn
+    from plmjax import objectives, sharding
+    from plmjax.train import optim, state as state_lib, step as step_lib
+
+    bench = configs.MODELS[spec['model']]
+    config, module = _model(bench, spec['size'])
+    lengths = bench.feature_lengths(spec['size'])
+    objective = objectives.get_objective(bench.objective)
+    tx, schedule = optim.make_optimizer('adamw', learning_rate=1e-4, schedule='constant')
+    mesh = sharding.create_mesh(devices=jax.devices()[:1])
+    state, shardings = state_lib.create_train_state(module, tx, bench.architecture, lengths, mesh, seed=0)
+    step = step_lib.jit_train_step(module, objective, tx, schedule, mesh, shardings)
+    batch = batches.synthetic_batch(bench.architecture, bench.batch_size, lengths, config.vocab_size)
+    batch = sharding.shard_batch(batch, mesh)
+
+    start = time.perf_counter()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        compiled = step.__wrapped__.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+
+    holder = {'state': state}
+
+    def run_steps(steps):
+        for _ in range(steps):
+            holder['state'], metrics = compiled(holder['state'], batch)
+        jax.block_until_ready(holder['state'])
+        holder['metrics'] = metrics
+
+    run_steps(1)  # first execution: buffer allocation
+    tokens = sum(bench.batch_size * length for length in lengths.values())
+    rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], tokens)
+    loss = float(holder['metrics']['loss'][0] / holder['metrics']['loss'][1])
+    return {'tokens_per_s': rates, 'compile_s': compile_s, 'loss': loss, 'tokens_per_step': tokens}
+
+
+def decode(spec: dict) -> dict:
+    """Greedy decoding tokens/s at each batch size (one process: the peak RSS is the largest batch's)."""
+    from plmjax.decode import greedy
+    bench = configs.MODELS[configs.DECODE.model]
+    config, module = _model(bench, spec['size'])
+    prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
+    params = jax.jit(module.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+    by_batch = {}
+    for batch_size in spec['batch_sizes']:
+        prompt = np.random.default_rng(0).integers(batches.FIRST_ID, config.vocab_size,
+                                                   (batch_size, prompt_length)).astype(np.int32)
+        start = time.perf_counter()
+        compiled = greedy.jit_greedy_decode(module, new_tokens).lower(params, prompt).compile()
+        compile_s = time.perf_counter() - start
+
+        def run_steps(steps):
+            for _ in range(steps):
+                tokens = compiled(params, prompt)
+            tokens.block_until_ready()
+
+        run_steps(1)
+        rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens)
+        by_batch[str(batch_size)] = {'tokens_per_s': rates, 'compile_s': compile_s}
+    return {'by_batch': by_batch}
+
+
+MEASURES = {'matmul': matmul, 'train': train, 'decode': decode}

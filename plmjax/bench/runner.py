@@ -1,0 +1,121 @@
+"""Runs every measured configuration in its own fresh worker process, one at a time (the machine's cores are
+shared by nothing else of ours while a worker runs), and collects the raw results.
+
+Configurations, in order: the matmul ceilings (XLA, then PyTorch), then per model plmjax and the PyTorch variants,
+then greedy decoding at each batch size (plmjax, then `transformers` generate).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Iterable
+
+from plmjax.bench import configs, worker
+
+GROUPS = ('matmul', *configs.MODELS, 'decode')
+TORCH_VARIANTS = ('eager_f32', 'eager_bf16_autocast', 'compile')
+# (steps per repeat) for each kind and size: a repeat times this many steps, decodes or matmuls.
+STEPS = {('matmul', 'full'): 3, ('matmul', 'tiny'): 10, ('train', 'full'): 2, ('train', 'tiny'): 3,
+         ('decode', 'full'): 1, ('decode', 'tiny'): 2}
+TIMEOUT_S = {'full': 3600, 'tiny': 300}
+
+
+def hf_config(model: str, size: str) -> dict:
+    """config.json of the `transformers` model equivalent to the plmjax preset (plmjax.convert.to_hf)."""
+    import jax
+    import numpy as np
+    from plmjax import models
+    from plmjax.convert import common, hf
+    bench = configs.MODELS[model]
+    config = models.PRESETS[bench.preset](**bench.preset_overrides(size))
+    abstract = common.abstract_params(bench.architecture, config)
+    zeros = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), abstract)  # no memory
+    config_json, _ = hf.to_hf(config, zeros, hf_class=bench.hf_class, architecture=bench.architecture)
+    return config_json
+
+
+def model_counts(model: str, size: str) -> configs.ModelCounts:
+    import jax
+    from plmjax import models
+    from plmjax.convert import common
+    bench = configs.MODELS[model]
+    config = models.PRESETS[bench.preset](**bench.preset_overrides(size))
+    abstract = common.abstract_params(bench.architecture, config)
+    shapes = {tuple(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+    return configs.model_counts(bench, size, shapes, config)
+
+
+def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = True,
+          torch_variants: Iterable[str] = TORCH_VARIANTS) -> list[dict]:
+    """The worker specs of one benchmark run."""
+    only = set(only)
+    unknown = only - set(GROUPS)
+    if unknown:
+        raise ValueError(f'--only {",".join(sorted(unknown))}: unknown; choose from {",".join(GROUPS)}.')
+    frameworks = ('plmjax', 'torch') if torch else ('plmjax',)
+    base = {'size': size, 'repeats': repeats}
+    out = []
+    if 'matmul' in only:
+        out += [{**base, 'kind': 'matmul', 'framework': f, 'n': configs.MATMUL_SIZE[size],
+                 'steps': STEPS['matmul', size]} for f in frameworks]
+    for model in configs.MODELS:
+        if model not in only:
+            continue
+        train = {**base, 'kind': 'train', 'model': model, 'steps': STEPS['train', size]}
+        out.append({**train, 'framework': 'plmjax', 'variant': 'xla_f32'})
+        if torch:
+            config_json = hf_config(model, size)
+            out += [{**train, 'framework': 'torch', 'variant': v, 'hf_config': config_json} for v in torch_variants]
+    if 'decode' in only:  # one process per framework for all batch sizes: peak RSS is the largest batch's
+        decode = {**base, 'kind': 'decode', 'model': configs.DECODE.model,
+                  'batch_sizes': list(configs.DECODE.batch_sizes), 'steps': STEPS['decode', size]}
+        out.append({**decode, 'framework': 'plmjax', 'variant': 'kv_cache_scan'})
+        if torch:
+            out.append({**decode, 'framework': 'torch', 'variant': 'generate',
+                        'hf_config': hf_config(configs.DECODE.model, size)})
+    return out
+
+
+def worker_env() -> dict:
+    """CPU only, one (real) device: the test suite's fake-device flag must not reach the measured process."""
+    env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+    flags = [f for f in env.get('XLA_FLAGS', '').split() if not f.startswith('--xla_force_host_platform_device_count')]
+    env['XLA_FLAGS'] = ' '.join(flags)
+    return env
+
+
+def run_spec(spec: dict, timeout_s: float) -> dict:
+    """Runs one spec in a fresh process; returns the worker's result (or an 'error')."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, '-m', 'plmjax.bench.worker', json.dumps(spec)], env=worker_env(),
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {'error': f'timed out after {timeout_s:.0f} s'}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(worker.RESULT_PREFIX)]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+        return {'error': f'worker exited with status {proc.returncode}: {tail}'}
+    result = json.loads(lines[-1][len(worker.RESULT_PREFIX):])
+    result['wall_s'] = time.perf_counter() - start
+    return result
+
+
+def label(spec: dict) -> str:
+    parts = [spec['kind'], spec.get('model', ''), spec['framework'], spec.get('variant', '')]
+    if 'batch_sizes' in spec:
+        parts.append('batch ' + ','.join(map(str, spec['batch_sizes'])))
+    return ' '.join(p for p in parts if p)
+
+
+def run_all(spec_list: list[dict], size: str, log=sys.stderr) -> list[tuple[dict, dict]]:
+    results = []
+    for i, spec in enumerate(spec_list):
+        print(f'[{i + 1}/{len(spec_list)}] {label(spec)} ...', file=log, end=' ', flush=True)
+        result = run_spec(spec, TIMEOUT_S[size])
+        print(result.get('error') or f'{result.get("wall_s", 0):.0f} s', file=log, flush=True)
+        results.append((spec, result))
+    return results

@@ -1,0 +1,112 @@
+"""The PyTorch reference, run inside a worker process that never imports jax.
+
+`transformers` models are built from the config.json that `plmjax.convert.to_hf` writes for the plmjax preset
+(computed by the parent process), trained with `torch.optim.AdamW` (BERT's hyper-parameters, no weight decay on
+biases and norms, global-norm clipping at 1.0: what `plmjax.train.optim.make_optimizer` builds). Variants:
+'eager_f32', 'eager_bf16_autocast' (torch.autocast on CPU, bfloat16) and 'compile' (torch.compile, float32; the
+first step's extra time is the compile time). Dropout is on in both frameworks (train mode).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+import transformers
+
+from plmjax.bench import batches, configs, timing
+
+VARIANTS = ('eager_f32', 'eager_bf16_autocast', 'compile')
+
+
+def matmul(spec: dict) -> dict:
+    n = spec['n']
+    out = {}
+    for name, dtype in (('float32', torch.float32), ('bfloat16', torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        out[name] = timing.repeat_rates(lambda steps: [torch.mm(a, b) for _ in range(steps)], spec['steps'],
+                                        spec['repeats'], 2 * n ** 3)
+    return {'flops_per_s': out}
+
+
+def _hf_model(spec: dict, hf_class: str):
+    hf_config = dict(spec['hf_config'])
+    config = transformers.CONFIG_MAPPING[hf_config.pop('model_type')](**hf_config)
+    torch.manual_seed(0)
+    return getattr(transformers, hf_class)(config)
+
+
+def _optimizer(model) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        no = name.endswith('bias') or 'layernorm' in name.lower() or 'layer_norm' in name or '.ln_' in name
+        (no_decay if no else decay).append(param)
+    return torch.optim.AdamW([{'params': decay, 'weight_decay': 0.01}, {'params': no_decay, 'weight_decay': 0.0}],
+                             lr=1e-4, betas=(0.9, 0.999), eps=1e-6)
+
+
+def train(spec: dict) -> dict:
+    variant = spec['variant']
+    if variant not in VARIANTS:
+        raise ValueError(f'unknown PyTorch variant {variant!r}; choose one of {VARIANTS}.')
+    bench = configs.MODELS[spec['model']]
+    lengths = bench.feature_lengths(spec['size'])
+    model = _hf_model(spec, bench.hf_class).train()
+    optimizer = _optimizer(model)
+    batch = batches.synthetic_batch(bench.architecture, bench.batch_size, lengths, spec['hf_config']['vocab_size'])
+    inputs = {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in batches.hf_inputs(bench.architecture,
+                                                                                           batch).items()}
+    forward = torch.compile(model) if variant == 'compile' else model
+    autocast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if variant == 'eager_bf16_autocast' else \
+        contextlib.nullcontext
+    holder = {}
+
+    def run_steps(steps):
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = forward(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        holder['loss'] = float(loss)
+
+    start = time.perf_counter()
+    run_steps(1)  # the first step (torch.compile: tracing and compiling)
+    first_s = time.perf_counter() - start
+    tokens = sum(bench.batch_size * length for length in lengths.values())
+    rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], tokens)
+    result = {'tokens_per_s': rates, 'loss': holder['loss'], 'tokens_per_step': tokens,
+              'torch_threads': torch.get_num_threads()}
+    if variant == 'compile':
+        result['compile_s'] = max(first_s - tokens / np.median(rates), 0.0)
+    return result
+
+
+def decode(spec: dict) -> dict:
+    """`generate` tokens/s at each batch size (greedy, KV cache, no early stop)."""
+    bench = configs.MODELS[configs.DECODE.model]
+    prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
+    model = _hf_model(spec, bench.hf_class).eval()
+    by_batch = {}
+    for batch_size in spec['batch_sizes']:
+        prompt = torch.from_numpy(np.random.default_rng(0).integers(
+            batches.FIRST_ID, spec['hf_config']['vocab_size'], (batch_size, prompt_length)))
+        mask = torch.ones_like(prompt)
+
+        def run_steps(steps):
+            with torch.inference_mode():
+                for _ in range(steps):
+                    out = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                         num_beams=1, eos_token_id=None, pad_token_id=0, use_cache=True)
+            assert out.shape[1] == prompt_length + new_tokens
+
+        run_steps(1)
+        by_batch[str(batch_size)] = {'tokens_per_s': timing.repeat_rates(run_steps, spec['steps'], spec['repeats'],
+                                                                         batch_size * new_tokens)}
+    return {'by_batch': by_batch}
+
+
+MEASURES = {'matmul': matmul, 'train': train, 'decode': decode}
