@@ -1,0 +1,277 @@
+"""Ahead-of-time compilation of the real train step for a TPU slice this machine does not have.
+
+`plan_train_step` builds what `plmjax train` builds (the module, the objective, the optimizer, the sharded
+`TrainState` of `train.state.state_shardings`, the jitted step of `train.step.jit_train_step`), but over the devices
+of a TPU topology (`jax.experimental.topologies`) and with abstract arguments: `ShapeDtypeStruct`s carrying the
+`NamedSharding`s the run would use. libtpu's compiler then partitions, schedules and allocates the step exactly as
+on the slice, and reports per device:
+
+- memory (`compiled.memory_analysis()`): arguments (train state + batch), outputs, the part of the outputs that
+  reuses donated argument buffers (alias), temporaries (activations kept for the backward pass, gradients, XLA
+  scratch) and the generated code; the total is arguments + outputs - alias + temporaries + code;
+- FLOPs and HBM bytes accessed (`compiled.cost_analysis()`), from which the roofline step time is
+  max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) at the chip's published peaks (`hardware.CHIPS`). The roofline
+  ignores communication between chips and the overlap of compute with memory traffic: it is a lower bound on the
+  step time and so an upper bound on MFU;
+- model FLOPs: 3 x the FLOPs of the forward pass and loss (XLA's cost analysis of the unpartitioned program; the
+  backward pass costs twice the forward), whatever the rematerialization, so MFU = model FLOPs per chip /
+  (roofline step time x peak) counts only useful work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from plmjax import models, sharding
+from plmjax.data import feature_converters
+from plmjax.plan import hardware
+from plmjax.train import loop, optim
+from plmjax.train import state as state_lib
+from plmjax.train import step as step_lib
+
+GIB = hardware.GIB
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the TPU compiler says about one train step on one device of a slice (bytes, FLOPs per device)."""
+
+    model: str
+    topology: str
+    chip: hardware.Chip
+    devices: int
+    devices_per_chip: int
+    mesh: dict[str, int]
+    batch_size: int
+    lengths: dict[str, int]  # model feature lengths of one example
+    remat_policy: str
+    dtype: str
+    param_dtype: str
+    parameters: int
+    state_bytes: int  # this device's shard of the train state (params + optimizer state), from the shardings
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    flops: float | None  # per device, as compiled (includes rematerialized recomputation)
+    bytes_accessed: float | None
+    model_flops: float | None  # per device: 3 x forward-and-loss FLOPs of the whole batch / devices
+    compile_seconds: float
+    compiler_message: str = ""  # the compiler's own words when it refused the program (out of memory)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def hbm_bytes(self) -> int:
+        """HBM one device may use: the chip's, shared by its devices."""
+        return self.chip.hbm_bytes // self.devices_per_chip
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.hbm_bytes and not self.compiler_message
+
+    @property
+    def peak_flops(self) -> float:
+        return self.chip.bf16_tflops * 1e12 / self.devices_per_chip
+
+    @property
+    def hbm_bandwidth(self) -> float:
+        return self.chip.hbm_gbps * 1e9 / self.devices_per_chip
+
+    @property
+    def work_flops(self) -> float | None:
+        """FLOPs the step does at least: the compiled count, or the model's when the compiler counts fewer (XLA's
+        cost analysis counts a loop body once, e.g. the loops of collective matmuls under tensor parallelism)."""
+        if self.flops is None:
+            return None
+        return max(self.flops, self.model_flops or 0.0)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Roofline step time: max(compute time at peak, HBM traffic time at full bandwidth)."""
+        if self.flops is None or self.bytes_accessed is None:
+            return None
+        return max(self.work_flops / self.peak_flops, self.bytes_accessed / self.hbm_bandwidth)
+
+    @property
+    def bound(self) -> str:
+        if self.flops is None or self.bytes_accessed is None:
+            return "-"
+        return "compute" if self.work_flops / self.peak_flops >= self.bytes_accessed / self.hbm_bandwidth else "memory"
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilization at the roofline step time."""
+        if self.step_seconds is None or self.model_flops is None:
+            return None
+        return self.model_flops / (self.step_seconds * self.peak_flops)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * sum(v for k, v in self.lengths.items() if k.endswith("_input_tokens"))
+
+    def does_not_fit_message(self) -> str:
+        """One message: the configuration does not fit, by how much, and what to change ('' when it fits)."""
+        if self.fits:
+            return ""
+        over = (self.total_bytes - self.hbm_bytes) / GIB
+        state_share = self.argument_bytes / max(self.total_bytes, 1)
+        fixes = ["shard the parameters and optimizer state over more devices (raise fsdp in --mesh, or tensor)",
+                 "rematerialize the layers (--remat full, or dots_saveable)",
+                 "lower the batch (--batch_size, or gradient accumulation: train.grad_accum_steps)"]
+        if state_share < 0.5:  # activations dominate: remat and a smaller batch help most
+            fixes = fixes[1:] + fixes[:1]
+        elif self.remat_policy != "none":
+            fixes = [fixes[0], fixes[2]]
+        return (f"{self.model} does not fit on {self.topology} with mesh {_mesh_text(self.mesh)} and batch "
+                f"{self.batch_size}: it needs {self.total_bytes / GIB:.1f} GiB per chip, {over:.1f} GiB more than "
+                f"the {self.hbm_bytes / GIB:.0f} GiB of HBM of a {self.chip.name} chip (state "
+                f"{self.argument_bytes / GIB:.1f} GiB, temporaries {self.temp_bytes / GIB:.1f} GiB). To fit: "
+                + "; or ".join(fixes) + ".")
+
+
+def _mesh_text(mesh: Mapping[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in mesh.items())
+
+
+def batch_spec(objective, task_feature_lengths: Mapping[str, int], batch_size: int, mesh,
+               rules=sharding.LOGICAL_AXIS_RULES):
+    """The abstract global batch the objective's feature converter produces (docs/interfaces.md: every
+    `*_loss_weights` float32, every other feature int32), sharded as `sharding.shard_batch` would put it."""
+    converter = feature_converters.make_feature_converter(objective.feature_converter)
+    lengths = converter.get_model_feature_lengths(task_feature_lengths)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    dtype = lambda name: jnp.float32 if name.endswith("_loss_weights") else jnp.int32  # noqa: E731
+    return {name: jax.ShapeDtypeStruct((batch_size, length), dtype(name), sharding=batch_sharding)
+            for name, length in lengths.items()}
+
+
+def per_device_bytes(abstract_tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard, for uneven splits)."""
+    total = 0
+    for leaf in jax.tree.leaves(abstract_tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # a typed key: its key data, e.g. uint32[2]
+            data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shard, leaf.dtype))
+            total += math.prod(data.shape) * data.dtype.itemsize
+        else:
+            total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def check_divisible(abstract_state, mesh_shape: Mapping[str, int]) -> None:
+    """A clear ValueError when a sharded dimension does not split evenly over its mesh axes (jit requires it)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        spec = leaf.sharding.spec
+        for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(spec) + (None,) * (len(leaf.shape) - len(spec)))):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            parts = math.prod(mesh_shape[a] for a in axes)
+            if size % parts:
+                name = jax.tree_util.keystr(path)
+                raise ValueError(
+                    f"{name} has {size} along dimension {dim}, which does not split over mesh axes {axes} of "
+                    f"{parts} devices (mesh {_mesh_text(mesh_shape)}). Choose mesh sizes that divide it (--mesh), or "
+                    f"change the model (e.g. pad vocab_size to a multiple of {128 * parts}: gin "
+                    "`<preset>.vocab_size = ...`; num_heads must be a multiple of tensor).")
+
+
+def forward_flops(module, objective, abstract_params, abstract_batch) -> float:
+    """FLOPs of the forward pass and loss of the whole batch, from XLA's cost analysis of the unpartitioned,
+    unrematerialized program (lowered only, never compiled)."""
+    unsharded = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
+
+    def loss(params, batch):
+        outputs = module.apply({"params": params}, **objective.model_inputs(batch), deterministic=True)
+        return objective.loss_fn(batch, outputs)[0]
+
+    return float(_cost(jax.jit(loss).lower(unsharded(abstract_params), unsharded(abstract_batch)))["flops"])
+
+
+def _cost(lowered_or_compiled) -> dict[str, float]:
+    cost = lowered_or_compiled.cost_analysis()
+    return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
+# The TPU compiler's refusals, e.g. "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO
+# temporaries (26.84G) exceeds available HBM (15.75G)." (libtpu 0.0.42) or "... Used 130.21G of 95.74G hbm. ...".
+_OOM_TEMPS = re.compile(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM")
+_OOM_USED = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def parse_out_of_memory(message: str, argument_bytes: int) -> int | None:
+    """Temporaries the compiler needed when it refused a program for lack of HBM; None for other errors."""
+    found = _OOM_TEMPS.search(message)
+    if found:
+        return int(float(found.group(1)) * _UNITS[found.group(2)])
+    found = _OOM_USED.search(message)
+    if found:
+        return int(float(found.group(1)) * _UNITS[found.group(2)]) - argument_bytes
+    return None
+
+
+def plan_train_step(model_config, architecture: str, objective: str, task_feature_lengths: Mapping[str, int], *,
+                    topology: str, mesh_shape: Mapping[str, int], batch_size: int, optimizer=None,
+                    grad_accum_steps: int = 1, rules=sharding.LOGICAL_AXIS_RULES, name: str | None = None) -> Plan:
+    """Compiles `plmjax train`'s step for `topology` ('v5e:4x4') over a `('data', 'fsdp', 'tensor')` mesh of its
+    devices (`mesh_shape`: {'data': .., 'fsdp': .., 'tensor': ..}, one may be -1); returns the compiler's figures.
+
+    optimizer: `(tx, schedule)` as `train.optimizer` (default: `optim.make_optimizer`'s AdamW).
+    """
+    chip, _ = hardware.parse_topology(topology)
+    devices = hardware.topology_devices(topology)
+    mesh = sharding.create_mesh(devices=devices, **mesh_shape)
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % (data_parallel * grad_accum_steps):
+        raise ValueError(f"Batch size {batch_size} does not split over data x fsdp = {data_parallel} devices "
+                         f"(x grad_accum_steps={grad_accum_steps}): use a multiple of "
+                         f"{data_parallel * grad_accum_steps} (--batch_size).")
+    run = loop.setup(model_config, architecture, objective, task_feature_lengths, mesh)
+    tx, schedule = optimizer if optimizer is not None else optim.make_optimizer(total_steps=1000)
+    abstract_state, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths,
+                                                          mesh, rules)
+    check_divisible(abstract_state, dict(mesh.shape))
+    batch = batch_spec(run.objective, run.task_feature_lengths, batch_size, mesh, rules)
+    train_step = step_lib.jit_train_step(run.module, run.objective, tx, schedule, mesh, shardings,
+                                         grad_accum_steps=grad_accum_steps, rules=rules)
+    start = time.time()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        lowered = train_step.__wrapped__.lower(abstract_state, batch)  # the jitted step inside jit_train_step's mesh
+    message, memory, cost = "", None, {}
+    state_bytes = per_device_bytes(abstract_state)
+    arguments = state_bytes + per_device_bytes(batch)
+    try:
+        compiled = lowered.compile()
+        memory, cost = compiled.memory_analysis(), _cost(compiled)
+    except Exception as error:  # noqa: BLE001  only the compiler's out-of-memory refusal is a result
+        temps = parse_out_of_memory(str(error), arguments)
+        if temps is None:
+            raise
+        message = str(error).strip().splitlines()[0]
+    compile_seconds = time.time() - start
+    if memory is not None:
+        mem = dict(argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+                   alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+                   code_bytes=memory.generated_code_size_in_bytes)
+    else:  # refused: the compiler's temporaries beside the (known) arguments
+        mem = dict(argument_bytes=arguments, output_bytes=0, alias_bytes=0, temp_bytes=temps, code_bytes=0)
+    fwd = forward_flops(run.module, run.objective, abstract_state.params, batch)
+    cfg = model_config
+    return Plan(
+        model=name or cfg.name, topology=topology, chip=chip, devices=len(devices),
+        devices_per_chip=hardware.devices_per_chip(devices), mesh=dict(mesh.shape), batch_size=batch_size,
+        lengths={k: int(v.shape[1]) for k, v in batch.items()}, remat_policy=cfg.layer_remat_policy, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, parameters=models.count_params(abstract_state.params), state_bytes=state_bytes,
+        flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"), model_flops=3 * fwd / len(devices),
+        compile_seconds=compile_seconds, compiler_message=message, **mem)

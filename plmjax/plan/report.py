@@ -1,0 +1,109 @@
+"""Plans as text: one plan's summary for the terminal, its JSON record, and the Markdown table of several.
+
+    python -m plmjax.plan.report plans.jsonl     # the table of every plan `plmjax plan --out plans.jsonl` appended
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from plmjax.plan.hardware import GIB
+
+if TYPE_CHECKING:  # the report reads plans; it does not compile them (no TensorFlow, no libtpu to import)
+    from plmjax.plan.aot import Plan
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _mesh(mesh) -> str:
+    return ",".join(f"{k}={v}" for k, v in mesh.items())
+
+
+def _tokens(plan: Plan) -> str:
+    lengths = {k.split("_")[0]: v for k, v in plan.lengths.items() if k.endswith("_input_tokens")}
+    return " + ".join(f"{v} {k}" for k, v in lengths.items())
+
+
+def format_plan(plan: Plan) -> str:
+    """The terminal summary of one plan (every figure per chip, as the compiler reports it per device)."""
+    chips = plan.devices // plan.devices_per_chip
+    lines = [f"{plan.model} on {plan.topology} ({chips} {plan.chip.name} chips), mesh {_mesh(plan.mesh)}, batch "
+             f"{plan.batch_size} x ({_tokens(plan)}) tokens, remat {plan.remat_policy}, {plan.dtype} compute, "
+             f"{plan.param_dtype} parameters"]
+    rows = [("parameters", f"{plan.parameters / 1e9:.3f} B")]
+    if plan.compiler_message:
+        rows.append(("compiler", plan.compiler_message))
+    rows += [
+        ("memory per chip", f"arguments {_gib(plan.argument_bytes)} (train state {_gib(plan.state_bytes)}), "
+                            f"outputs {_gib(plan.output_bytes)} (aliased to donated arguments "
+                            f"{_gib(plan.alias_bytes)}), temporaries {_gib(plan.temp_bytes)}, code "
+                            f"{_gib(plan.code_bytes)}"),
+        ("total per chip", f"{_gib(plan.total_bytes)} of {plan.hbm_bytes / GIB:.0f} GiB HBM "
+                           f"({100 * plan.total_bytes / plan.hbm_bytes:.0f}%)"),
+    ]
+    if plan.flops is not None:
+        rows += [
+            ("FLOPs per chip", f"{plan.flops:.3e} compiled, {plan.model_flops:.3e} model (3 x forward); ratio "
+                               f"{plan.flops / plan.model_flops:.2f}" + (
+                                   "" if plan.flops >= plan.model_flops else
+                                   " (XLA counts loop bodies once: the roofline uses the model's FLOPs)")),
+            ("HBM bytes per chip", f"{plan.bytes_accessed:.3e}"),
+            ("roofline step", f"{plan.step_seconds * 1e3:.1f} ms ({plan.bound}-bound at {plan.chip.bf16_tflops:g} "
+                              f"TFLOP/s, {plan.chip.hbm_gbps:g} GB/s): "
+                              f"{plan.tokens_per_step / plan.step_seconds:,.0f} tokens/s"),
+            ("MFU at roofline", f"{100 * plan.mfu:.1f}% (an upper bound: communication is not counted)"),
+        ]
+    rows.append(("compile time", f"{plan.compile_seconds:.0f} s on this machine"))
+    width = max(len(k) for k, _ in rows)
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    if not plan.fits:
+        lines.append(plan.does_not_fit_message())
+    return "\n".join(lines)
+
+
+def plan_record(plan: Plan) -> dict:
+    """A JSON-ready record of a plan, with the derived figures."""
+    record = dataclasses.asdict(plan)
+    record["chip"] = dataclasses.asdict(plan.chip)
+    record.update(total_bytes=plan.total_bytes, hbm_bytes=plan.hbm_bytes, fits=plan.fits,
+                  step_seconds=plan.step_seconds, bound=plan.bound, mfu=plan.mfu,
+                  tokens_per_step=plan.tokens_per_step, message=plan.does_not_fit_message())
+    return record
+
+
+def markdown_table(records: list[dict]) -> str:
+    """One row per plan record: model, slice, mesh, batch, remat, memory per chip, FLOPs, roofline, MFU."""
+    header = ("| model | params | slice | mesh (data,fsdp,tensor) | batch x tokens | remat | state GiB | temps GiB | "
+              "total GiB / HBM | fits | TFLOPs/chip (compiled / model) | roofline step | MFU | compile |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in records:
+        chips = r["devices"] // r["devices_per_chip"]
+        tokens = sum(v for k, v in r["lengths"].items() if k.endswith("_input_tokens"))
+        mesh = ",".join(str(v) for v in r["mesh"].values())
+        if r["flops"] is not None:
+            flops = f"{r['flops'] / 1e12:.1f} / {r['model_flops'] / 1e12:.1f}"
+            step = f"{r['step_seconds'] * 1e3:.0f} ms ({r['bound'][:3]})"
+            mfu = f"{100 * r['mfu']:.0f}%"
+        else:
+            flops, step, mfu = "-", "-", "-"
+        slice_ = f"{r['chip']['name']}-{chips} ({r['topology'].split(':')[1]})"
+        lines.append(
+            f"| {r['model']} | {r['parameters'] / 1e9:.2f} B | {slice_} | {mesh} | {r['batch_size']} x {tokens} | "
+            f"{r['remat_policy']} | {r['state_bytes'] / GIB:.2f} | "
+            f"{r['temp_bytes'] / GIB:.2f} | {r['total_bytes'] / GIB:.1f} / {r['hbm_bytes'] / GIB:.0f} | "
+            f"{'yes' if r['fits'] else '**no**'} | {flops} | {step} | {mfu} | {r['compile_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def read_records(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+if __name__ == "__main__":
+    print(markdown_table(read_records(sys.argv[1])))

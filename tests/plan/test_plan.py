@@ -1,0 +1,142 @@
+"""`plmjax plan`: the real train step compiled by libtpu for a TPU slice reports memory and FLOPs that behave as
+the model says they must (against closed forms and against doubling the batch), and a plan over the chip's HBM
+ends in one message saying by how much and what to change."""
+
+import dataclasses
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from plmjax import models
+from plmjax.plan import aot, command, hardware
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu is absent: pip install 'jax[tpu]' (plmjax's [tpu] extra)")
+
+# A 2-layer GPT; dropout off so that the step's FLOPs are the model's (threefry dropout masks are a third of a tiny
+# model's FLOPs and slow its compilation). Four v4 chips, data parallel, 16 then 32 sequences of 32 tokens a chip.
+TINY = models.tiny_decoder(dtype="bfloat16", dropout_rate=0.0, attention_dropout_rate=0.0)
+LENGTH, BATCH = 32, 64
+
+
+def _matmul_flops_per_token(cfg, length):
+    """Closed form: 2 FLOPs per weight of every matmul (attention and MLP kernels, the tied output projection)
+    plus the attention products QK^T and PV (2 * 2 * length * heads * head_dim a layer), times 3 (forward and
+    backward); elementwise work (norms, softmax, GELU, cross entropy) is left out."""
+    d, inner = cfg.emb_dim, cfg.num_heads * cfg.head_dim
+    per_layer = 4 * d * inner + 2 * d * cfg.mlp_dim
+    weights = cfg.num_decoder_layers * per_layer + cfg.vocab_size * d
+    attention = cfg.num_decoder_layers * 4 * length * inner
+    return 3 * (2 * weights + attention)
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return [aot.plan_train_step(TINY, "decoder", "causal_lm", {"targets": LENGTH}, topology="v4:2x2x1",
+                                mesh_shape={"data": -1}, batch_size=batch) for batch in (BATCH, 2 * BATCH)]
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_doubling_the_batch_doubles_flops_and_activations_not_the_state(plans):
+    small, large = plans
+    assert small.devices == 4 and small.devices_per_chip == 1 and small.mesh == {"data": 4, "fsdp": 1, "tensor": 1}
+    # Model FLOPs (XLA's count of the forward pass, x3) per device match the closed form of the matmuls; the rest
+    # is elementwise work, a few percent at this width.
+    tokens_per_device = BATCH * LENGTH / 4
+    closed_form = _matmul_flops_per_token(TINY, LENGTH) * tokens_per_device
+    assert 1.0 <= small.model_flops / closed_form <= 1.1
+    assert large.model_flops / small.model_flops == pytest.approx(2.0, rel=1e-3)
+    # The compiled step does the model's work plus the optimizer's (independent of the batch): just under 2x.
+    assert 1.0 <= small.flops / small.model_flops <= 1.1
+    assert 1.95 <= large.flops / small.flops < 2.0
+    assert large.bytes_accessed > small.bytes_accessed
+    # The train state is the same: float32 parameters and AdamW's two moments, replicated (data parallel).
+    module = models.build_model("decoder", TINY)
+    parameters = models.count_params(jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, LENGTH), jnp.int32)))
+    for plan in plans:
+        assert plan.parameters == parameters
+        assert abs(plan.state_bytes - 3 * 4 * plan.parameters) < 64  # + step, Adam's count, rng key
+        assert plan.argument_bytes >= plan.state_bytes
+        assert plan.alias_bytes >= 0.99 * plan.state_bytes  # the donated state is updated in place
+    assert large.output_bytes == small.output_bytes
+    assert large.argument_bytes - small.argument_bytes < 0.05 * small.argument_bytes  # only the batch grew
+    # Activations kept for the backward pass grow with the batch.
+    assert large.temp_bytes > small.temp_bytes
+    # Roofline: the slower of compute and HBM traffic; MFU below 1 since compiled FLOPs >= model FLOPs.
+    assert large.step_seconds == max(large.flops / 275e12, large.bytes_accessed / 1200e9)
+    assert 0 < large.mfu <= 1
+    assert large.fits and large.does_not_fit_message() == ""
+
+
+def _plan(**overrides):
+    fields = dict(model="pangu_alpha_13b", topology="v5p:4x4x4", chip=hardware.CHIPS["v5p"], devices=64,
+                  devices_per_chip=1, mesh={"data": 1, "fsdp": 16, "tensor": 4}, batch_size=512,
+                  lengths={"decoder_input_tokens": 1024}, remat_policy="none", dtype="bfloat16",
+                  param_dtype="float32", parameters=13_000_000_000, state_bytes=10 * hardware.GIB,
+                  argument_bytes=10 * hardware.GIB, output_bytes=10 * hardware.GIB, alias_bytes=10 * hardware.GIB,
+                  temp_bytes=110 * hardware.GIB, code_bytes=0, flops=1e15, bytes_accessed=1e12,
+                  model_flops=9e14, compile_seconds=1.0)
+    return aot.Plan(**{**fields, **overrides})
+
+
+def test_does_not_fit_message_says_by_how_much_and_what_to_change():
+    plan = _plan()
+    assert plan.total_bytes == 120 * hardware.GIB and not plan.fits
+    message = plan.does_not_fit_message()
+    assert "does not fit on v5p:4x4x4" in message
+    assert "120.0 GiB per chip, 25.0 GiB more than the 95 GiB of HBM" in message
+    # Activations dominate: rematerialization comes first, then the batch, then sharding.
+    assert message.index("--remat") < message.index("--batch_size") < message.index("raise fsdp")
+    # State dominates (already rematerialized): more sharding first.
+    state_bound = _plan(argument_bytes=100 * hardware.GIB, temp_bytes=20 * hardware.GIB, remat_policy="full")
+    assert state_bound.does_not_fit_message().index("raise fsdp") < state_bound.does_not_fit_message().index("--batch")
+    assert "--remat" not in state_bound.does_not_fit_message()
+    assert _plan(temp_bytes=80 * hardware.GIB).fits
+
+
+def test_roofline_and_mfu_closed_form():
+    plan = _plan(temp_bytes=10 * hardware.GIB)
+    assert plan.step_seconds == pytest.approx(1e15 / 459e12)  # compute-bound: 1e12 bytes take 0.36 s at 2765 GB/s
+    assert plan.bound == "compute"
+    assert plan.mfu == pytest.approx(9e14 / 1e15)
+    # A compiled count below the model's (XLA counts a loop body once) never makes the roofline faster than the model.
+    undercounted = _plan(flops=5e14)
+    assert undercounted.step_seconds == pytest.approx(9e14 / 459e12) and undercounted.mfu == pytest.approx(1.0)
+    memory_bound = _plan(bytes_accessed=1e13)
+    assert memory_bound.bound == "memory" and memory_bound.step_seconds == pytest.approx(1e13 / 2765e9)
+
+
+def test_compiler_out_of_memory_message_is_parsed():
+    # libtpu 0.0.42's words for a program over a v5e's HBM (a 60000^2 float32 matmul on one chip).
+    refusal = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(26.84G) exceeds available HBM (15.75G).")
+    assert aot.parse_out_of_memory(refusal, argument_bytes=10) == int(26.84 * hardware.GIB)
+    older = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 130.21G of 95.74G hbm."
+    assert aot.parse_out_of_memory(older, argument_bytes=hardware.GIB) == int(130.21 * hardware.GIB) - hardware.GIB
+    assert aot.parse_out_of_memory("INVALID_ARGUMENT: something else", argument_bytes=0) is None
+
+
+def test_topology_and_mesh_flags():
+    assert hardware.parse_topology("v5e:4x4") == (hardware.CHIPS["v5e"], (4, 4))
+    for bad in ("v5e", "v7:4x4", "v5e:4xfour"):
+        with pytest.raises(ValueError, match="--topology"):
+            hardware.parse_topology(bad)
+    assert command.parse_mesh("fsdp=16,tensor=4") == {"data": 1, "fsdp": 16, "tensor": 4}
+    assert command.parse_mesh("data=-1") == {"data": -1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ValueError, match="--mesh"):
+        command.parse_mesh("pipeline=2")
+
+
+def test_gin_run_settings_are_what_train_reads():
+    settings = command.read_gin_run(["gin_configs/experiments/tiny_gpt_lm.gin",
+                                     "gin_configs/mesh/data2_fsdp2_tensor2.gin"], ["BATCH_SIZE = 8"])
+    assert settings["model_config"] == dataclasses.replace(models.tiny_decoder(), vocab_size=4096)
+    assert (settings["architecture"], settings["objective"]) == ("decoder", "causal_lm")
+    assert settings["task_feature_lengths"] == {"targets": 32}
+    assert settings["batch_size"] == 8
+    assert settings["mesh_shape"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    tx, _ = settings["optimizer"]
+    assert hasattr(tx, "update")
