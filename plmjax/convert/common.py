@@ -191,8 +191,8 @@ def architecture_of(config: TransformerConfig) -> str:
 
 
 # Fields that do not change what a trained network computes at inference (naming, numerics, memory, init, dropout).
-_RUN_FIELDS = ('name', 'dtype', 'param_dtype', 'remat', 'remat_policy', 'init_std', 'dropout_rate', 'attention_dropout_rate',
-               'activation_dropout_rate')
+_RUN_FIELDS = ('name', 'dtype', 'param_dtype', 'remat', 'remat_policy', 'init_std', 'dropout_rate',
+               'attention_dropout_rate', 'activation_dropout_rate')
 
 
 def effective_fields(config: TransformerConfig) -> dict:

@@ -10,9 +10,9 @@ on the slice, and reports per device:
   reuses donated argument buffers (alias), temporaries (activations kept for the backward pass, gradients, XLA
   scratch) and the generated code; the total is arguments + outputs - alias + temporaries + code;
 - FLOPs and HBM bytes accessed (`compiled.cost_analysis()`), from which the roofline step time is
-  max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) at the chip's published peaks (`hardware.CHIPS`). The roofline
-  ignores communication between chips and the overlap of compute with memory traffic: it is a lower bound on the
-  step time and so an upper bound on MFU;
+  max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) at the chip's published peaks (`hardware.CHIPS`), FLOPs being
+  at least the model FLOPs (`Plan.work_flops`). The roofline ignores communication between chips and assumes
+  compute and memory traffic overlap: it is a lower bound on the step time and so an upper bound on MFU;
 - model FLOPs: 3 x the FLOPs of the forward pass and loss (XLA's cost analysis of the unpartitioned program; the
   backward pass costs twice the forward), whatever the rematerialization, so MFU = model FLOPs per chip /
   (roofline step time x peak) counts only useful work.
@@ -91,8 +91,8 @@ class Plan:
 
     @property
     def work_flops(self) -> float | None:
-        """FLOPs the step does at least: the compiled count, or the model's when the compiler counts fewer (XLA's
-        cost analysis counts a loop body once, e.g. the loops of collective matmuls under tensor parallelism)."""
+        """FLOPs the step does at least: the compiled count, or the model's when the compiler counts fewer (seen
+        under tensor parallelism, presumably loop bodies counted once by XLA's cost analysis)."""
         if self.flops is None:
             return None
         return max(self.flops, self.model_flops or 0.0)

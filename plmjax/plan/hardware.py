@@ -39,6 +39,11 @@ CHIPS: dict[str, Chip] = {chip.name: chip for chip in (
 _ACCELERATOR_TYPES = {"v4": "v4-{cores}", "v5e": "v5litepod-{chips}", "v5p": "v5p-{cores}", "v6e": "v6e-{chips}"}
 
 
+def slice_name(chip: Chip, chips: int) -> str:
+    """Google Cloud's name of a slice: v5e/v6e count chips (v5e-16), v4/v5p count TensorCores (v5p-128 = 64 chips)."""
+    return f"{chip.name}-{2 * chips if chip.name in ('v4', 'v5p') else chips}"
+
+
 def parse_topology(topology: str) -> tuple[Chip, tuple[int, ...]]:
     """'v5e:4x4' -> (the v5e row, (4, 4)); a clear ValueError for anything else."""
     name, _, shape = topology.partition(":")

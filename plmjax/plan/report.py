@@ -10,7 +10,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from plmjax.plan.hardware import GIB
+from plmjax.plan.hardware import GIB, slice_name
 
 if TYPE_CHECKING:  # the report reads plans; it does not compile them (no TensorFlow, no libtpu to import)
     from plmjax.plan.aot import Plan
@@ -32,9 +32,9 @@ def _tokens(plan: Plan) -> str:
 def format_plan(plan: Plan) -> str:
     """The terminal summary of one plan (every figure per chip, as the compiler reports it per device)."""
     chips = plan.devices // plan.devices_per_chip
-    lines = [f"{plan.model} on {plan.topology} ({chips} {plan.chip.name} chips), mesh {_mesh(plan.mesh)}, batch "
-             f"{plan.batch_size} x ({_tokens(plan)}) tokens, remat {plan.remat_policy}, {plan.dtype} compute, "
-             f"{plan.param_dtype} parameters"]
+    lines = [f"{plan.model} on {plan.topology} ({slice_name(plan.chip, chips)}: {chips} chips), mesh "
+             f"{_mesh(plan.mesh)}, batch {plan.batch_size} x ({_tokens(plan)}) tokens, remat {plan.remat_policy}, "
+             f"{plan.dtype} compute, {plan.param_dtype} parameters"]
     rows = [("parameters", f"{plan.parameters / 1e9:.3f} B")]
     if plan.compiler_message:
         rows.append(("compiler", plan.compiler_message))
@@ -51,7 +51,7 @@ def format_plan(plan: Plan) -> str:
             ("FLOPs per chip", f"{plan.flops:.3e} compiled, {plan.model_flops:.3e} model (3 x forward); ratio "
                                f"{plan.flops / plan.model_flops:.2f}" + (
                                    "" if plan.flops >= plan.model_flops else
-                                   " (XLA counts loop bodies once: the roofline uses the model's FLOPs)")),
+                                   " (the compiler counts fewer: the roofline uses the model's FLOPs)")),
             ("HBM bytes per chip", f"{plan.bytes_accessed:.3e}"),
             ("roofline step", f"{plan.step_seconds * 1e3:.1f} ms ({plan.bound}-bound at {plan.chip.bf16_tflops:g} "
                               f"TFLOP/s, {plan.chip.hbm_gbps:g} GB/s): "
@@ -76,27 +76,35 @@ def plan_record(plan: Plan) -> dict:
     return record
 
 
+def plan_from_record(record: dict) -> "Plan":
+    """The plan a record holds (derived figures recomputed, so records outlive changes to their formulas)."""
+    from plmjax.plan.aot import Plan
+    from plmjax.plan.hardware import Chip
+    names = {f.name for f in dataclasses.fields(Plan)}
+    return Plan(**{**{k: v for k, v in record.items() if k in names}, "chip": Chip(**record["chip"])})
+
+
 def markdown_table(records: list[dict]) -> str:
     """One row per plan record: model, slice, mesh, batch, remat, memory per chip, FLOPs, roofline, MFU."""
     header = ("| model | params | slice | mesh (data,fsdp,tensor) | batch x tokens | remat | state GiB | temps GiB | "
               "total GiB / HBM | fits | TFLOPs/chip (compiled / model) | roofline step | MFU | compile |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in records:
-        chips = r["devices"] // r["devices_per_chip"]
-        tokens = sum(v for k, v in r["lengths"].items() if k.endswith("_input_tokens"))
-        mesh = ",".join(str(v) for v in r["mesh"].values())
-        if r["flops"] is not None:
-            flops = f"{r['flops'] / 1e12:.1f} / {r['model_flops'] / 1e12:.1f}"
-            step = f"{r['step_seconds'] * 1e3:.0f} ms ({r['bound'][:3]})"
-            mfu = f"{100 * r['mfu']:.0f}%"
+    for plan in map(plan_from_record, records):
+        chips = plan.devices // plan.devices_per_chip
+        if plan.flops is not None:
+            flops = f"{plan.flops / 1e12:.3g} / {plan.model_flops / 1e12:.3g}"
+            flops += "*" if plan.flops < plan.model_flops else ""
+            step = f"{plan.step_seconds * 1e3:.0f} ms ({plan.bound[:3]})"
+            mfu = f"{100 * plan.mfu:.0f}%"
         else:
             flops, step, mfu = "-", "-", "-"
-        slice_ = f"{r['chip']['name']}-{chips} ({r['topology'].split(':')[1]})"
+        slice_ = f"{slice_name(plan.chip, chips)} ({plan.topology.split(':')[1]})"
         lines.append(
-            f"| {r['model']} | {r['parameters'] / 1e9:.2f} B | {slice_} | {mesh} | {r['batch_size']} x {tokens} | "
-            f"{r['remat_policy']} | {r['state_bytes'] / GIB:.2f} | "
-            f"{r['temp_bytes'] / GIB:.2f} | {r['total_bytes'] / GIB:.1f} / {r['hbm_bytes'] / GIB:.0f} | "
-            f"{'yes' if r['fits'] else '**no**'} | {flops} | {step} | {mfu} | {r['compile_seconds']:.0f} s |")
+            f"| {plan.model} | {plan.parameters / 1e9:.2f} B | {slice_} | {','.join(map(str, plan.mesh.values()))} | "
+            f"{plan.batch_size} x {plan.tokens_per_step // plan.batch_size} | {plan.remat_policy} | "
+            f"{plan.state_bytes / GIB:.2f} | {plan.temp_bytes / GIB:.2f} | "
+            f"{plan.total_bytes / GIB:.1f} / {plan.hbm_bytes / GIB:.0f} | {'yes' if plan.fits else '**no**'} | "
+            f"{flops} | {step} | {mfu} | {plan.compile_seconds:.0f} s |")
     return "\n".join(lines)
 
 
