@@ -35,6 +35,7 @@ def _parse_gin(gin_files: list[str], gin_params: list[str]) -> None:
     tf.config.set_visible_devices([], "GPU")  # TensorFlow reads data; accelerators belong to JAX
     import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
     from plmjax.train import loop  # noqa: F401  registers train/evaluate/create_mesh/make_optimizer
+    import plmjax.peft  # noqa: F401  registers the PEFT methods' hyper-parameters (lora.rank, ...)
     gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)
 
 

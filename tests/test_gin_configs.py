@@ -6,6 +6,7 @@ import gin
 import pytest
 
 import plmjax.tasks  # noqa: F401  registers the tasks that experiment files name
+import plmjax.peft  # noqa: F401  registers the PEFT hyper-parameters (lora.rank, ...) experiment files bind
 from plmjax.data import pipeline
 from plmjax.models.config import TransformerConfig
 from plmjax.train import loop
