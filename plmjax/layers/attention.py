@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plmjax.layers import dropout, position
+from plmjax.layers import dropout, matmul, position
 
 Initializer = Callable[..., jax.Array]
 
@@ -129,6 +129,7 @@ class Projection(nn.Module):
     use_bias: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None
     kernel_init: Initializer = nn.initializers.normal(0.02)
 
     @nn.compact
@@ -137,7 +138,9 @@ class Projection(nn.Module):
         kernel = self.param('kernel', nn.with_logical_partitioning(
             _as_matrix_init(self.kernel_init, self.num_input_axes), self.kernel_axes), kernel_shape, self.param_dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        y = jnp.tensordot(x, kernel, axes=self.num_input_axes)
+        n = self.num_input_axes
+        y = matmul.dot_general(x, kernel, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())),
+                               matmul_dtype=self.matmul_dtype)
         if self.use_bias:
             bias = self.param('bias', nn.with_logical_partitioning(
                 nn.initializers.zeros_init(), self.kernel_axes[self.num_input_axes:]), tuple(self.features),
@@ -156,6 +159,7 @@ class MultiHeadAttention(nn.Module):
     rotary_base: float = 10000.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None
     kernel_init: Initializer = nn.initializers.normal(0.02)
     query_kernel_init: Initializer | None = None
     out_kernel_init: Initializer | None = None
@@ -179,7 +183,7 @@ class MultiHeadAttention(nn.Module):
             inputs_kv = inputs_q
         qkv = functools.partial(Projection, features=(self.num_heads, self.head_dim),
                                 kernel_axes=('embed', 'heads', 'kv'), use_bias=self.use_bias, dtype=self.dtype,
-                                param_dtype=self.param_dtype)
+                                param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
         query = qkv(kernel_init=self.query_kernel_init or self.kernel_init, name='query')(inputs_q)
         key = qkv(kernel_init=self.kernel_init, name='key')(inputs_kv)
         value = qkv(kernel_init=self.kernel_init, name='value')(inputs_kv)
@@ -193,8 +197,11 @@ class MultiHeadAttention(nn.Module):
         if extra_kv is not None:
             key, value, mask, bias, relative_kv = _prepend_kv(extra_kv, key, value, mask, bias, relative_kv)
 
-        scores = jnp.einsum('bqhd,bkhd->bhqk', query, key)  # [batch, heads, q, k]
+        einsum = functools.partial(matmul.einsum, matmul_dtype=self.matmul_dtype)
+        scores = einsum('bqhd,bkhd->bhqk', query, key)  # [batch, heads, q, k]
         if relative_kv is not None:
+            # NEZHA's relative products stay in the compute dtype: XLA:CPU folds their transposes into a bf16
+            # product layout it has no kernel for (tests/layers/test_matmul.py).
             scores = scores + jnp.einsum('bqhd,qkd->bhqk', query, relative_kv.astype(self.dtype))
         scores = scores.astype(jnp.promote_types(self.dtype, jnp.float32))  # softmax in float32 at least
         if self.scale_scores:
@@ -206,13 +213,14 @@ class MultiHeadAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = dropout.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
-        out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)  # [batch, q, heads, kv]
+        out = einsum('bhqk,bkhd->bqhd', probs, value)  # [batch, q, heads, kv]
         if relative_kv is not None:
             out = out + jnp.einsum('bhqk,qkd->bqhd', probs, relative_kv.astype(self.dtype))
         out = nn.with_logical_constraint(out, heads_axes)
         out = Projection(features=(inputs_q.shape[-1],), kernel_axes=('heads', 'kv', 'embed'), num_input_axes=2,
                          use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                         kernel_init=self.out_kernel_init or self.kernel_init, name='out')(out)
+                         matmul_dtype=self.matmul_dtype, kernel_init=self.out_kernel_init or self.kernel_init,
+                         name='out')(out)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
 
     def _update_cache(self, key: jax.Array, value: jax.Array, cache_index: jax.Array | None):

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plmjax.layers import dropout
+from plmjax.layers import dropout, matmul
 
 Initializer = Callable[..., jax.Array]
 
@@ -26,9 +26,11 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 def logical_dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool, dtype, param_dtype,
-                  kernel_init: Initializer, name: str) -> nn.Dense:
-    """nn.Dense whose kernel carries `axes` and whose bias carries `axes[1]`."""
+                  kernel_init: Initializer, name: str, matmul_dtype: Any = None) -> nn.Dense:
+    """nn.Dense whose kernel carries `axes` and whose bias carries `axes[1]`; its product is
+    `plmjax.layers.matmul.dot_general` with `matmul_dtype`."""
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                    dot_general=matmul.for_dtype(matmul_dtype),
                     kernel_init=nn.with_logical_partitioning(kernel_init, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)), name=name)
 
@@ -42,13 +44,15 @@ class Mlp(nn.Module):
     dropout_rate: float = 0.0  # on the hidden activation
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None
     kernel_init: Initializer = nn.initializers.normal(0.02)
     out_kernel_init: Initializer | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         act = get_activation(self.activation)
-        dense = functools.partial(logical_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(logical_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  matmul_dtype=self.matmul_dtype)
         wi = functools.partial(dense, self.mlp_dim, ('embed', 'mlp'), kernel_init=self.kernel_init)
         if self.gated:
             h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)

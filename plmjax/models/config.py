@@ -12,7 +12,7 @@ from typing import Optional
 import gin
 import jax.numpy as jnp
 
-from plmjax.layers import mlp, norms
+from plmjax.layers import matmul, mlp, norms
 
 ACTIVATIONS = tuple(mlp.ACTIVATIONS)
 NORMS = norms.NORMS
@@ -76,6 +76,8 @@ class TransformerConfig:
     pad_id: int = 0
     dtype: str = 'float32'               # compute dtype: 'float32' | 'bfloat16' ('float64' for numerical checks)
     param_dtype: str = 'float32'
+    matmul_dtype: Optional[str] = None   # operands of every matrix product: None (the compute dtype) or 'bfloat16'
+                                         # (bf16 x bf16 -> float32, also in the backward pass; plmjax.layers.matmul)
     remat: bool = False                  # shorthand for remat_policy='full' (kept for existing configs)
     remat_policy: str = 'none'           # rematerialize each layer (nn.remat) to save activation memory: one of
                                          # REMAT_POLICIES; see `layer_remat_policy` for the one in force
@@ -91,6 +93,7 @@ class TransformerConfig:
         check_choice('position', POSITIONS)
         check_choice('dtype', DTYPES)
         check_choice('param_dtype', DTYPES)
+        check_choice('matmul_dtype', matmul.MATMUL_DTYPES)
         check_choice('remat_policy', REMAT_POLICIES)
         for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'max_length'):
             if getattr(self, field) <= 0:

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from plmjax.layers import attention, embedding, mlp
+from plmjax.layers import attention, embedding, matmul, mlp
 from plmjax.models import transformer
 from plmjax.models.config import TransformerConfig
 
@@ -18,10 +18,8 @@ def _vocab_logits(logits: jax.Array) -> jax.Array:
 
 def _output_projection(config: TransformerConfig, hidden: jax.Array, token_embedder: nn.Module) -> jax.Array:
     if config.tie_embeddings:
-        return token_embedder.attend(hidden)
-    return mlp.logical_dense(config.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=config.compute_dtype,
-                             param_dtype=config.params_dtype, kernel_init=transformer.kernel_init(config),
-                             name='output')(hidden)
+        return embedding.attend(token_embedder, hidden, config.matmul_dtype)
+    return transformer.dense(config, config.vocab_size, ('embed', 'vocab'), use_bias=False, name='output')(hidden)
 
 
 class MlmHead(nn.Module):
@@ -33,9 +31,7 @@ class MlmHead(nn.Module):
         cfg = self.config
         x = hidden
         if cfg.mlm_head_transform:  # to the token embedding width (ELECTRA's generator: emb_dim -> embedding_size)
-            x = mlp.logical_dense(cfg.token_embedding_size, ('embed', 'mlp'), use_bias=True, dtype=cfg.compute_dtype,
-                                  param_dtype=cfg.params_dtype, kernel_init=transformer.kernel_init(cfg),
-                                  name='transform')(x)
+            x = transformer.dense(cfg, cfg.token_embedding_size, ('embed', 'mlp'), use_bias=True, name='transform')(x)
             # Constrained like every embed-wide activation. Without it, XLA (jax 0.10.2) miscompiles the
             # gradients of dense(embed, mlp) -> tied vocab projection when batch is split over ('data', 'fsdp')
             # and vocab over 'tensor' (tests/models/test_model_sharding.py).
@@ -73,8 +69,7 @@ class Pooler(nn.Module):
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
         first = hidden[:, 0]  # [batch, emb]
-        dense = mlp.logical_dense(cfg.emb_dim, ('embed', 'mlp'), use_bias=True, dtype=cfg.compute_dtype,
-                                  param_dtype=cfg.params_dtype, kernel_init=transformer.kernel_init(cfg), name='dense')
+        dense = transformer.dense(cfg, cfg.emb_dim, ('embed', 'mlp'), use_bias=True, name='dense')
         return jnp.tanh(dense(first))
 
 
@@ -107,9 +102,7 @@ class SentencePairHead(nn.Module):
     @nn.compact
     def __call__(self, pooled: jax.Array) -> jax.Array:
         cfg = self.config
-        logits = mlp.logical_dense(2, ('embed', None), use_bias=True, dtype=cfg.compute_dtype,
-                                   param_dtype=cfg.params_dtype, kernel_init=transformer.kernel_init(cfg),
-                                   name='dense')(pooled)
+        logits = transformer.dense(cfg, 2, ('embed', None), use_bias=True, name='dense')(pooled)
         return logits.astype(jnp.float32)
 
 
@@ -130,11 +123,10 @@ class SpanBoundaryHead(nn.Module):
             param_dtype=cfg.params_dtype, name='position_embedder')(span_positions)
         x = jnp.concatenate([left, right, positions.astype(hidden.dtype)], axis=-1)  # [batch, length, 3 * emb]
         for i, width in enumerate((cfg.emb_dim, cfg.token_embedding_size)):
-            x = mlp.logical_dense(width, (None, 'embed') if i == 0 else ('embed', 'mlp'), use_bias=True,
-                                  dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                                  kernel_init=transformer.kernel_init(cfg), name=f'dense_{i}')(x)
+            axes = (None, 'embed') if i == 0 else ('embed', 'mlp')
+            x = transformer.dense(cfg, width, axes, use_bias=True, name=f'dense_{i}')(x)
             x = transformer.make_norm(cfg, f'norm_{i}')(mlp.get_activation('gelu')(x))
-        logits = jnp.einsum('ble,ve->blv', x, token_embedding.astype(x.dtype))
+        logits = matmul.einsum('ble,ve->blv', x, token_embedding.astype(x.dtype), matmul_dtype=cfg.matmul_dtype)
         bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
                           (cfg.vocab_size,), cfg.params_dtype)
         logits = (logits + bias.astype(logits.dtype)).astype(jnp.float32)
@@ -148,9 +140,7 @@ class RtdHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = lambda features, axes, name: mlp.logical_dense(  # noqa: E731
-            features, axes, use_bias=True, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-            kernel_init=transformer.kernel_init(cfg), name=name)
+        dense = lambda features, axes, name: transformer.dense(cfg, features, axes, use_bias=True, name=name)  # noqa: E731
         x = mlp.get_activation(cfg.activation)(dense(cfg.emb_dim, ('embed', 'mlp'), 'dense')(hidden))
         logits = dense(1, ('mlp', None), 'output')(x)
         return logits[..., 0].astype(jnp.float32)
@@ -161,8 +151,7 @@ class RtdHead(nn.Module):
 
 def _task_dense(config: TransformerConfig, features: int, name: str) -> nn.Dense:
     """A dense layer from the hidden width to a few task outputs (labels, start/end): ('embed', None)."""
-    return mlp.logical_dense(features, ('embed', None), use_bias=True, dtype=config.compute_dtype,
-                             param_dtype=config.params_dtype, kernel_init=transformer.kernel_init(config), name=name)
+    return transformer.dense(config, features, ('embed', None), use_bias=True, name=name)
 
 
 class ClassificationHead(nn.Module):

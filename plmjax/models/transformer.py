@@ -38,6 +38,14 @@ def kernel_init(config: TransformerConfig):
     return nn.initializers.normal(config.init_std)
 
 
+def dense(config: TransformerConfig, features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
+          name: str) -> nn.Dense:
+    """A dense layer in the config's dtypes and matmul precision, with its kernel init and logical axes."""
+    return mlp.logical_dense(features, axes, use_bias=use_bias, dtype=config.compute_dtype,
+                             param_dtype=config.params_dtype, matmul_dtype=config.matmul_dtype,
+                             kernel_init=kernel_init(config), name=name)
+
+
 def query_kernel_init(config: TransformerConfig):
     """Without score scaling (T5), the query kernel's init carries the 1/sqrt(head_dim) instead."""
     init = kernel_init(config)
@@ -89,9 +97,7 @@ class Embedder(nn.Module):
             x = make_norm(cfg, 'embedding_norm')(x)
         x = dropout_lib.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.token_embedding_size != cfg.emb_dim:  # ELECTRA's embeddings_project
-            x = mlp.logical_dense(cfg.emb_dim, (None, 'embed'), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                                  param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg),
-                                  name='embedding_projection')(x)
+            x = dense(cfg, cfg.emb_dim, (None, 'embed'), use_bias=cfg.use_bias, name='embedding_projection')(x)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -110,8 +116,8 @@ class TransformerLayer(nn.Module):
         attend = lambda name: attention.MultiHeadAttention(  # noqa: E731
             num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale_scores=cfg.scale_attention,
             dropout_rate=cfg.attention_dropout_rate, rotary_base=cfg.rotary_base, dtype=cfg.compute_dtype,
-            param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg), query_kernel_init=query_kernel_init(cfg),
-            name=name)
+            param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype, kernel_init=kernel_init(cfg),
+            query_kernel_init=query_kernel_init(cfg), name=name)
         dropout = dropout_lib.Dropout(cfg.dropout_rate)
 
         def residual(x, sublayer, norm_name):
@@ -132,7 +138,8 @@ class TransformerLayer(nn.Module):
             x = residual(x, cross_attention, 'cross_attention_norm')
         feed_forward = mlp.Mlp(mlp_dim=cfg.mlp_dim, activation=cfg.activation, gated=cfg.gated_mlp,
                                use_bias=cfg.use_bias, dropout_rate=cfg.activation_dropout_rate, dtype=cfg.compute_dtype,
-                               param_dtype=cfg.params_dtype, kernel_init=kernel_init(cfg), name='mlp')
+                               param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype,
+                               kernel_init=kernel_init(cfg), name='mlp')
         x = residual(x, lambda h: feed_forward(h, deterministic=deterministic), 'mlp_norm')
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 

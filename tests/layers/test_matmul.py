@@ -1,0 +1,113 @@
+"""plmjax.layers.matmul: bf16-operand products and their hand-written VJP, and TransformerConfig.matmul_dtype.
+
+The products are checked exactly against float32 products of the bf16-rounded operands (and, for the VJP, the
+rounded cotangent); the models are checked to put every product of forward and backward on bf16 operands, to
+run on XLA:CPU for every family, and to stay within bfloat16 rounding of the float32 model."""
+
+import jax
+from jax.extend import core as jax_core
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from plmjax import models
+from plmjax.layers import matmul
+
+# (einsum, lhs shape, rhs shape): the model's products, plus batch axes that are not leading, several contracted
+# axes, and contracted axes ahead of kept ones.
+EINSUMS = [
+    ('bqhd,bkhd->bhqk', (2, 5, 3, 4), (2, 6, 3, 4)),
+    ('bhqk,bkhd->bqhd', (2, 3, 5, 6), (2, 6, 3, 4)),
+    ('ble,ve->blv', (2, 5, 8), (11, 8)),
+    ('bli,io->blo', (2, 5, 8), (8, 7)),
+    ('blhd,hde->ble', (2, 5, 3, 4), (3, 4, 8)),
+    ('bqhd,qkd->bhqk', (2, 5, 3, 4), (5, 6, 4)),
+    ('ij,jk->ik', (5, 8), (8, 3)),
+    ('kib,jkb->bij', (4, 5, 2), (3, 4, 2)),
+]
+
+
+def _round(x):
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize('subscripts,lhs_shape,rhs_shape', EINSUMS)
+def test_product_and_vjp_equal_float32_products_of_rounded_operands(subscripts, lhs_shape, rhs_shape):
+    lhs = jax.random.normal(jax.random.key(0), lhs_shape)
+    rhs = jax.random.normal(jax.random.key(1), rhs_shape)
+    out, vjp = jax.vjp(lambda a, b: matmul.einsum(subscripts, a, b, matmul_dtype='bfloat16'), lhs, rhs)
+    ref, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(subscripts, a, b, precision='highest'), _round(lhs), _round(rhs))
+    g = jax.random.normal(jax.random.key(2), out.shape)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    for got, want in zip(vjp(g), ref_vjp(_round(g))):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(out, jnp.einsum(subscripts, lhs, rhs, precision='highest'), rtol=1e-6, atol=1e-6)
+
+
+def test_result_keeps_the_operand_dtype_and_none_is_the_plain_product():
+    a = jax.random.normal(jax.random.key(0), (3, 4))
+    b = jax.random.normal(jax.random.key(1), (4, 5))
+    dims = (((1,), (0,)), ((), ()))
+    assert matmul.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), dims,
+                              matmul_dtype='bfloat16').dtype == jnp.bfloat16
+    np.testing.assert_array_equal(matmul.dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
+
+
+def _loss_fn(architecture, config):
+    module = models.build_model(architecture, config)
+    if architecture == 'encoder_decoder':
+        batch = (jnp.arange(24, dtype=jnp.int32).reshape(2, 12) % 50 + 2,
+                 jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 50 + 2)
+    else:
+        batch = (jnp.arange(32, dtype=jnp.int32).reshape(2, 16) % 50 + 2,)
+
+    def loss(params):
+        logits = module.apply({'params': params}, *batch)['logits']
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 3])
+
+    params = module.init(jax.random.key(0), *batch)['params']
+    return loss, params
+
+
+FAMILIES = [('encoder', models.tiny_encoder), ('decoder', models.tiny_decoder),
+            ('encoder_decoder', models.tiny_encoder_decoder),
+            ('encoder', lambda **kw: models.tiny_encoder(position='nezha_relative', **kw)),
+            ('decoder', lambda **kw: models.tiny_decoder(position='rotary', **kw))]
+
+
+@pytest.mark.parametrize('architecture,preset', FAMILIES)
+def test_bf16_matmul_models_run_and_stay_within_bf16_rounding(architecture, preset):
+    loss32, params = _loss_fn(architecture, preset())
+    loss16, _ = _loss_fn(architecture, preset(matmul_dtype='bfloat16'))
+    value32, grads32 = jax.jit(jax.value_and_grad(loss32))(params)
+    value16, grads16 = jax.jit(jax.value_and_grad(loss16))(params)  # XLA:CPU runs every product
+    assert value16 != value32  # the bf16 path is in use
+    np.testing.assert_allclose(value16, value32, rtol=1e-2)
+    flat32, flat16 = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (grads32, grads16))
+    cosine = float(flat32 @ flat16 / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16)))
+    assert cosine > 0.999
+    np.testing.assert_allclose(jnp.linalg.norm(flat16), jnp.linalg.norm(flat32), rtol=1e-2)
+
+
+@pytest.mark.parametrize('architecture,preset', FAMILIES[:3])
+def test_every_product_of_the_training_gradient_has_bf16_operands(architecture, preset):
+    loss16, params = _loss_fn(architecture, preset(matmul_dtype='bfloat16'))
+    jaxpr = jax.make_jaxpr(jax.grad(loss16))(params)
+    products = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == 'dot_general':
+                products.append(tuple(v.aval.dtype for v in eqn.invars))
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jaxpr.jaxpr)
+    assert products and all(d == (jnp.bfloat16, jnp.bfloat16) for d in products), set(products)
+
+
+def test_unknown_matmul_dtype_is_refused():
+    with pytest.raises(ValueError, match='matmul_dtype'):
+        models.tiny_encoder(matmul_dtype='float16')
