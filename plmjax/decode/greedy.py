@@ -3,6 +3,8 @@
 One jitted function: a prefill pass writes the prompt's keys and values into a zero cache of length
 prompt + new tokens, then `lax.scan` feeds one token a step (new_tokens - 1 steps), each attending to the cache.
 The prompt's tokens are all real (equal-length prompts, no left padding): positions count from 0 in each row.
+With `config.matmul_dtype` set, the weight matrices are rounded to it once, before the loop: the products round
+them anyway, and each step then reads half the bytes (decoding is bound by reading the weights).
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ def greedy_decode(module: nn.Module, params, prompt: jax.Array, max_new_tokens: 
         raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}.')
     batch_size, prompt_length = prompt.shape
     cache = init_cache(module, batch_size, prompt_length + max_new_tokens)
+    matmul_dtype = getattr(getattr(module, 'config', None), 'matmul_dtype', None)
+    if matmul_dtype is not None:  # weight matrices and tables (ndim >= 2); biases and norm scales stay
+        params = jax.tree.map(lambda p: p.astype(matmul_dtype) if p.ndim >= 2 else p, params)
 
     def forward(cache, ids):  # ids [batch, n] -> (cache, next-token logits [batch, vocab])
         outputs, variables = module.apply({'params': params, 'cache': cache}, ids, decode=True, mutable=['cache'])

@@ -93,11 +93,13 @@ class SelfAttentionContext(nn.Module):
 
 
 def _prepend_kv(extra_kv, key, value, mask, bias, relative_kv):
-    """Keys/values [batch, k, heads, kv] -> [batch, n + k, heads, kv] with `extra_kv` first; the mask, bias and
-    relative embeddings grow by n key columns that every query sees with nothing added (True, 0, 0)."""
-    extra = [jnp.broadcast_to(x, (key.shape[0],) + x.shape[1:]).astype(key.dtype) for x in extra_kv]
-    n = extra[0].shape[1]
-    key, value = jnp.concatenate([extra[0], key], axis=1), jnp.concatenate([extra[1], value], axis=1)
+    """Keys/values [batch, heads, k, kv] -> [batch, heads, n + k, kv] with `extra_kv` ([batch or 1, n, heads, kv])
+    first; the mask, bias and relative embeddings grow by n key columns that every query sees with nothing added
+    (True, 0, 0)."""
+    extra = [jnp.swapaxes(jnp.broadcast_to(x, (key.shape[0],) + x.shape[1:]).astype(key.dtype), 1, 2)
+             for x in extra_kv]  # [batch, heads, n, kv]
+    n = extra[0].shape[2]
+    key, value = jnp.concatenate([extra[0], key], axis=2), jnp.concatenate([extra[1], value], axis=2)
 
     def left_pad_keys(x, fill, axis):  # the key axis: k -> n + k
         return None if x is None else jnp.pad(x, [(n, 0) if i == axis % x.ndim else (0, 0) for i in range(x.ndim)],
@@ -150,7 +152,9 @@ class Projection(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention; q/k/v are [batch, length, heads, kv]."""
+    """Multi-head attention; queries are [batch, length, heads, kv], keys and values (and their decoding cache)
+    [batch, heads, length, kv]: the layout of the score and output products, so that decoding never transposes
+    the cache."""
     num_heads: int
     head_dim: int
     use_bias: bool = True
@@ -192,13 +196,14 @@ class MultiHeadAttention(nn.Module):
         if rotary_positions is not None:
             query = position.apply_rotary(query, rotary_positions, self.rotary_base)
             key = position.apply_rotary(key, rotary_positions, self.rotary_base)
+        key, value = (jnp.swapaxes(x, 1, 2) for x in (key, value))  # [batch, heads, k, kv]
         if decode:
             key, value = self._update_cache(key, value, cache_index)
         if extra_kv is not None:
             key, value, mask, bias, relative_kv = _prepend_kv(extra_kv, key, value, mask, bias, relative_kv)
 
         einsum = functools.partial(matmul.einsum, matmul_dtype=self.matmul_dtype)
-        scores = einsum('bqhd,bkhd->bhqk', query, key)  # [batch, heads, q, k]
+        scores = einsum('bqhd,bhkd->bhqk', query, key)  # [batch, heads, q, k]
         if relative_kv is not None:
             # NEZHA's relative products stay in the compute dtype: XLA:CPU folds their transposes into a bf16
             # product layout it has no kernel for (tests/layers/test_matmul.py).
@@ -213,7 +218,7 @@ class MultiHeadAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = dropout.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
-        out = einsum('bhqk,bkhd->bqhd', probs, value)  # [batch, q, heads, kv]
+        out = einsum('bhqk,bhkd->bqhd', probs, value)  # [batch, q, heads, kv]
         if relative_kv is not None:
             out = out + jnp.einsum('bhqk,qkd->bqhd', probs, relative_kv.astype(self.dtype))
         out = nn.with_logical_constraint(out, heads_axes)
@@ -224,13 +229,13 @@ class MultiHeadAttention(nn.Module):
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
 
     def _update_cache(self, key: jax.Array, value: jax.Array, cache_index: jax.Array | None):
-        """Store this chunk's [batch, n, heads, kv] keys/values; return the whole cache (after initialization)."""
+        """Store this chunk's [batch, heads, n, kv] keys/values; return the whole cache (after initialization)."""
         initialized = self.has_variable('cache', 'cached_key')
         cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
         if not initialized:  # the init pass sets the cache's shape and attends over its own inputs
             return key, value
-        start = (0, cache_index, 0, 0)
+        start = (0, 0, cache_index, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
                                                           start)

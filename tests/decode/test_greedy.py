@@ -54,3 +54,19 @@ def test_greedy_matches_uncached_argmax_loop_and_stops_at_eos():
     for row, out, stop in zip(expected, stopped, first):
         np.testing.assert_array_equal(out[:stop + 1], row[:stop + 1])
         assert (out[stop + 1:] == 0).all()
+
+
+def test_bf16_matmul_decoding_matches_the_uncached_loop_on_rounded_weights():
+    """matmul_dtype='bfloat16' rounds the weight matrices once before the loop: the tokens are those of full
+    forward passes of the bf16-matmul model whose matrices were rounded the same way."""
+    config = models.tiny_decoder(matmul_dtype='bfloat16')
+    module = models.build_model('decoder', config)
+    params = module.init(jax.random.key(2), jnp.ones((1, 8), jnp.int32))['params']
+    rounded = jax.tree.map(lambda p: p.astype(jnp.bfloat16) if p.ndim >= 2 else p, params)
+    prompt = np.random.default_rng(2).integers(5, config.vocab_size, (2, PROMPT)).astype(np.int32)
+    ids = prompt
+    for _ in range(NEW):
+        logits = module.apply({'params': rounded}, ids)['logits'][:, -1]
+        ids = np.concatenate([ids, np.asarray(jnp.argmax(logits, -1), np.int32)[:, None]], axis=1)
+    np.testing.assert_array_equal(np.asarray(greedy.jit_greedy_decode(module, NEW)(params, prompt)),
+                                  ids[:, PROMPT:])
