@@ -4,6 +4,7 @@ terminal and a JSON record.
 
     plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode] [--repeats 3] [--out results.json]
                  [--no_torch] [--torch_variants eager_f32,eager_bf16_autocast,compile]
+                 [--plmjax_variants xla_f32,xla_bf16_matmul]
 
 Until cli.py wires it, run it as `python -m plmjax.bench [flags]`.
 """
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--no_torch', action='store_true', help='measure plmjax only (no PyTorch reference)')
     p.add_argument('--torch_variants', default=','.join(runner.TORCH_VARIANTS),
                    help=f'comma-separated subset of {",".join(runner.TORCH_VARIANTS)}')
+    p.add_argument('--plmjax_variants', default=','.join(runner.PLMJAX_VARIANTS),
+                   help=f'comma-separated subset of {",".join(runner.PLMJAX_VARIANTS)} (xla_bf16_matmul: '
+                        'matmul_dtype=bfloat16, every product on bf16 operands with float32 accumulation)')
     p.add_argument('--traceback', action='store_true', help='show the full traceback of an error')
 
 
@@ -51,7 +55,10 @@ def run(args) -> dict:
         raise ValueError(f'--repeats must be >= 1, got {args.repeats}.')
     only = _split(args.only, runner.GROUPS, '--only')
     variants = _split(args.torch_variants, runner.TORCH_VARIANTS, '--torch_variants')
-    spec_list = runner.specs(args.sizes, args.repeats, only, torch=not args.no_torch, torch_variants=variants)
+    ours = _split(getattr(args, 'plmjax_variants', ','.join(runner.PLMJAX_VARIANTS)), runner.PLMJAX_VARIANTS,
+                  '--plmjax_variants')
+    spec_list = runner.specs(args.sizes, args.repeats, only, torch=not args.no_torch, torch_variants=variants,
+                             plmjax_variants=ours)
     counts = {m: runner.model_counts(m, args.sizes) for m in configs.MODELS if m in only}
     results = runner.run_all(spec_list, args.sizes)
     record = report.build(results, args.sizes, args.repeats, counts)

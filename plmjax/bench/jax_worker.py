@@ -6,6 +6,7 @@ one-device mesh; compile time is `lower(...).compile()` of that jitted step, and
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -16,23 +17,28 @@ from plmjax.bench import batches, configs, timing
 
 
 def matmul(spec: dict) -> dict:
-    """Best-of-N FLOP/s of an [n, n] @ [n, n] XLA matmul in float32 and bfloat16."""
+    """FLOP/s of an [n, n] @ [n, n] XLA matmul: float32, bfloat16 (bfloat16 result) and bfloat16 operands with a
+    float32 result (the products of matmul_dtype='bfloat16', which XLA:CPU hands to its AMX/AVX512-BF16 kernels)."""
     n, repeats = spec['n'], spec['repeats']
     out = {}
-    for dtype in ('float32', 'bfloat16'):
+    for name, dtype, result in (('float32', 'float32', None), ('bfloat16', 'bfloat16', None),
+                                ('bfloat16_to_float32', 'bfloat16', jnp.float32)):
         a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
         b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
-        dot = jax.jit(jnp.dot)
+        dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=result))
         dot(a, b).block_until_ready()
         rates = timing.repeat_rates(lambda steps: [dot(a, b).block_until_ready() for _ in range(steps)],
                                     spec['steps'], repeats, 2 * n ** 3)
-        out[dtype] = rates
+        out[name] = rates
     return {'flops_per_s': out}
 
 
-def _model(bench: configs.ModelBench, size: str):
+MATMUL_DTYPE = {'xla_f32': None, 'xla_bf16_matmul': 'bfloat16'}  # plmjax variant -> TransformerConfig.matmul_dtype
+
+
+def _model(bench: configs.ModelBench, size: str, variant: str = 'xla_f32'):
     from plmjax import models
-    config = models.PRESETS[bench.preset](**bench.preset_overrides(size))
+    config = models.PRESETS[bench.preset](**bench.preset_overrides(size), matmul_dtype=MATMUL_DTYPE[variant])
     return config, models.build_model(bench.architecture, config)
 
 
@@ -42,7 +48,7 @@ def train(spec: dict) -> dict:
     from plmjax.train import optim, state as state_lib, step as step_lib
 
     bench = configs.MODELS[spec['model']]
-    config, module = _model(bench, spec['size'])
+    config, module = _model(bench, spec['size'], spec['variant'])
     lengths = bench.feature_lengths(spec['size'])
     objective = objectives.get_objective(bench.objective)
     tx, schedule = optim.make_optimizer('adamw', learning_rate=1e-4, schedule='constant')
@@ -76,7 +82,7 @@ def decode(spec: dict) -> dict:
     """Greedy decoding tokens/s at each batch size (one process: the peak RSS is the largest batch's)."""
     from plmjax.decode import greedy
     bench = configs.MODELS[configs.DECODE.model]
-    config, module = _model(bench, spec['size'])
+    config, module = _model(bench, spec['size'], spec['variant'])
     prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
     params = jax.jit(module.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
     by_batch = {}

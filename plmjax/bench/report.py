@@ -1,7 +1,10 @@
 """Turns the workers' raw results into the benchmark record (JSON) and its Markdown table.
 
 Every rate is the median over repeats, with min and max. Derived figures: model FLOP/s = FLOPs per step
-(`configs.FORMULA`) * steps/s; MFU = model FLOP/s / the best measured XLA float32 matmul FLOP/s; each training
+(`configs.FORMULA`) * steps/s; MFU = model FLOP/s / the best measured XLA float32 matmul FLOP/s (the issue's
+definition, for every row), and 'MFU of own precision' = model FLOP/s / the best matmul FLOP/s of the products
+that row computes (`OWN_CEILING`: bf16 x bf16 -> f32 for plmjax's bf16 matmuls, torch's bf16 matmul for
+autocast); each training
 row's speed relative to PyTorch eager float32 of the same model; each decoding row's relative to `transformers`'
 generate at the same batch size; memory as peak RSS and as peak RSS minus the RSS right after the imports.
 """
@@ -29,6 +32,11 @@ def _machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+# The matmul ceiling of each training variant's products.
+OWN_CEILING = {'xla_f32': 'xla_float32', 'xla_bf16_matmul': 'xla_bfloat16_to_float32', 'eager_f32': 'torch_float32',
+               'compile': 'torch_float32', 'eager_bf16_autocast': 'torch_bfloat16'}
 
 
 def _ratio(a, b):
@@ -67,6 +75,8 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
     record['counts'] = {model: c.as_dict() for model, c in counts.items()}
     for row in record['train']:
         row['mfu'] = _ratio(row['model_flops_per_s'], ceiling)
+        row['mfu_own'] = _ratio(row['model_flops_per_s'],
+                                record['ceiling'].get(OWN_CEILING.get(row['variant']), {}).get('max'))
         base = _find(record['train'], model=row['model'], framework='torch', variant='eager_f32')
         row['vs_torch_eager_f32'] = _ratio(row['tokens_per_s']['median'], base and base['tokens_per_s']['median'])
     for row in record['decode']:
@@ -84,11 +94,9 @@ def _find(rows, **fields):
 def _targets(record: dict) -> dict:
     """The issue's targets, each a ratio from this run (None when a side was not measured)."""
     targets = {}
-    for model in configs.MODELS:
-        ours = _find(record['train'], model=model, framework='plmjax')
+    for ours in [r for r in record['train'] if r['framework'] == 'plmjax']:
+        model = ours['model']
         torch_rows = [r for r in record['train'] if r['model'] == model and r['framework'] == 'torch']
-        if not ours:
-            continue
         entry = {'mfu': ours['mfu']}
         if torch_rows:
             fastest = max(torch_rows, key=lambda r: r['tokens_per_s']['median'])
@@ -98,10 +106,11 @@ def _targets(record: dict) -> dict:
             if eager:
                 entry['peak_rss_vs_torch_eager_f32'] = _ratio(ours['peak_rss_mb'], eager['peak_rss_mb'])
                 entry['working_rss_vs_torch_eager_f32'] = _ratio(ours['working_rss_mb'], eager['working_rss_mb'])
-        targets[model] = entry
+        targets[f'{model} {ours["variant"]}'] = entry
     for row in record['decode']:
         if row['framework'] == 'plmjax' and row['vs_transformers_generate'] is not None:
-            targets[f'decode_batch_{row["batch_size"]}'] = {'vs_transformers_generate': row['vs_transformers_generate']}
+            targets[f'decode batch {row["batch_size"]} {row["variant"]}'] = {
+                'vs_transformers_generate': row['vs_transformers_generate']}
     return targets
 
 
@@ -131,17 +140,19 @@ def markdown(record: dict) -> str:
              f'Machine: {record["machine"].get("cpu_model", record["machine"]["processor"])}, '
              f'{record["machine"]["cpus"]} CPUs; jax {record["machine"]["jax"]}'
              + (f', torch {record["machine"]["torch"]}' if 'torch' in record['machine'] else '') + '.',
-             f'FLOPs: {record["formula"]}. MFU = model FLOP/s / best XLA float32 matmul FLOP/s.']
+             f'FLOPs: {record["formula"]}. MFU = model FLOP/s / best XLA float32 matmul FLOP/s; MFU of own '
+             f'precision: over the best matmul FLOP/s of the products the row computes (bf16 x bf16 -> f32 for '
+             f'xla_bf16_matmul, torch bf16 for autocast, float32 otherwise).']
     if record['ceiling']:
         parts.append('### Matmul ceiling (GFLOP/s)\n' + _table(
             ['backend', 'n', 'GFLOP/s', 'best'],
             [[name, c['n'], _rate(c, 1e9), _num(c['max'] / 1e9, 0)] for name, c in record['ceiling'].items()]))
     if record['train']:
         parts.append('### Training step\n' + _table(
-            ['model', 'implementation', 'tokens/s', 'model GFLOP/s', 'MFU', 'compile s', 'peak RSS MB',
-             'RSS over imports MB', 'x torch eager f32'],
+            ['model', 'implementation', 'tokens/s', 'model GFLOP/s', 'MFU', 'MFU of own precision', 'compile s',
+             'peak RSS MB', 'RSS over imports MB', 'x torch eager f32'],
             [[r['model'], f'{r["framework"]} {r["variant"]}', _rate(r['tokens_per_s']),
-              _num(r['model_flops_per_s'] / 1e9), _pct(r['mfu']), _num(r['compile_s']),
+              _num(r['model_flops_per_s'] / 1e9), _pct(r['mfu']), _pct(r.get('mfu_own')), _num(r['compile_s']),
               _num(r['peak_rss_mb'], 0), _num(r['working_rss_mb'], 0), _num(r['vs_torch_eager_f32'], 2)]
              for r in record['train']]))
     if record['decode']:

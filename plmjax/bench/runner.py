@@ -17,6 +17,8 @@ from plmjax.bench import configs, worker
 
 GROUPS = ('matmul', *configs.MODELS, 'decode')
 TORCH_VARIANTS = ('eager_f32', 'eager_bf16_autocast', 'compile')
+# plmjax: float32 throughout, or every product on bf16 operands with float32 accumulation (matmul_dtype).
+PLMJAX_VARIANTS = ('xla_f32', 'xla_bf16_matmul')
 # (steps per repeat) for each kind and size: a repeat times this many steps, decodes or matmuls.
 STEPS = {('matmul', 'full'): 3, ('matmul', 'tiny'): 10, ('train', 'full'): 2, ('train', 'tiny'): 3,
          ('decode', 'full'): 1, ('decode', 'tiny'): 2}
@@ -49,7 +51,8 @@ def model_counts(model: str, size: str) -> configs.ModelCounts:
 
 
 def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = True,
-          torch_variants: Iterable[str] = TORCH_VARIANTS) -> list[dict]:
+          torch_variants: Iterable[str] = TORCH_VARIANTS,
+          plmjax_variants: Iterable[str] = PLMJAX_VARIANTS) -> list[dict]:
     """The worker specs of one benchmark run."""
     only = set(only)
     unknown = only - set(GROUPS)
@@ -65,14 +68,14 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
         if model not in only:
             continue
         train = {**base, 'kind': 'train', 'model': model, 'steps': STEPS['train', size]}
-        out.append({**train, 'framework': 'plmjax', 'variant': 'xla_f32'})
+        out += [{**train, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
         if torch:
             config_json = hf_config(model, size)
             out += [{**train, 'framework': 'torch', 'variant': v, 'hf_config': config_json} for v in torch_variants]
     if 'decode' in only:  # one process per framework for all batch sizes: peak RSS is the largest batch's
         decode = {**base, 'kind': 'decode', 'model': configs.DECODE.model,
                   'batch_sizes': list(configs.DECODE.batch_sizes), 'steps': STEPS['decode', size]}
-        out.append({**decode, 'framework': 'plmjax', 'variant': 'kv_cache_scan'})
+        out += [{**decode, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
         if torch:
             out.append({**decode, 'framework': 'torch', 'variant': 'generate',
                         'hf_config': hf_config(configs.DECODE.model, size)})

@@ -35,13 +35,14 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     assert record['errors'] == []
 
     ceiling = record['ceiling']
-    assert set(ceiling) == {'xla_float32', 'xla_bfloat16', 'torch_float32', 'torch_bfloat16'}
+    assert set(ceiling) == {'xla_float32', 'xla_bfloat16', 'xla_bfloat16_to_float32', 'torch_float32',
+                            'torch_bfloat16'}
     for c in ceiling.values():
         _positive_summary(c)
     best_f32 = ceiling['xla_float32']['max']
 
     rows = {(r['framework'], r['variant']): r for r in record['train']}
-    assert set(rows) == {('plmjax', 'xla_f32'), ('torch', 'eager_f32')}
+    assert set(rows) == {('plmjax', 'xla_f32'), ('plmjax', 'xla_bf16_matmul'), ('torch', 'eager_f32')}
     counts = runner.model_counts('bert', 'tiny')
     for r in rows.values():
         _positive_summary(r['tokens_per_s'])
@@ -50,22 +51,27 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
         assert r['model_flops_per_s'] == pytest.approx(r['tokens_per_s']['median'] * r['flops_per_step']
                                                        / r['tokens_per_step'])
         assert r['mfu'] == pytest.approx(r['model_flops_per_s'] / best_f32)
+        own = {'xla_bf16_matmul': 'xla_bfloat16_to_float32', 'eager_f32': 'torch_float32'}.get(r['variant'],
+                                                                                             'xla_float32')
+        assert r['mfu_own'] == pytest.approx(r['model_flops_per_s'] / ceiling[own]['max'])
         assert r['loss'] > 0
     ours, torch_eager = rows['plmjax', 'xla_f32'], rows['torch', 'eager_f32']
     assert ours['compile_s'] > 0
     assert ours['vs_torch_eager_f32'] == pytest.approx(ours['tokens_per_s']['median']
                                                        / torch_eager['tokens_per_s']['median'])
     assert torch_eager['vs_torch_eager_f32'] == pytest.approx(1.0)
-    assert record['targets']['bert']['peak_rss_vs_torch_eager_f32'] == pytest.approx(
+    assert rows['plmjax', 'xla_bf16_matmul']['loss'] == pytest.approx(ours['loss'], rel=1e-2)
+    assert record['targets']['bert xla_f32']['peak_rss_vs_torch_eager_f32'] == pytest.approx(
         ours['peak_rss_mb'] / torch_eager['peak_rss_mb'])
 
-    decode = {(r['framework'], r['batch_size']): r for r in record['decode']}
-    assert set(decode) == {(f, b) for f in ('plmjax', 'torch') for b in configs.DECODE.batch_sizes}
-    for (framework, batch_size), r in decode.items():
+    decode = {(r['variant'], r['batch_size']): r for r in record['decode']}
+    assert set(decode) == {(v, b) for v in ('xla_f32', 'xla_bf16_matmul', 'generate')
+                           for b in configs.DECODE.batch_sizes}
+    for (variant, batch_size), r in decode.items():
         _positive_summary(r['tokens_per_s'])
         assert r['vs_transformers_generate'] == pytest.approx(
-            r['tokens_per_s']['median'] / decode['torch', batch_size]['tokens_per_s']['median'])
-    assert decode['plmjax', 8]['compile_s'] > 0
+            r['tokens_per_s']['median'] / decode['generate', batch_size]['tokens_per_s']['median'])
+    assert decode['xla_f32', 8]['compile_s'] > 0 and decode['xla_bf16_matmul', 8]['compile_s'] > 0
 
     for text in ('Matmul ceiling', 'Training step', 'Greedy decoding', 'plmjax xla_f32', 'torch eager_f32',
                  f'{100 * ours["mfu"]:.1f}%', f'{ours["vs_torch_eager_f32"]:,.2f}'):
