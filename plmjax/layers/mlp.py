@@ -50,7 +50,9 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        act = get_activation(self.activation)
+        # Rematerialized: the backward pass recomputes the activation from its input instead of keeping its
+        # intermediates (GELU's exp and erf terms: two more [batch, length, mlp] float32 arrays per layer).
+        act = jax.checkpoint(get_activation(self.activation))
         dense = functools.partial(logical_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                                   matmul_dtype=self.matmul_dtype)
         wi = functools.partial(dense, self.mlp_dim, ('embed', 'mlp'), kernel_init=self.kernel_init)
