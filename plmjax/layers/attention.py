@@ -202,7 +202,9 @@ class MultiHeadAttention(nn.Module):
         if extra_kv is not None:
             key, value, mask, bias, relative_kv = _prepend_kv(extra_kv, key, value, mask, bias, relative_kv)
 
-        einsum = functools.partial(matmul.einsum, matmul_dtype=self.matmul_dtype)
+        # Decoding reads the cache in the compute dtype: rounding the whole cache for each step's small products
+        # would cost more than the products (and XLA:CPU updates a bf16 cache through float32, not in place).
+        einsum = functools.partial(matmul.einsum, matmul_dtype=None if decode else self.matmul_dtype)
         scores = einsum('bqhd,bhkd->bhqk', query, key)  # [batch, heads, q, k]
         if relative_kv is not None:
             # NEZHA's relative products stay in the compute dtype: XLA:CPU folds their transposes into a bf16
