@@ -6,8 +6,8 @@ operands to bfloat16 and accumulates in float32: TPU's default precision for flo
 Parameters, norms, softmax, the loss and the optimizer stay in float32 (mixed precision as in Micikevicius et
 al., 2018, without loss scaling: bfloat16 has float32's exponent range).
 
-Why a custom VJP: on CPUs with AMX or AVX512-BF16, XLA runs bf16 x bf16 -> f32 products in oneDNN/XNNPACK at
-about 4x its float32 rate, but only when both operands are bfloat16. JAX's transpose rule would multiply the
+Why a custom VJP: on CPUs with AMX or AVX512-BF16, XLA runs bf16 x bf16 -> f32 products in YNNPACK at about
+4x its float32 rate, but only when both operands are bfloat16. JAX's transpose rule would multiply the
 float32 cotangent with a bfloat16 operand, which XLA computes at the float32 rate; so the backward pass rounds
 the cotangent to bfloat16 too (as autocast's backward does) and each gradient product is bf16 x bf16 -> f32.
 """
@@ -61,7 +61,7 @@ def _f32_dot(lhs, rhs, dims):
     contracts the lhs's middle axis."""
     (lc, rc), (lb, rb) = dims
     lhs_order = [*lb, *_remaining(lhs.ndim, lc, lb), *lc]
-    rhs_order = [*rb, *[a for a in range(rhs.ndim) if a not in rb]]
+    rhs_order = [*rb, *_remaining(rhs.ndim, rb)]
     if lhs_order != list(range(lhs.ndim)):
         lhs = lax.transpose(lhs, tuple(lhs_order))
     if rhs_order != list(range(rhs.ndim)):
