@@ -85,22 +85,27 @@ def decode(spec: dict) -> dict:
     config, module = _model(bench, spec['size'], spec['variant'])
     prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
     params = jax.jit(module.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+    # The decoding layout is made once and kept across calls, as a served model keeps its weights (`generate`'s
+    # are in PyTorch's [out, in] layout already); the time it takes (compile and run) is reported on its own.
+    start = time.perf_counter()
+    weights = jax.block_until_ready(jax.jit(functools.partial(greedy.prepare, module))(params))
+    prepare_s = time.perf_counter() - start
     by_batch = {}
     for batch_size in spec['batch_sizes']:
         prompt = np.random.default_rng(0).integers(batches.FIRST_ID, config.vocab_size,
                                                    (batch_size, prompt_length)).astype(np.int32)
         start = time.perf_counter()
-        compiled = greedy.jit_greedy_decode(module, new_tokens).lower(params, prompt).compile()
+        compiled = greedy.jit_greedy_decode(module, new_tokens).lower(weights, prompt).compile()
         compile_s = time.perf_counter() - start
 
         def run_steps(steps):
             for _ in range(steps):
-                tokens = compiled(params, prompt)
+                tokens = compiled(weights, prompt)
             tokens.block_until_ready()
 
         run_steps(1)
         rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens)
-        by_batch[str(batch_size)] = {'tokens_per_s': rates, 'compile_s': compile_s}
+        by_batch[str(batch_size)] = {'tokens_per_s': rates, 'compile_s': compile_s, 'prepare_s': prepare_s}
     return {'by_batch': by_batch}
 
 

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plmjax.layers import dropout, matmul
+from plmjax.layers import dropout
+from plmjax.layers.attention import Projection
 
 Initializer = Callable[..., jax.Array]
 
@@ -26,13 +27,11 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 def logical_dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool, dtype, param_dtype,
-                  kernel_init: Initializer, name: str, matmul_dtype: Any = None) -> nn.Dense:
-    """nn.Dense whose kernel carries `axes` and whose bias carries `axes[1]`; its product is
-    `plmjax.layers.matmul.dot_general` with `matmul_dtype`."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                    dot_general=matmul.for_dtype(matmul_dtype),
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)), name=name)
+                  kernel_init: Initializer, name: str, matmul_dtype: Any = None) -> Projection:
+    """A dense layer (params 'kernel' [in, out] and 'bias' [out], as nn.Dense) whose kernel carries `axes` and whose
+    bias carries `axes[1]`; its product is `plmjax.layers.matmul.dot_general` with `matmul_dtype`."""
+    return Projection((features,), axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                      matmul_dtype=matmul_dtype, kernel_init=kernel_init, name=name)
 
 
 class Mlp(nn.Module):

@@ -13,7 +13,7 @@ class DecoderModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, input_mask: jax.Array | None = None,
                  prefix_mask: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False) -> dict[str, jax.Array]:
+                 decode: bool = False, logits_to_keep: int = 0) -> dict[str, jax.Array]:
         """input_ids [batch, length] -> {'hidden_states': [b, l, emb], 'logits': [b, l, vocab] float32}.
 
         input_mask: 1 for real tokens. Default None: no padding mask, since the inputs (targets shifted right)
@@ -21,6 +21,8 @@ class DecoderModel(nn.Module):
         prefix_mask: 1 on the prefix of a prefix LM (`decoder_causal_attention`); the prefix attends bidirectionally.
         decode: cached autoregressive decoding (see `plmjax.layers.attention`); initialize the cache with
         `init(..., decode=True)` on a [batch, max_decode_length] input and apply with `mutable=['cache']`.
+        logits_to_keep: n > 0 computes the logits of the last n positions only ([b, n, vocab]), as in
+        `transformers`: a prompt's pass in decoding needs just the last (0: every position).
         """
         cfg = self.config
         transformer.check_length(input_ids.shape[1], cfg)
@@ -32,4 +34,5 @@ class DecoderModel(nn.Module):
             input_ids, context, deterministic=deterministic, decode=decode)
         if cfg.query_layer:
             hidden = heads.QueryLayer(cfg, name='query_layer')(hidden, context, deterministic, decode)
-        return {'hidden_states': hidden, 'logits': heads.LmHead(cfg, name='lm_head')(hidden, token_embedder)}
+        kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        return {'hidden_states': hidden, 'logits': heads.LmHead(cfg, name='lm_head')(kept, token_embedder)}

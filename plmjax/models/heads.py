@@ -149,7 +149,7 @@ class RtdHead(nn.Module):
 # --- Fine-tuning heads: BERT's BertFor{SequenceClassification,MultipleChoice,TokenClassification,QuestionAnswering} ---
 
 
-def _task_dense(config: TransformerConfig, features: int, name: str) -> nn.Dense:
+def _task_dense(config: TransformerConfig, features: int, name: str) -> attention.Projection:
     """A dense layer from the hidden width to a few task outputs (labels, start/end): ('embed', None)."""
     return transformer.dense(config, features, ('embed', None), use_bias=True, name=name)
 

@@ -39,7 +39,7 @@ def kernel_init(config: TransformerConfig):
 
 
 def dense(config: TransformerConfig, features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
-          name: str) -> nn.Dense:
+          name: str) -> attention.Projection:
     """A dense layer in the config's dtypes and matmul precision, with its kernel init and logical axes."""
     return mlp.logical_dense(features, axes, use_bias=use_bias, dtype=config.compute_dtype,
                              param_dtype=config.params_dtype, matmul_dtype=config.matmul_dtype,

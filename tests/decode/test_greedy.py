@@ -1,8 +1,10 @@
 """Greedy KV-cache decoding: the same tokens as `transformers`' generate and as a loop of full forward passes."""
+import functools
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -72,3 +74,23 @@ def test_bf16_matmul_decoding_matches_the_uncached_loop_on_rounded_weights():
         ids = np.concatenate([ids, np.asarray(jnp.argmax(logits, -1), np.int32)[:, None]], axis=1)
     np.testing.assert_array_equal(np.asarray(greedy.jit_greedy_decode(module, NEW)(params, prompt)),
                                   ids[:, PROMPT:])
+
+
+def test_prepared_weights_hold_out_in_kernels_and_decode_the_same_tokens():
+    """`prepare` makes decoding's layout once (each kernel [out..., in...] in its product's dtype, the tables in
+    matmul_dtype); decoding from it gives the tokens of decoding from the params."""
+    config = models.tiny_decoder(matmul_dtype='bfloat16')
+    module = models.build_model('decoder', config)
+    params = nn.meta.unbox(module.init(jax.random.key(3), jnp.ones((1, 8), jnp.int32))['params'])
+    weights = jax.jit(functools.partial(greedy.prepare, module))(params)
+    layer = params['decoder']['layers_0']
+    kernels = weights.kernels['decoder']['layers_0']
+    for name, out_in in (('query', (1, 2, 0)), ('out', (2, 0, 1))):  # [emb, heads, kv] and [heads, kv, emb]
+        kernel = layer['self_attention'][name]['kernel']
+        np.testing.assert_array_equal(np.asarray(kernels['self_attention'][name]['kernel_t']),
+                                      np.asarray(jnp.transpose(kernel, out_in).astype(jnp.bfloat16)))
+    assert kernels['mlp']['wi']['kernel_t'].shape == layer['mlp']['wi']['kernel'].shape[::-1]
+    assert weights.params['token_embedder']['embedding'].dtype == jnp.bfloat16
+    prompt = np.random.default_rng(3).integers(5, config.vocab_size, (2, PROMPT)).astype(np.int32)
+    decode = greedy.jit_greedy_decode(module, NEW)
+    np.testing.assert_array_equal(np.asarray(decode(weights, prompt)), np.asarray(decode(params, prompt)))

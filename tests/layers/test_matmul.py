@@ -46,6 +46,24 @@ def test_product_and_vjp_equal_float32_products_of_rounded_operands(subscripts, 
     assert not np.allclose(out, jnp.einsum(subscripts, lhs, rhs, precision='highest'), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize('subscripts,lhs_shape,rhs_shape', EINSUMS)
+def test_float32_products_without_batch_axes_are_2d_and_equal_the_plain_product(subscripts, lhs_shape, rhs_shape):
+    """matmul_dtype=None: products without batch axes run as one [m, k] x [k, n] or [m, k] x [n, k] product
+    (`matmul._matrix_product`); the values and gradients are those of the plain product."""
+    lhs = jax.random.normal(jax.random.key(0), lhs_shape)
+    rhs = jax.random.normal(jax.random.key(1), rhs_shape)
+    fn = lambda a, b: jnp.einsum(subscripts, a, b, precision='highest', _dot_general=matmul.for_dtype(None))
+    out, vjp = jax.vjp(fn, lhs, rhs)
+    ref, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(subscripts, a, b, precision='highest'), lhs, rhs)
+    g = jax.random.normal(jax.random.key(2), out.shape)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(g), ref_vjp(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    dots = [e for e in jax.make_jaxpr(fn)(lhs, rhs).eqns if e.primitive.name == 'dot_general']
+    if not dots[0].params['dimension_numbers'][1][0]:  # no batch axes
+        assert all(v.aval.ndim == 2 for v in dots[0].invars)
+
+
 def test_result_keeps_the_operand_dtype_and_none_is_the_plain_product():
     a = jax.random.normal(jax.random.key(0), (3, 4))
     b = jax.random.normal(jax.random.key(1), (4, 5))

@@ -102,6 +102,15 @@ def test_cached_decoding_matches_the_full_forward_pass(config):
     assert int(variables['cache']['context']['cache_index']) == LENGTH
 
 
+def test_logits_to_keep_gives_the_last_positions_only():
+    model, params, _ = _setup(VARIANTS['gpt2'])
+    full = model.apply({'params': params}, jnp.asarray(IDS))
+    last = model.apply({'params': params}, jnp.asarray(IDS), logits_to_keep=2)
+    assert last['logits'].shape == (IDS.shape[0], 2, full['logits'].shape[-1])
+    np.testing.assert_allclose(last['logits'], full['logits'][:, -2:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(last['hidden_states'], full['hidden_states'])
+
+
 def _layer_norm(x, p, eps):
     mean = x.mean(-1, keepdims=True)
     return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * p['scale'] + p['bias']
