@@ -70,7 +70,8 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
                 record['decode'].append({'batch_size': int(batch_size), 'framework': spec['framework'],
                                          'variant': spec['variant'],
                                          'tokens_per_s': timing.summary(measured['tokens_per_s']),
-                                         'compile_s': measured.get('compile_s'), **memory})
+                                         'compile_s': measured.get('compile_s'),
+                                         'prepare_s': measured.get('prepare_s'), **memory})
     ceiling = record['ceiling'].get('xla_float32', {}).get('max')
     record['counts'] = {model: c.as_dict() for model, c in counts.items()}
     for row in record['train']:
@@ -157,9 +158,11 @@ def markdown(record: dict) -> str:
              for r in record['train']]))
     if record['decode']:
         parts.append('### Greedy decoding (KV cache)\n' + _table(
-            ['batch', 'implementation', 'tokens/s', 'compile s', 'peak RSS MB', 'x transformers generate'],
+            ['batch', 'implementation', 'tokens/s', 'compile s', 'weights prepared once, s', 'peak RSS MB',
+             'x transformers generate'],
             [[r['batch_size'], f'{r["framework"]} {r["variant"]}', _rate(r['tokens_per_s'], digits=1),
-              _num(r['compile_s']), _num(r['peak_rss_mb'], 0), _num(r['vs_transformers_generate'], 2)]
+              _num(r['compile_s']), _num(r.get('prepare_s')), _num(r['peak_rss_mb'], 0),
+              _num(r['vs_transformers_generate'], 2)]
              for r in record['decode']]))
     if record['targets']:
         rows = []
