@@ -35,7 +35,7 @@ def init_cache(module: nn.Module, batch_size: int, max_length: int):
 
 def prepare(module: nn.Module, params) -> DecodingWeights:
     """The weights in decoding's layout, for any number of `greedy_decode` calls. The projections make their
-    [out..., in...] kernels at the first decoding call (`plmjax.layers.attention.Projection`); here that is a
+    [out..., in...] kernels at the first decoding call (`plmjax.layers.dense.Projection`); here that is a
     one-token call whose outputs are dropped."""
     matmul_dtype = getattr(getattr(module, 'config', None), 'matmul_dtype', None)
     if matmul_dtype is not None:  # embedding tables; projections keep theirs rounded in the cache, norms stay

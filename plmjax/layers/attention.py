@@ -9,7 +9,6 @@ Decoding: `SelfAttentionContext` owns one `cache_index` per stack. Initialize wi
 chunk of n >= 1 tokens (a prompt, then one token a step): positions i..i+n-1 attend to cached keys 0..i+n-1.
 """
 import functools
-import math
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from plmjax.layers import dropout, matmul, position
+from plmjax.layers.dense import Projection
 
 Initializer = Callable[..., jax.Array]
 
@@ -109,64 +109,6 @@ def _prepend_kv(extra_kv, key, value, mask, bias, relative_kv):
     bias = left_pad_keys(bias, 0, -1)  # [batch or 1, heads, q, n + k]
     relative_kv = left_pad_keys(relative_kv, 0, 1)  # [q, n + k, kv]
     return key, value, mask, bias, relative_kv
-
-
-def _as_matrix_init(init: Initializer, num_input_axes: int) -> Initializer:
-    """Initialize an [in..., out...] kernel as the [prod(in), prod(out)] matrix, so fan-in/fan-out scaling sees
-    the same shape as for a Dense layer."""
-    def init_fn(key, shape, dtype=jnp.float32):
-        fan_in = math.prod(shape[:num_input_axes])
-        return init(key, (fan_in, math.prod(shape) // fan_in), dtype).reshape(shape)
-    return init_fn
-
-
-class Projection(nn.Module):
-    """Dense layer over the last `num_input_axes` axes to `features` ([emb] -> [heads, kv] or [heads, kv] -> [emb]).
-
-    flax's DenseGeneral would do, but it initializes a flat kernel and unboxes it before reshaping, which fails once
-    logical axis rules and a mesh are active; this kernel is created at its real shape with its axis names."""
-    features: tuple[int, ...]
-    kernel_axes: tuple[str, ...]
-    num_input_axes: int = 1
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    matmul_dtype: Any = None
-    kernel_init: Initializer = nn.initializers.normal(0.02)
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel_shape = x.shape[x.ndim - self.num_input_axes:] + tuple(self.features)
-        kernel = self.param('kernel', nn.with_logical_partitioning(
-            _as_matrix_init(self.kernel_init, self.num_input_axes), self.kernel_axes), kernel_shape, self.param_dtype)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        n = self.num_input_axes
-        x_axes = tuple(range(x.ndim - n, x.ndim))
-        if self.has_variable('cache', 'kernel_t'):  # decoding, after the first call (see `_keep_decoding_kernel`)
-            kernel_t = self.get_variable('cache', 'kernel_t')  # [out..., in...]
-            return self._add_bias(matmul.dot_general(
-                x, kernel_t, ((x_axes, tuple(range(kernel.ndim - n, kernel.ndim))), ((), ())),
-                matmul_dtype=self.matmul_dtype))
-        if self.is_mutable_collection('cache') and not self.is_initializing():
-            self._keep_decoding_kernel(kernel)
-        return self._add_bias(matmul.dot_general(x, kernel, ((x_axes, tuple(range(n))), ((), ())),
-                                                 matmul_dtype=self.matmul_dtype))
-
-    def _keep_decoding_kernel(self, kernel: jax.Array):
-        """At the first decoding call (the prompt), keep the kernel in the cache as [out..., in...] in the product's
-        dtype; the steps after it multiply by that. A few rows times a weight read along its rows run at about
-        twice the speed of [in..., out...] on XLA:CPU (docs/performance.md), and the rounding is done once."""
-        n = self.num_input_axes
-        self.variable('cache', 'kernel_t', lambda: jnp.transpose(kernel, (*range(n, kernel.ndim), *range(n))).astype(
-            self.matmul_dtype or kernel.dtype))
-
-    def _add_bias(self, y: jax.Array) -> jax.Array:
-        if self.use_bias:
-            bias = self.param('bias', nn.with_logical_partitioning(
-                nn.initializers.zeros_init(), self.kernel_axes[self.num_input_axes:]), tuple(self.features),
-                self.param_dtype)
-            y = y + jnp.asarray(bias, y.dtype)
-        return y
 
 
 class MultiHeadAttention(nn.Module):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from plmjax.layers import dropout
-from plmjax.layers.attention import Projection
+from plmjax.layers.dense import Projection
 
 Initializer = Callable[..., jax.Array]
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from plmjax.layers import attention, embedding, mlp, norms, position
+from plmjax.layers import dense as dense_layer
 from plmjax.layers import dropout as dropout_lib
 from plmjax.models.config import PRESETS, TransformerConfig
 
@@ -39,7 +40,7 @@ def kernel_init(config: TransformerConfig):
 
 
 def dense(config: TransformerConfig, features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
-          name: str) -> attention.Projection:
+          name: str) -> dense_layer.Projection:
     """A dense layer in the config's dtypes and matmul precision, with its kernel init and logical axes."""
     return mlp.logical_dense(features, axes, use_bias=use_bias, dtype=config.compute_dtype,
                              param_dtype=config.params_dtype, matmul_dtype=config.matmul_dtype,

@@ -6,7 +6,7 @@ At apply time the low-rank term is added to the projection's output, y = x·W + 
 the merged kernel's x·(W + (alpha/r)·A·B) + b without materializing A·B; `merge_lora` folds the update into the
 base kernels for deployment (the plain module then computes the LoRA model). Targets are modules by name: the
 attention projections 'query', 'key', 'value', 'out' and the MLP's 'wi', 'wi_0', 'wi_1', 'wo' (any `Projection`
-(every dense layer is one) whose name is listed).
+(every dense layer of the models) or flax `nn.Dense` whose name is listed).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plmjax.layers.attention import Projection
+from plmjax.layers.dense import Projection
 from plmjax.peft.base import PeftModel, ParamSpec, method_of
 
 
@@ -57,7 +57,7 @@ class LoraModel(PeftModel):
     @nn.nowrap
     def intercept(self, next_fun, args, kwargs, context, peft):
         module = context.module
-        targeted = isinstance(module, Projection) and module.name in self.options.targets
+        targeted = isinstance(module, (Projection, nn.Dense)) and module.name in self.options.targets
         y = next_fun(*args, **kwargs)
         if context.method_name != '__call__' or not targeted:
             return y

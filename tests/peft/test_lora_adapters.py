@@ -7,7 +7,7 @@ from flax import linen as nn
 
 from plmjax import peft
 from plmjax.layers import mlp
-from plmjax.layers.attention import Projection
+from plmjax.layers.dense import Projection
 from tests.peft.helpers import assert_outputs_equal, init_params, model_and_inputs, randomize
 
 ARCHS = ('encoder', 'encoder_classifier', 'decoder', 'encoder_decoder')
