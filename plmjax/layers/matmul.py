@@ -63,9 +63,9 @@ def _matrix_product(lhs, rhs, dims, dot):
     [k, n] or [n, k] in its own axis order (else transposed to [k, n]); the result reshaped to [lhs kept...,
     rhs kept...].
 
-    XLA:CPU leaves a 2-D product's operands as they are, but rewrites any other one into [m, k] x [k, n]
-    (DotDecomposer), transposing the rhs. When the rhs is a loop-invariant weight stored [n, k] (the tied output
-    embedding), the transposed copy is hoisted out of the decoding loop and every step multiplies by [k, n], which
+    XLA:CPU leaves a 2-D product's operands as they are, but it rewrote the 3-D tied-head product of decoding into
+    [m, k] x [k, n], transposing the rhs: the weight is loop-invariant and stored [n, k] (the output embedding), so
+    the transposed copy was hoisted out of the decoding loop and every step multiplied by [k, n], which
     for a few rows runs at about half the speed of [n, k] (8 rows x GPT-2's 768 x 50257 vocab projection: 14.4 vs
     8.9 ms in float32, 9.0 vs 4.2 ms in bf16 x bf16 -> f32)."""
     (lc, rc), _ = dims
