@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from plmjax.layers import attention, dense, embedding, matmul, mlp
+from plmjax.layers import attention, embedding, matmul, mlp
+from plmjax.layers import dense as dense_layer
 from plmjax.models import transformer
 from plmjax.models.config import TransformerConfig
 
@@ -149,7 +150,7 @@ class RtdHead(nn.Module):
 # --- Fine-tuning heads: BERT's BertFor{SequenceClassification,MultipleChoice,TokenClassification,QuestionAnswering} ---
 
 
-def _task_dense(config: TransformerConfig, features: int, name: str) -> dense.Projection:
+def _task_dense(config: TransformerConfig, features: int, name: str) -> dense_layer.Projection:
     """A dense layer from the hidden width to a few task outputs (labels, start/end): ('embed', None)."""
     return transformer.dense(config, features, ('embed', None), use_bias=True, name=name)
 
