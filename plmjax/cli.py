@@ -1,6 +1,7 @@
 """`plmjax train|eval|convert ...`: flags -> gin -> a library call.
 
     plmjax train --gin_file=gin_configs/quickstart.gin [--gin_param='train.num_steps = 100'] [--model_dir=DIR]
+    plmjax train --gin_file=gin_configs/quickstart.gin --gin.train.num_steps=100       # t5x's flag form
     plmjax eval  --gin_file=gin_configs/quickstart.gin --checkpoint=DIR
     plmjax convert --from hf --model_dir=HF_DIR --out=DIR [--verify]    # Hugging Face -> plmjax checkpoint + gin
     plmjax convert --to hf --model_dir=DIR --out=HF_DIR [--verify]      # plmjax checkpoint -> from_pretrained dir
@@ -17,27 +18,8 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow only feeds data here: keep its C++ logs quiet
-
-import gin  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _parse_gin(gin_files: list[str], gin_params: list[str]) -> None:
-    for path in (os.getcwd(), REPO_ROOT):
-        gin.add_config_file_search_path(path)
-    for path in gin_files:
-        if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
-            raise FileNotFoundError(f"gin file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT}): "
-                                    "check --gin_file.")
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # TensorFlow reads data; accelerators belong to JAX
-    import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
-    from plmjax.train import loop  # noqa: F401  registers train/evaluate/create_mesh/make_optimizer
-    import plmjax.peft  # noqa: F401  registers the PEFT methods' hyper-parameters (lora.rank, ...)
-    gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)
-
+# The environment (JAX_PLATFORMS without accelerators, TensorFlow quiet and off the GPU) is set when the package
+# is imported, before this module: plmjax/__init__.py.
 
 def _initialize_distributed(args) -> None:
     """Joins a multi-process run before anything touches the devices (CPU processes talk over gloo)."""
@@ -78,12 +60,12 @@ def _add_convert_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from plmjax import launch
     parser = argparse.ArgumentParser(prog="plmjax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("train", "train or resume a model"), ("eval", "evaluate a checkpoint")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
-        p.add_argument("--gin_param", action="append", default=[], help="gin binding (repeatable)")
+        launch.add_gin_flags(p)
         p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
         p.add_argument("--coordinator_address", default=None,
                        help="host:port of process 0, to run as one of several processes (jax.distributed)")
@@ -100,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     from plmjax.plan import command as plan_command
     bench_command.add_parser(sub)
     plan_command.add_parser(sub)
+    argv, dotted_gin = launch.split_gin_flags(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if hasattr(args, "gin_param"):
+        args.gin_param += dotted_gin
+    elif dotted_gin:
+        parser.error(f"--gin.NAME=VALUE flags belong to commands that read gin files, not {args.command!r}")
 
     try:
         if args.command == "convert":
@@ -114,14 +101,13 @@ def main(argv: list[str] | None = None) -> int:
             return plan_command.run(args)
         if args.coordinator_address:
             _initialize_distributed(args)
-        _parse_gin(args.gin_file, args.gin_param)
-        from plmjax.train import loop
+        launch.parse_gin(args.gin_file, args.gin_param)
         if args.command == "train":
             model_dir = args.model_dir or os.path.join(
                 "runs", os.path.splitext(os.path.basename(args.gin_file[-1]))[0])
-            loop.train(model_dir)
+            launch.train(model_dir)
         else:
-            loop.evaluate(args.checkpoint, args.out)
+            launch.evaluate(args.checkpoint, args.out)
     except Exception as error:  # noqa: BLE001  user errors become one line; others keep their traceback
         if args.traceback or not isinstance(error, _user_error_types()):
             raise

@@ -5,6 +5,7 @@ Every parameter and large activation in plmjax carries logical axis names from
 `('data', 'fsdp', 'tensor')`. Rules are tried in order and a mesh axis is used at most once per array
 (flax's semantics), so for an activation `[batch, length, embed]` the batch takes `('data', 'fsdp')` and
 embed stays replicated, while a parameter `[embed, mlp]` is split over `fsdp` and `tensor`.
+A run may replace rules (`logical_axis_rules(overrides)`, gin: `train.logical_axis_rules = @logical_axis_rules()`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("expert", None),
 )
+
+
+def logical_axis_rules(overrides: Sequence[tuple[str, str | tuple[str, ...] | None]] = (),
+                       base: Sequence = LOGICAL_AXIS_RULES) -> tuple:
+    """The rules table with `overrides` in place of the rules for the axes they name, e.g.
+    `(('embed', None), ('mlp', ('fsdp', 'tensor')))` (gin: `logical_axis_rules.overrides = [...]`)."""
+    overrides = tuple((str(name), tuple(axes) if isinstance(axes, list) else axes) for name, axes in overrides)
+    unknown = [name for name, _ in overrides if name not in {rule[0] for rule in base}]
+    if unknown:
+        raise ValueError(f"logical_axis_rules.overrides names unknown logical axes {unknown}; the axes are "
+                         f"{tuple(rule[0] for rule in base)}.")
+    named = {name for name, _ in overrides}
+    return overrides + tuple(rule for rule in base if rule[0] not in named)
 
 
 def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -1,15 +1,17 @@
 """Every gin file under gin_configs/ parses; every experiment builds its model config, objective and task."""
 
+import inspect
 import pathlib
 
 import gin
 import pytest
 
 import plmjax.tasks  # noqa: F401  registers the tasks that experiment files name
-import plmjax.peft  # noqa: F401  registers the PEFT hyper-parameters (lora.rank, ...) experiment files bind
+from plmjax import launch  # noqa: F401  registers the entry points and PEFT hyper-parameters (lora.rank, ...)
 from plmjax.data import pipeline
 from plmjax.models.config import TransformerConfig
 from plmjax.train import loop
+from plmjax.train import setup as setup_lib
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 GIN_FILES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "gin_configs").rglob("*.gin"))
@@ -43,11 +45,12 @@ def test_experiment_is_complete(path):
     text = (REPO_ROOT / path).read_text()
     assert f"plmjax train --gin_file={path}" in text, "the header gives the launch command"
     gin.parse_config_file(str(REPO_ROOT / path))
-    bindings = gin.get_bindings(loop.train)
-    unbound = [name for name, value in bindings.items() if value is gin.REQUIRED]
+    bindings = gin.get_bindings("train")
+    required = [name for name, p in inspect.signature(loop.train).parameters.items() if p.default is loop.REQUIRED]
+    unbound = [name for name in required if bindings.get(name, gin.REQUIRED) is gin.REQUIRED]
     assert not unbound, f"{path} leaves {unbound} %gin.REQUIRED"
     config = bindings["model_config"]
-    run = loop.setup(config, bindings["architecture"], bindings["objective"], bindings["task_feature_lengths"],
+    run = setup_lib.setup(config, bindings["architecture"], bindings["objective"], bindings["task_feature_lengths"],
                      mesh=None, task=bindings["task"], peft=bindings.get("peft"))
     assert run.objective.name == bindings["objective"]
     task = bindings["task"]

@@ -13,13 +13,13 @@ import dataclasses
 import os
 from typing import Optional
 
-import jax
-import numpy as np
 
 from plmjax.convert import common
 from plmjax.convert.hf import Converted
 from plmjax.models.config import TransformerConfig
 from plmjax.train import checkpoint as checkpoint_lib
+from plmjax.train import saved_model
+from plmjax.train.saved_model import read_model_config  # noqa: F401  (re-exported)
 
 
 def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> str:
@@ -50,39 +50,9 @@ def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, 
     return os.path.join(checkpointer.directory, '0')
 
 
-def read_model_config(metadata: dict, where: str) -> tuple[str, TransformerConfig]:
-    """(architecture, config) from a checkpoint's metadata."""
-    saved = (metadata.get('config') or {}).get('model_config')
-    if not isinstance(saved, dict):
-        raise ValueError(f'Checkpoint {where} does not record its model config; convert a checkpoint written by '
-                         '`plmjax train` or `plmjax convert`.')
-    known = {f.name for f in dataclasses.fields(TransformerConfig)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise ValueError(f'Checkpoint {where} has model config fields {unknown} this plmjax does not know: it was '
-                         'written by another version of plmjax.')
-    config = TransformerConfig(**saved)
-    return metadata['config'].get('architecture') or common.architecture_of(config), config
-
-
 def load_checkpoint(path: str, step: Optional[int] = None) -> Converted:
     """The architecture, config and parameters (numpy) of a plmjax checkpoint, at its latest step or the step of a
     step directory; `family` and `hf_class` are the Hugging Face origin of a converted checkpoint, else None."""
-    base = os.path.basename(os.path.abspath(path))
-    if step is None and base.isdigit():
-        step = int(base)
-    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(path))
-    try:
-        metadata = checkpointer.read_metadata(step)
-        arch, config = read_model_config(metadata, checkpointer.directory)
-        if metadata['config'].get('peft'):
-            raise ValueError(f'Checkpoint {checkpointer.directory} is a PEFT run ({metadata["config"]["peft"]}): its '
-                             'base model is the run\'s init_checkpoint and its own parameters are in <run>/adapter '
-                             '(plmjax.peft.load_adapter); load those instead.')
-        abstract = common.abstract_params(arch, config, **(metadata['config'].get('head_options') or {}))
-        restored, _ = checkpointer.restore(step, abstract_state={'params': abstract}, partial=True)
-    finally:
-        checkpointer.close()
-    params = jax.tree.map(np.asarray, restored['params'])
-    return Converted(arch, config, params, metadata['config'].get('hf_family'), [], [],
-                     metadata['config'].get('hf_class'))
+    saved = saved_model.load_saved_model(path, step)
+    return Converted(saved.architecture, saved.config, saved.params, saved.metadata.get('hf_family'), [], [],
+                     saved.metadata.get('hf_class'))

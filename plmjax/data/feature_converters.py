@@ -225,12 +225,10 @@ _FAMILIES = {
 }
 
 
-def _pet_converter(**kwargs) -> seqio.FeatureConverter:
-    from plmjax.prompting.pet import PetFeatureConverter  # PET's converter lives with its patterns
-    return PetFeatureConverter(**kwargs)
-
-
-_FAMILIES["pet"] = _pet_converter
+def register_feature_converter(family: str, converter) -> None:
+    """Adds a converter family from above the data layer (PET's lives with its patterns: plmjax.prompting.pet
+    registers 'pet' on import, and so does every '<task>_pet' task through tasks/prompting.py)."""
+    _FAMILIES[family] = converter
 
 
 def make_feature_converter(family: str, **kwargs) -> seqio.FeatureConverter:
@@ -238,6 +236,7 @@ def make_feature_converter(family: str, **kwargs) -> seqio.FeatureConverter:
     variants encoder_sentence_pair | encoder_span_boundary, or a fine-tuning kind classification (also
     regression) | span_extraction | multiple_choice (kwarg num_choices) | tagging."""
     if family not in _FAMILIES:
-        raise ValueError(f"Unknown model family {family!r} for the feature converter; expected one of "
+        hint = " (import plmjax.prompting.pet or plmjax.tasks, which register it)" if family == "pet" else ""
+        raise ValueError(f"Unknown model family {family!r} for the feature converter{hint}; expected one of "
                          f"{sorted(_FAMILIES)}.")
     return _FAMILIES[family](pack=False, **kwargs)

@@ -119,7 +119,7 @@ def jit_predict_step(run, kind: str, param_shardings, *, max_answer_length: int 
                                       max_answer_length=max_answer_length, scores_fn=scores_fn)
 
     predicting = dataclasses.replace(run.objective, loss_fn=predictions_fn)
-    return step_lib.jit_eval_step(run.module, predicting, run.mesh, param_shardings)
+    return step_lib.jit_eval_step(run.module, predicting, run.mesh, param_shardings, rules=run.rules)
 
 
 # The jitted steps of recent runs: a trainer evaluating every `eval_every` steps compiles once.
@@ -140,7 +140,7 @@ def param_shardings_for(run):
     """The parameters' shardings on the run's mesh (as the trainer creates them)."""
     architecture = getattr(run, "architecture", "") or run.objective.architecture
     _, shardings = state_lib.state_shardings(run.module, optax.identity(), architecture, run.task_feature_lengths,
-                                             run.mesh)
+                                             run.mesh, run.rules)
     return shardings.params
 
 
@@ -275,7 +275,7 @@ def predict(params, run, task: str, split: str, batch_size: int = 32, *, task_in
 
     Args:
       params: the model's parameters (the trainer's sharded arrays, or host arrays).
-      run: plmjax.train.loop.RunSetup (module, objective, model_config, mesh, task_feature_lengths).
+      run: plmjax.train.setup.RunSetup (module, objective, model_config, mesh, task_feature_lengths).
       task, split: a registered seqio task and one of its splits.
       batch_size: the global batch size; a multiple of the mesh's data-parallel size (it need not divide the
         split).
@@ -302,7 +302,8 @@ def predict(params, run, task: str, split: str, batch_size: int = 32, *, task_in
     example_ids, predictions, targets = [], [], []
     examples = _examples(task, run, split, raw_features, converter_options)
     for batch, extras in _padded_batches(examples, batch_size):
-        outputs = jax.device_get(step(params, sharding.shard_batch(sharding.host_rows(batch, run.mesh), run.mesh)))
+        rows = sharding.host_rows(batch, run.mesh, run.rules)
+        outputs = jax.device_get(step(params, sharding.shard_batch(rows, run.mesh, run.rules)))
         if "example_ids" in batch:
             batch_ids = [int(i) for i in batch["example_ids"][:len(extras), 0]]
         else:

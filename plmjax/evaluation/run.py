@@ -35,7 +35,7 @@ def evaluate_params(params, run, task: str, split: str, *, batch_size: int = 32,
     """Predicts the whole split, scores it with the task's official metrics and optionally writes the files.
 
     Args:
-      params, run: the parameters and plmjax.train.loop.RunSetup of a fine-tuning model.
+      params, run: the parameters and plmjax.train.setup.RunSetup of a fine-tuning model.
       task, split: a registered fine-tuning task (it has a TaskInfo) and one of its splits.
       batch_size: global evaluation batch size (a multiple of the mesh's data-parallel devices).
       out_dir: when given, `results.md` / `results.json` there get this split's rows, and the task's submission

@@ -7,12 +7,13 @@ plmjax module, never a fork (see `plmjax/peft/base.py` for how).
     peft.save_adapter(dir, params, 'lora'); method, adapter = peft.load_adapter(dir)
     params = peft.with_adapter(params, adapter)
 
-Hyper-parameters are gin configurables named like the methods (`lora.rank = 8`, `lora.alpha = 16.0`,
-`lora.targets = ('query', 'value')`, `adapter.bottleneck = 64`, `prompt_tuning.length = 20`,
-`prefix_tuning.length = 10`, `prefix_tuning.reparameterize = True`, ...); `wrap(module, method, **options)` takes
-them as keyword arguments too (these win over gin).
+Hyper-parameters are each method's options dataclass (`LoraOptions(rank=8, alpha=16.0, targets=('query',
+'value'))`, `AdapterOptions(bottleneck=64)`, `PromptTuningOptions(length=20)`, `PrefixTuningOptions(length=10,
+reparameterize=True)`); `wrap(module, method, options, **overrides)` takes them, keyword overrides winning. In gin
+files they are configurables named like the methods (`lora.rank = 8`), registered by `plmjax.launch`.
 """
-import gin
+import dataclasses
+
 from flax import linen as nn
 
 from plmjax.peft.adapters import AdapterModel, AdapterOptions
@@ -23,30 +24,33 @@ from plmjax.peft.prefix_tuning import PrefixTuningModel, PrefixTuningOptions, fo
 from plmjax.peft.prompt_tuning import PromptTuningModel, PromptTuningOptions, prompt_from_vocabulary
 from plmjax.peft.storage import adapter_size, directory_bytes, load_adapter, save_adapter
 
-# method -> (wrapper, its options as a gin configurable named like the method)
+# method -> (wrapper, its options dataclass)
 METHODS = {
-    'lora': (LoraModel, gin.external_configurable(LoraOptions, 'lora', module='plmjax.peft')),
-    'adapter': (AdapterModel, gin.external_configurable(AdapterOptions, 'adapter', module='plmjax.peft')),
-    'prompt_tuning': (PromptTuningModel,
-                      gin.external_configurable(PromptTuningOptions, 'prompt_tuning', module='plmjax.peft')),
-    'prefix_tuning': (PrefixTuningModel,
-                      gin.external_configurable(PrefixTuningOptions, 'prefix_tuning', module='plmjax.peft')),
+    'lora': (LoraModel, LoraOptions),
+    'adapter': (AdapterModel, AdapterOptions),
+    'prompt_tuning': (PromptTuningModel, PromptTuningOptions),
+    'prefix_tuning': (PrefixTuningModel, PrefixTuningOptions),
 }
 
 
-def options(method: str, **overrides):
-    """The hyper-parameters of `method`: gin's bindings (`lora.rank = 8`), then `overrides`."""
+def options(method: str, base=None, **overrides):
+    """The hyper-parameters of `method`: `base` (an options instance; default the method's defaults) with
+    `overrides`."""
     _check_method(method)
-    return METHODS[method][1](**overrides)
+    cls = METHODS[method][1]
+    if base is not None and not isinstance(base, cls):
+        raise ValueError(f'PEFT method {method!r} takes {cls.__name__}, got {type(base).__name__}.')
+    return dataclasses.replace(base, **overrides) if base is not None else cls(**overrides)
 
 
-def wrap(module: nn.Module, method: str, **overrides) -> PeftModel:
+def wrap(module: nn.Module, method: str, options_: object = None, **overrides) -> PeftModel:
     """`module` with `method`'s new parameters; same call signature and outputs (and `encode`/`decode` of an
-    EncoderDecoderModel). Params: {'base': module's own, '<method>': new}."""
+    EncoderDecoderModel). Params: {'base': module's own, '<method>': new}. options_: the method's options
+    dataclass (default: its defaults); keyword overrides win."""
     _check_method(method)
     if isinstance(module, PeftModel):
         raise ValueError(f'The module is already wrapped with {module.method!r}; wrap the plain model once.')
-    return METHODS[method][0](module, options(method, **overrides))
+    return METHODS[method][0](module, options(method, options_, **overrides))
 
 
 def _check_method(method: str) -> None:

@@ -33,7 +33,8 @@ from flax import linen as nn
 from plmjax import models, sharding
 from plmjax.data import feature_converters
 from plmjax.plan import hardware
-from plmjax.train import loop, optim
+from plmjax.train import optim
+from plmjax.train import setup as setup_lib
 from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
 
@@ -237,7 +238,7 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         raise ValueError(f"Batch size {batch_size} does not split over data x fsdp = {data_parallel} devices "
                          f"(x grad_accum_steps={grad_accum_steps}): use a multiple of "
                          f"{data_parallel * grad_accum_steps} (--batch_size).")
-    run = loop.setup(model_config, architecture, objective, task_feature_lengths, mesh)
+    run = setup_lib.setup(model_config, architecture, objective, task_feature_lengths, mesh, rules=rules)
     tx, schedule = optimizer if optimizer is not None else optim.make_optimizer(total_steps=1000)
     abstract_state, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths,
                                                           mesh, rules)

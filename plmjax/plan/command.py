@@ -13,11 +13,11 @@ status: 0 when the step fits the chip's HBM, 1 (after one message saying by how 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
 
+from plmjax import launch
 from plmjax.models.config import DTYPES, REMAT_POLICIES
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -25,8 +25,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plan", help="compile the train step for a TPU slice ahead of time: memory, FLOPs, MFU")
-    p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
-    p.add_argument("--gin_param", action="append", default=[], help="gin binding (repeatable)")
+    launch.add_gin_flags(p)
     p.add_argument("--topology", required=True, help="TPU slice as <chip>:<shape>, e.g. v5e:4x4 (v5e-16), "
                    "v5e:8x8 (v5e-64), v5p:4x4x4 (v5p-128: 64 chips), v6e:4x4, v4:2x2x2")
     p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=16 or fsdp=16,tensor=4 (unnamed axes "
@@ -59,36 +58,10 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
 
 def read_gin_run(gin_files: list[str], gin_params: list[str]) -> dict:
     """The run settings `plmjax train` would read from these gin files (the mesh as create_mesh's bindings)."""
-    import gin
-    from plmjax import cli
-    gin.clear_config()
-    cli._parse_gin(gin_files, gin_params)
-    train = gin.get_bindings("train", resolve_references=False)
-
-    def setting(key: str, macro: str | None, default=dataclasses.MISSING):
-        if key in train:
-            return copy.deepcopy(train[key])  # deepcopy evaluates gin references (@preset(), %MACRO)
-        if macro is not None:
-            try:
-                return copy.deepcopy(gin.query_parameter(f"%{macro}"))
-            except ValueError:
-                pass
-        if default is dataclasses.MISSING:
-            raise ValueError(f"The gin files bind neither train.{key} nor {macro}: include a model file "
-                             "(gin_configs/models/), an objective file (gin_configs/objectives/) and a run file "
-                             "(gin_configs/runs/pretrain.gin), or an experiment that includes them.")
-        return default
-
-    return {
-        "model_config": setting("model_config", "MODEL_CONFIG"),
-        "architecture": setting("architecture", "MODEL_ARCH"),
-        "objective": setting("objective", "OBJECTIVE"),
-        "task_feature_lengths": setting("task_feature_lengths", "TASK_FEATURE_LENGTHS"),
-        "batch_size": setting("batch_size", "BATCH_SIZE", 32),
-        "grad_accum_steps": setting("grad_accum_steps", None, 1),
-        "optimizer": setting("optimizer", None, None),
-        "mesh_shape": {**dict.fromkeys(MESH_AXES, 1), "data": -1, **gin.get_bindings("create_mesh")},
-    }
+    settings = launch.run_settings(gin_files, gin_params, MESH_AXES)
+    if settings["rules"] is None:
+        settings.pop("rules")
+    return settings
 
 
 def run(args) -> int:
@@ -96,7 +69,7 @@ def run(args) -> int:
     settings = read_gin_run(args.gin_file, args.gin_param)
     overrides = {"dtype": args.dtype, "param_dtype": args.param_dtype}
     if args.remat is not None:
-        overrides.update(remat_policy=args.remat, remat=False)
+        overrides.update(remat_policy=args.remat)
     model_config = dataclasses.replace(settings.pop("model_config"), **overrides)
     settings["mesh_shape"] = parse_mesh(args.mesh) or settings["mesh_shape"]
     if args.batch_size is not None:

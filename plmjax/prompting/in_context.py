@@ -18,7 +18,6 @@ import math
 import os
 from typing import Any, Optional, Sequence
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,8 +142,8 @@ def _load(checkpoint_or_params, config) -> tuple[Any, Any]:
 
 
 def read_examples(task: templates.PromptTask, split: str) -> list[dict]:
-    """The labelled examples of DATA's task (plmjax.data.finetune), checked to use the prompts' label order."""
-    import plmjax.tasks  # noqa: F401  (registers DATA's tasks and their readers)
+    """The labelled examples of DATA's task (plmjax.data.finetune; `import plmjax.tasks` registers them), checked
+    to use the prompts' label order."""
     info = finetune.get_task_info(task.name)
     if info.label_names != task.label_names:
         raise ValueError(f"{task.name}: the prompts' labels {task.label_names[:5]}... differ from the task's "
@@ -152,8 +151,7 @@ def read_examples(task: templates.PromptTask, split: str) -> list[dict]:
     return finetune.read_examples(task.name, split)
 
 
-@gin.configurable("in_context_evaluate", denylist=["checkpoint_or_params"])
-def evaluate(checkpoint_or_params, task: str = gin.REQUIRED, k: int = 4, *, split: str = "validation",
+def evaluate(checkpoint_or_params, task: str, k: int = 4, *, split: str = "validation",
              demonstration_split: str = "train", seed: int = 0, normalize: str = "sum", batch_size: int = 8,
              max_examples: Optional[int] = None, max_length: Optional[int] = None,
              vocabulary: Optional[seqio.Vocabulary] = None, config=None) -> dict:

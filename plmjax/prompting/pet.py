@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from plmjax.data import preprocessors, vocabularies
+from plmjax.data import feature_converters, preprocessors, vocabularies
 from plmjax.prompting.templates import MASK, PromptTask
 
 SIDE_FEATURES = ("mask_positions", "verbalizer_tokens", "verbalizer_weights", "labels", "example_ids")
@@ -171,3 +171,6 @@ class PetFeatureConverter(seqio.FeatureConverter):
                              "the dataset before asking for model feature lengths.")
         length = task_feature_lengths["inputs"]
         return {"encoder_input_tokens": length, "encoder_token_types": length, **self._side_lengths}
+
+
+feature_converters.register_feature_converter("pet", PetFeatureConverter)

@@ -25,12 +25,12 @@ def _batches(task, run, split, batch_size, num_batches, shuffle=False):
 
 def make_eval_fn(run, param_shardings, batch_size: int = 32):
     """Returns `eval_fn(params, task, split, num_batches) -> {metric: value}` (num_batches None: the whole split)."""
-    step = step_lib.jit_eval_step(run.module, run.objective, run.mesh, param_shardings)
+    step = step_lib.jit_eval_step(run.module, run.objective, run.mesh, param_shardings, rules=run.rules)
 
     def eval_fn(params, task, split, num_batches):
         totals = None
         for batch in _batches(task, run, split, batch_size, num_batches):
-            metrics = step(params, sharding.shard_batch(batch, run.mesh))
+            metrics = step(params, sharding.shard_batch(batch, run.mesh, run.rules))
             totals = metrics if totals is None else metrics_lib.add_metrics(totals, metrics)
         if totals is None:
             raise ValueError(f"Split {split!r} of task {task!r} gave no full batch of {batch_size} examples: "

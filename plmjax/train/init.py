@@ -21,7 +21,9 @@ from flax import linen as nn
 from flax import traverse_util
 
 from plmjax import models
+from plmjax.models import params as params_lib
 from plmjax.models.finetune import FINETUNE_ARCHITECTURES
+from plmjax.train import saved_model
 
 # The TaskInfo kinds each fine-tuning architecture can learn.
 _KINDS = {'encoder_classifier': ('classification', 'regression'), 'encoder_span': ('span_extraction',),
@@ -55,11 +57,14 @@ def head_options(architecture: str, objective: str, task: Optional[str]) -> dict
     return {'num_labels': info.num_labels}
 
 
-def build_module(architecture: str, model_config, options: dict[str, int], peft: Optional[str]) -> nn.Module:
+def build_module(architecture: str, model_config, options: dict[str, int], peft: Optional[str],
+                 peft_options: Any = None) -> nn.Module:
+    """The run's network: `build_model` with the head options, wrapped by the PEFT method with its options
+    (`peft_options`: an options dataclass, or a function of the method name that returns one)."""
     module = models.build_model(architecture, model_config, **options)
     if peft:
         from plmjax import peft as peft_lib
-        module = peft_lib.wrap(module, peft)
+        module = peft_lib.wrap(module, peft, peft_options(peft) if callable(peft_options) else peft_options)
     return module
 
 
@@ -97,12 +102,6 @@ def _collapse(tree: dict, selected: set, prefix: tuple = ()) -> list[str]:
     return [name for key in tree for name in _collapse(tree[key], selected, prefix + (key,))]
 
 
-def _config_differences(saved, config) -> dict[str, tuple]:
-    from plmjax.convert import common  # convert imports train.checkpoint: imported at run time
-    a, b = common.effective_fields(saved), common.effective_fields(config)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
 def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_config, *, peft: Optional[str] = None,
                             where: str = '') -> tuple[dict, dict[str, list[str]]]:
     """`fresh` (the run's parameter tree) with the checkpoint's parameters in place of the matching subtree.
@@ -117,7 +116,7 @@ def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_con
     target_path = (('base',) if peft else ()) + relative
     target = _subtree(fresh, target_path)
     flat_target, flat_source = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
-    differences = _config_differences(converted.config, model_config)
+    differences = params_lib.config_differences(converted.config, model_config)
     hint = (f" The checkpoint's model config differs in {differences} (checkpoint, run): build the run's "
             "MODEL_CONFIG from the checkpoint's config.gin.") if differences else ''
     for path, leaf in flat_target.items():
@@ -156,13 +155,13 @@ def _place(params, shardings):
 def init_from_checkpoint(state, shardings, tx, path: str, *, architecture: str, model_config,
                          peft: Optional[str] = None, log=print):
     """`state` with its parameters initialized from the checkpoint at `path` and a fresh optimizer state."""
-    from plmjax.convert import load_checkpoint
-    converted = load_checkpoint(path)
+    converted = saved_model.load_saved_model(path)
     params, report = merge_checkpoint_params(state.params, converted, architecture, model_config, peft=peft,
                                              where=path)
     params = _place(params, shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    origin = f"{converted.family} " if converted.family else ''
+    family = converted.metadata.get('hf_family')
+    origin = f"{family} " if family else ''
     log(f"Initialized from {path} ({origin}{converted.architecture!r} checkpoint; its {report['source']} into the "
         f"model's {report['target']}):\n"
         f"  loaded: {', '.join(report['loaded']) or '-'}\n"

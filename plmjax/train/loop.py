@@ -1,7 +1,8 @@
-"""The training loop and its gin entry points (`train`, `evaluate`).
+"""The training loop (`train`) and checkpoint evaluation (`evaluate`): plain Python called with plain values.
 
-gin binds only this edge (t5x's rule): the model preset, the objective's name, the seqio task, sequence
-lengths, the optimizer builder and the mesh. Everything below is plain Python called with plain values.
+The gin entry points that bind these arguments (t5x's rule: only the edges are configurable) are in
+`plmjax.launch`; a fine-tuning run's official scoring (`plmjax.evaluation`, which sits above the trainer) comes
+in as `finetune_evaluator`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import json
 import os
 import signal
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-import gin
 import jax
 import optax
-import seqio
 
-from plmjax import objectives as objectives_lib
 from plmjax import sharding
 from plmjax.data import feature_converters, pipeline
 from plmjax.train import checkpoint as checkpoint_lib
@@ -28,93 +26,60 @@ from plmjax.train import metrics as metrics_lib
 from plmjax.train import optim
 from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
-
-create_mesh = gin.external_configurable(sharding.create_mesh, "create_mesh")
-make_optimizer = gin.external_configurable(optim.make_optimizer, "make_optimizer")
-
+from plmjax.train.setup import ConfigError, RunSetup, check_vocabulary, is_finetune_run, setup
 
 # Kill this process (SIGKILL, no clean-up) right after this step: the kill-and-resume test's fault injection.
 _CRASH_AFTER_STEP = int(os.environ.get("PLMJAX_TEST_CRASH_AFTER_STEP", "-1"))
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the gin binding to change."""
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
 
 
-@dataclasses.dataclass
-class RunSetup:
-    """Everything `train` and `evaluate` build from the gin configuration."""
-
-    module: Any
-    objective: objectives_lib.Objective
-    model_config: Any
-    mesh: Any
-    task_feature_lengths: dict[str, int]
-    architecture: str = ""
-    head_options: dict[str, int] = dataclasses.field(default_factory=dict)  # num_labels / num_choices
-    peft: Optional[str] = None  # the parameter-efficient tuning method wrapping the module, if any
+REQUIRED = _Required()  # a setting the gin files must bind (train.task, ...): `plmjax.launch` maps it to gin's
 
 
-def _check_lengths(config, architecture: str, lengths: Mapping[str, int]) -> None:
-    for feature, length in lengths.items():
-        if length > config.max_length:
-            raise ConfigError(
-                f"Sequence length {length} for feature {feature!r} is longer than the model allows "
-                f"(max_length={config.max_length}). Lower train.task_feature_lengths['{feature}'] or raise the "
-                f"preset's max_length (e.g. --gin_param='MODEL_CONFIG = @{architecture}_preset()' with a larger "
-                f"max_length override).")
+def _check_required(entry_point: str, **settings) -> None:
+    missing = [name for name, value in settings.items() if value is REQUIRED]
+    if missing:
+        raise ConfigError(f"{entry_point} needs {', '.join(f'{entry_point}.{m}' for m in missing)}: include a model "
+                          "file (gin_configs/models/), an objective file (gin_configs/objectives/) and a run file "
+                          "(gin_configs/runs/), or an experiment file that includes them.")
 
 
-def _check_vocabulary(task_name: str, config) -> None:
-    provider = seqio.get_mixture_or_task(task_name)
-    for feature_name, feature in provider.output_features.items():
-        size = feature.vocabulary.vocab_size
-        if size > config.vocab_size:
-            raise ConfigError(
-                f"Task {task_name!r} feature {feature_name!r} has a vocabulary of {size} tokens but the model's "
-                f"vocab_size is {config.vocab_size}: set vocab_size >= {size} in the model preset (gin macro "
-                "VOCAB_SIZE or the preset's vocab_size).")
+# A fine-tuning run's scorer: (params, run, task, split, *, batch_size, out_dir, checkpoint, param_shardings)
+# -> {metric: value}; `plmjax.evaluation.evaluate_params`.
+FinetuneEvaluator = Callable[..., dict]
 
 
-def setup(model_config, architecture: str, objective: str, task_feature_lengths: Mapping[str, int], mesh, *,
-          task: Optional[str] = None, peft: Optional[str] = None) -> RunSetup:
-    """The module (with its task head and PEFT wrapper) and objective of a run. `task` gives a fine-tuning
-    architecture its head options (`init.head_options`)."""
-    objective_ = objectives_lib.get_objective(objective)
-    if objective_.architecture != architecture:
-        raise ConfigError(
-            f"Objective {objective!r} trains {objective_.architecture!r} models, but the model gin file builds "
-            f"an {architecture!r} model (MODEL_ARCH). Pick a matching model gin file or objective.")
-    _check_lengths(model_config, architecture, task_feature_lengths)
-    options = init_lib.head_options(architecture, objective, task)
-    module = init_lib.build_module(architecture, model_config, options, peft)
-    return RunSetup(module, objective_, model_config, mesh, dict(task_feature_lengths), architecture, options, peft)
-
-
-def _config_dict(run: RunSetup) -> dict:
+def _config_dict(run: RunSetup, operative_config: Optional[Callable[[], str]]) -> dict:
     config = run.model_config
     return {"model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else str(config),
             "architecture": run.architecture, "head_options": run.head_options, "peft": run.peft,
-            "operative_gin": gin.operative_config_str()}
+            "operative_gin": operative_config() if operative_config else ""}
 
 
-def _is_finetune_run(run: RunSetup) -> bool:
-    """A fine-tuning architecture, or a prompt-based objective on a plain model (PET on the MLM head)."""
-    return init_lib.is_finetune(run.architecture) or run.objective.name == "pet"
+def _finetune_scorer(run: RunSetup, finetune_evaluator: Optional[FinetuneEvaluator]) -> FinetuneEvaluator:
+    if finetune_evaluator is None:
+        raise ConfigError(f"Fine-tuning runs ({run.architecture!r}, objective {run.objective.name!r}) are scored with "
+                          "the task's official metrics: run them through `plmjax train` / plmjax.launch.train, or "
+                          "pass finetune_evaluator=plmjax.evaluation.evaluate_params.")
+    return finetune_evaluator
 
 
 def _evaluate_run(run: RunSetup, eval_fn, params, task: str, split: str, num_batches: Optional[int],
-                  model_dir: str, final: bool, param_shardings=None) -> dict[str, float]:
+                  model_dir: str, final: bool, param_shardings=None, finetune_evaluator=None) -> dict[str, float]:
     """The run's evaluation, during training (`eval_every`) and at its end.
 
     Fine-tuning runs are scored with the task's official metrics over the whole split
     (`plmjax.evaluation.run.evaluate_params`); the final evaluation also writes the results table and the
     submission file under `model_dir/eval`. Pre-training runs report the objective's metrics on `num_batches`.
     """
-    if _is_finetune_run(run):
-        from plmjax.evaluation import run as evaluation_run
-        return evaluation_run.evaluate_params(params, run, task, split, out_dir=os.path.join(model_dir, "eval")
-                                              if final else None, checkpoint=model_dir, param_shardings=param_shardings)
+    if is_finetune_run(run):
+        return _finetune_scorer(run, finetune_evaluator)(
+            params, run, task, split, out_dir=os.path.join(model_dir, "eval") if final else None,
+            checkpoint=model_dir, param_shardings=param_shardings)
     results = eval_fn(params, task, split, num_batches)
     if final:
         results.update(evaluate_lib.most_frequent_token_baseline(
@@ -122,15 +87,14 @@ def _evaluate_run(run: RunSetup, eval_fn, params, task: str, split: str, num_bat
     return results
 
 
-@gin.configurable(denylist=["model_dir"])
 def train(
     model_dir: str,
     *,
-    model_config=gin.REQUIRED,
-    architecture: str = gin.REQUIRED,
-    objective: str = gin.REQUIRED,
-    task: str = gin.REQUIRED,
-    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    model_config=REQUIRED,
+    architecture: str = REQUIRED,
+    objective: str = REQUIRED,
+    task: str = REQUIRED,
+    task_feature_lengths: Mapping[str, int] = REQUIRED,
     batch_size: int = 32,
     num_steps: int = 1000,
     optimizer=None,
@@ -147,7 +111,11 @@ def train(
     input_sharding: str = "shard",
     init_checkpoint: Optional[str] = None,
     peft: Optional[str] = None,
+    peft_options: Any = None,
     length_buckets: Optional[Sequence[int]] = None,
+    logical_axis_rules: Optional[Sequence] = None,
+    finetune_evaluator: Optional[FinetuneEvaluator] = None,
+    operative_config: Optional[Callable[[], str]] = None,
 ) -> dict[str, float]:
     """Trains (or resumes) a model; returns the final evaluation metrics.
 
@@ -165,7 +133,14 @@ def train(
     length_buckets: e.g. (16, 32, 64): batch similar-length examples and trim each batch to its bucket
       (`pipeline.get_dataset`); one compiled step per bucket. Several processes need input_sharding='slice'
       (every host then reads the same batch, so all hosts run the same shapes).
+    peft_options: the PEFT method's options dataclass (gin: `lora.rank = 8`, ...); default its defaults.
+    logical_axis_rules: the logical-axis -> mesh-axes table (default `sharding.LOGICAL_AXIS_RULES`; gin:
+      `train.logical_axis_rules = @logical_axis_rules()`).
+    finetune_evaluator: scores a fine-tuning run with the task's official metrics (plmjax.evaluation).
+    operative_config: returns the run's configuration text, written to `model_dir/config.gin`.
     """
+    _check_required("train", model_config=model_config, architecture=architecture, objective=objective, task=task,
+                    task_feature_lengths=task_feature_lengths)
     if length_buckets and jax.process_count() > 1 and input_sharding != "slice":
         raise ConfigError("train.length_buckets with several processes needs train.input_sharding='slice' (with "
                           "'shard' each host would bucket its own examples and run different shapes).")
@@ -173,8 +148,11 @@ def train(
         raise ConfigError(f"train.input_sharding={input_sharding!r}: use 'shard' or 'slice'.")
     start = time.time()
     mesh = mesh if mesh is not None else sharding.create_mesh()
-    run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft)
-    _check_vocabulary(task, model_config)
+    run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
+                peft_options=peft_options, rules=logical_axis_rules)
+    check_vocabulary(task, model_config)
+    if is_finetune_run(run):
+        _finetune_scorer(run, finetune_evaluator)
     tx, schedule = optimizer if optimizer is not None else optim.make_optimizer(total_steps=num_steps)
     if peft:
         from plmjax import peft as peft_lib
@@ -182,7 +160,8 @@ def train(
     os.makedirs(model_dir, exist_ok=True)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints)
 
-    abstract, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths, mesh)
+    abstract, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths, mesh,
+                                                    run.rules)
     data_position = 0
     if checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(abstract_state=abstract)
@@ -190,15 +169,16 @@ def train(
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)} (batch {data_position}).")
     else:
         state, shardings = state_lib.create_train_state(run.module, tx, architecture, run.task_feature_lengths,
-                                                        mesh, seed)
+                                                        mesh, seed, run.rules)
         if init_checkpoint:
             state = init_lib.init_from_checkpoint(state, shardings, tx, init_checkpoint, architecture=architecture,
                                                   model_config=model_config, peft=peft)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
+    if jax.process_index() == 0:
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(operative_config() if operative_config else "")
 
     train_step = step_lib.jit_train_step(run.module, run.objective, tx, schedule, mesh, shardings,
-                                         grad_accum_steps=grad_accum_steps)
+                                         grad_accum_steps=grad_accum_steps, rules=run.rules)
     dataset = pipeline.get_dataset(
         task, task_feature_lengths=run.task_feature_lengths, feature_converter=feature_converters.make_feature_converter(
             run.objective.feature_converter), split="train", batch_size=batch_size, shuffle=True, seed=seed,
@@ -215,9 +195,9 @@ def train(
     while int(state.step) < num_steps:
         batch = next(batches)
         if input_sharding == "slice":  # every host read the global batch: keep this host's rows
-            batch = sharding.host_rows(batch, mesh)
+            batch = sharding.host_rows(batch, mesh, run.rules)
         data_position += 1
-        state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh))
+        state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh, run.rules))
         totals = step_metrics if totals is None else metrics_lib.add_metrics(totals, step_metrics)
         tokens_since += batch_size * max(value.shape[-1] for value in batch.values())  # global batch, this length
         examples_since += batch_size
@@ -234,16 +214,17 @@ def train(
             bar.update(step)
         if eval_every and step % eval_every == 0 and step != num_steps:
             writer.write(step, eval_split, _evaluate_run(run, eval_fn, state.params, task, eval_split, eval_batches,
-                                                         model_dir, final=False, param_shardings=shardings.params))
+                                                         model_dir, final=False, param_shardings=shardings.params,
+                                                         finetune_evaluator=finetune_evaluator))
         if step % checkpoint_every == 0 or step == num_steps:
-            checkpointer.save(step, state, data_position=data_position, config=_config_dict(run))
+            checkpointer.save(step, state, data_position=data_position, config=_config_dict(run, operative_config))
         if step == _CRASH_AFTER_STEP:  # fault injection for the kill-and-resume test
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     checkpointer.wait()
 
     final = _evaluate_run(run, eval_fn, state.params, task, eval_split, eval_batches, model_dir, final=True,
-                          param_shardings=shardings.params)
+                          param_shardings=shardings.params, finetune_evaluator=finetune_evaluator)
     adapter = init_lib.save_adapter(model_dir, state.params, peft) if peft else {}
     writer.write(int(state.step), eval_split, final)
     writer.close()
@@ -270,21 +251,23 @@ def train(
     return final
 
 
-@gin.configurable(denylist=["checkpoint", "out_dir"])
 def evaluate(
     checkpoint: str,
     out_dir: Optional[str] = None,
     *,
-    model_config=gin.REQUIRED,
-    architecture: str = gin.REQUIRED,
-    objective: str = gin.REQUIRED,
-    task: str = gin.REQUIRED,
-    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    model_config=REQUIRED,
+    architecture: str = REQUIRED,
+    objective: str = REQUIRED,
+    task: str = REQUIRED,
+    task_feature_lengths: Mapping[str, int] = REQUIRED,
     split: str = "validation",
     batch_size: int = 32,
     eval_batches: int = 0,
     mesh=None,
     peft: Optional[str] = None,
+    peft_options: Any = None,
+    logical_axis_rules: Optional[Sequence] = None,
+    finetune_evaluator: Optional[FinetuneEvaluator] = None,
     **unused_train_settings,
 ) -> dict[str, float]:
     """Evaluates the parameters of a checkpoint directory on a task split; prints and returns the metrics.
@@ -293,21 +276,23 @@ def evaluate(
     metrics over the whole split, and the results table (Markdown, JSON) and the submission file are written to
     `out_dir` (default: `<checkpoint's model dir>/eval`).
     """
+    _check_required("evaluate", model_config=model_config, architecture=architecture, objective=objective,
+                    task=task, task_feature_lengths=task_feature_lengths)
     mesh = mesh if mesh is not None else sharding.create_mesh()
-    run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft)
-    _check_vocabulary(task, model_config)
+    run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
+                peft_options=peft_options, rules=logical_axis_rules)
+    check_vocabulary(task, model_config)
     # Only the parameters are read, so any optimizer's checkpoint evaluates (optax.identity: no optimizer state).
     abstract, shardings = state_lib.state_shardings(run.module, optax.identity(), architecture,
-                                                    run.task_feature_lengths, mesh)
+                                                    run.task_feature_lengths, mesh, run.rules)
     checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(checkpoint))
     restored, meta = checkpointer.restore(step=checkpoint_lib.checkpoint_step(checkpoint),
                                           abstract_state={"params": abstract.params}, partial=True)
-    if _is_finetune_run(run):
-        from plmjax.evaluation import run as evaluation_run
+    if is_finetune_run(run):
         out_dir = out_dir or os.path.join(os.path.dirname(checkpoint_lib.checkpoint_root(checkpoint)), "eval")
-        results = evaluation_run.evaluate_params(restored["params"], run, task, split, batch_size=batch_size,
-                                                 out_dir=out_dir, checkpoint=checkpoint,
-                                                 param_shardings=shardings.params)
+        results = _finetune_scorer(run, finetune_evaluator)(restored["params"], run, task, split,
+                                                            batch_size=batch_size, out_dir=out_dir,
+                                                            checkpoint=checkpoint, param_shardings=shardings.params)
     else:
         eval_fn = evaluate_lib.make_eval_fn(run, shardings.params, batch_size=batch_size)
         results = eval_fn(restored["params"], task, split, eval_batches or None)

@@ -17,7 +17,7 @@ from plmjax.data.finetune.info import TaskInfo
 from plmjax.models import build_model, tiny_encoder
 from plmjax.objectives import get_objective
 from plmjax.train import state as state_lib
-from plmjax.train.loop import RunSetup
+from plmjax.train.setup import RunSetup
 
 LENGTH = L = 16
 NUM_EXAMPLES = 13

@@ -17,7 +17,7 @@ from plmjax import sharding
 from plmjax.data import corpora, feature_converters, pipeline
 from plmjax.models import build_model
 from plmjax.train import checkpoint as checkpoint_lib
-from plmjax.train import loop
+from plmjax import launch
 from plmjax.train import state as state_lib
 from tests.conftest import REPO_ROOT
 
@@ -52,7 +52,7 @@ def test_tiny_recipe_trains_and_its_loss_falls(name, tmp_path, gin_scope):
         [str(REPO_ROOT / f"gin_configs/experiments/{name}.gin")],
         [f"NUM_STEPS = {STEPS}", "train.log_every = 5", f"train.checkpoint_every = {STEPS}", "train.progress = False",
          "train.eval_batches = 2"])
-    final = loop.train(str(tmp_path), mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    final = launch.train(str(tmp_path), mesh=sharding.create_mesh(devices=jax.devices()[:1]))
     losses = train_losses(tmp_path)
     assert len(losses) == STEPS // 5 and all(map(math.isfinite, losses))
     assert losses[-1] < losses[0] - 0.25, losses  # averaged over 5 steps each: a real fall, not noise
@@ -72,7 +72,7 @@ def test_plmjax_eval_reports_decoder_perplexity_on_wikitext2_test(tmp_path, gin_
     params = ["TASK = 'wikitext2_lm'", "BATCH_SIZE = 8"]
     gin.parse_config_files_and_bindings([str(REPO_ROOT / "gin_configs/experiments/tiny_gpt_lm.gin")],
                                         params + ["NUM_STEPS = 30", "train.progress = False", "train.eval_batches = 2"])
-    loop.train(str(tmp_path), mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    launch.train(str(tmp_path), mesh=sharding.create_mesh(devices=jax.devices()[:1]))
     config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     evaluated = _cli("eval", "--gin_file=gin_configs/experiments/tiny_gpt_lm.gin", f"--checkpoint={tmp_path}",
                      "--gin_param=evaluate.eval_batches = 4", *(f"--gin_param={p}" for p in params))

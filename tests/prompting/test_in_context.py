@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from plmjax import convert, models
+import plmjax.tasks  # noqa: F401  registers the tasks whose examples the prompts read
+from plmjax import convert, launch, models
 from plmjax.convert import common
 from plmjax.data import bpe
 from plmjax.prompting import in_context, templates
@@ -106,7 +107,7 @@ def test_evaluate_from_a_checkpoint_on_real_sst2(vocab, shared_data, tmp_path):
         gin.parse_config(["in_context_evaluate.task = 'glue_sst2_tsv'", "in_context_evaluate.k = 2",
                           "in_context_evaluate.normalize = 'mean'", "in_context_evaluate.max_examples = 6"])
     try:
-        mean = in_context.evaluate(str(tmp_path))
+        mean = launch.in_context_evaluate(str(tmp_path))
     finally:
         gin.clear_config()
     assert mean["scores"].shape == (6, 2) and mean["targets"].tolist() == results["targets"].tolist()

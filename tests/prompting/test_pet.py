@@ -204,7 +204,7 @@ def test_tiny_pet_finetune_learns(tiny_task, monkeypatch):
     assert np.mean(losses[:10]) > 0.5 and np.mean(losses[-10:]) < 0.1, losses[::10]
 
     from plmjax.evaluation.run import evaluate_params
-    from plmjax.train.loop import RunSetup
+    from plmjax.train.setup import RunSetup
     run = RunSetup(module, objective, config, mesh, lengths)
     results = evaluate_params(jax.device_get(state.params), run, name, "validation", batch_size=16)
     assert results["num_examples"] == 64 and results["accuracy"] >= 95.0, results

@@ -15,7 +15,8 @@ from flax import traverse_util
 
 from plmjax import sharding
 from plmjax.data.finetune import TaskInfo, register_task_info
-from plmjax.train import loop, optim
+from plmjax import launch
+from plmjax.train import optim
 from tests.train.finetune_checkpoint import VOCAB, save_random_encoder, tiny
 from tests.train.saved_state import load_saved_state
 
@@ -70,7 +71,7 @@ def encoder_checkpoint(tmp_path_factory):
 
 
 def _train(model_dir, steps, checkpoint, **kwargs):
-    return loop.train(
+    return launch.train(
         str(model_dir), model_config=tiny(), architecture="encoder_classifier", objective="classification",
         task=TASK, task_feature_lengths=LENGTHS, batch_size=16, num_steps=steps,
         optimizer=optim.make_optimizer("adamw", learning_rate=kwargs.pop("learning_rate", 3e-3), warmup_ratio=0.1,

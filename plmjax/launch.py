@@ -1,0 +1,130 @@
+"""The gin entry points of `plmjax train|eval` (t5x's train.py / eval.py) and the one place that parses gin.
+
+Only the edges are configurable (t5x's rule): the run functions `train` and `evaluate` (plmjax.train.loop), the
+mesh (`create_mesh`), the optimizer builder (`make_optimizer`), the sharding rules table (`logical_axis_rules`),
+the PEFT methods' options (`lora`, `adapter`, `prompt_tuning`, `prefix_tuning`) and in-context evaluation
+(`in_context_evaluate`); model presets are registered by plmjax.models.config and tasks by plmjax.tasks.
+This module sits above the trainer and evaluation, so it is where a fine-tuning run gets its official scoring.
+
+Flags: `--gin_file=F` (repeatable), `--gin_param='NAME = VALUE'` (repeatable), and t5x's `--gin.NAME=VALUE`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from typing import Any, Sequence
+
+import gin
+
+from plmjax import evaluation, peft, sharding
+from plmjax.prompting import in_context
+from plmjax.train import loop, optim
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+create_mesh = gin.external_configurable(sharding.create_mesh, "create_mesh")
+make_optimizer = gin.external_configurable(optim.make_optimizer, "make_optimizer")
+logical_axis_rules = gin.external_configurable(sharding.logical_axis_rules, "logical_axis_rules")
+# method -> its options dataclass as a gin configurable named like the method (`lora.rank = 8`)
+PEFT_OPTIONS = {method: gin.external_configurable(options, method, module="plmjax.peft")
+                for method, (_, options) in peft.METHODS.items()}
+in_context_evaluate = gin.external_configurable(in_context.evaluate, "in_context_evaluate",
+                                                denylist=["checkpoint_or_params"])
+
+# Arguments the entry points pass themselves (not settings of a run).
+_WIRED = ["finetune_evaluator", "operative_config", "peft_options"]
+_train = gin.external_configurable(loop.train, "train", denylist=["model_dir", *_WIRED])
+_evaluate = gin.external_configurable(loop.evaluate, "evaluate", denylist=["checkpoint", "out_dir", *_WIRED])
+
+
+def _peft_options(method: str):
+    return PEFT_OPTIONS[method]() if method in PEFT_OPTIONS else None
+
+
+def train(model_dir: str, **settings) -> dict[str, float]:
+    """`plmjax train`: `loop.train` with the gin bindings of `train.*` (explicit `settings` win)."""
+    return _train(model_dir, finetune_evaluator=evaluation.evaluate_params, operative_config=gin.operative_config_str,
+                  peft_options=_peft_options, **settings)
+
+
+def evaluate(checkpoint: str, out_dir: str | None = None, **settings) -> dict[str, float]:
+    """`plmjax eval`: `loop.evaluate` with the gin bindings of `evaluate.*` (explicit `settings` win)."""
+    return _evaluate(checkpoint, out_dir, finetune_evaluator=evaluation.evaluate_params, peft_options=_peft_options,
+                     **settings)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+_DOTTED_FLAG = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.DOTALL)
+
+
+def add_gin_flags(parser, required: bool = True) -> None:
+    """--gin_file and --gin_param on an argparse (sub)parser; `split_gin_flags` takes the `--gin.NAME=VALUE` ones."""
+    parser.add_argument("--gin_file", action="append", default=[], required=required, help="gin file (repeatable)")
+    parser.add_argument("--gin_param", action="append", default=[],
+                        help="gin binding 'NAME = VALUE' (repeatable); t5x's --gin.NAME=VALUE works too")
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(argv without the `--gin.NAME=VALUE` flags, those flags as gin bindings 'NAME = VALUE')."""
+    rest, bindings = [], []
+    for arg in argv:
+        match = _DOTTED_FLAG.match(arg)
+        if match:
+            bindings.append(f"{match.group(1)} = {match.group(2)}")
+        elif arg.startswith("--gin.") and "=" not in arg:
+            raise ValueError(f"{arg!r}: write t5x-style bindings as --gin.NAME=VALUE, e.g. --gin.train.num_steps=100.")
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+    """Registers every configurable (tasks, presets, the entry points above) and parses the files and bindings;
+    files are found relative to the working directory or the repository root."""
+    for path in (os.getcwd(), REPO_ROOT):
+        gin.add_config_file_search_path(path)
+    for path in gin_files:
+        if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
+            raise FileNotFoundError(f"gin file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT}): "
+                                    "check --gin_file.")
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow reads data; accelerators belong to JAX
+    import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params), finalize_config=False)
+
+
+def run_settings(gin_files: Sequence[str], gin_params: Sequence[str], mesh_axes: Sequence[str]) -> dict[str, Any]:
+    """The run settings `plmjax train` would read from these gin files (the mesh as create_mesh's bindings), for
+    `plmjax plan`."""
+    gin.clear_config()
+    parse_gin(gin_files, gin_params)
+    bindings = gin.get_bindings("train", resolve_references=False)
+
+    def setting(key: str, macro: str | None, default=dataclasses.MISSING):
+        if key in bindings:
+            return copy.deepcopy(bindings[key])  # deepcopy evaluates gin references (@preset(), %MACRO)
+        if macro is not None:
+            try:
+                return copy.deepcopy(gin.query_parameter(f"%{macro}"))
+            except ValueError:
+                pass
+        if default is dataclasses.MISSING:
+            raise ValueError(f"The gin files bind neither train.{key} nor {macro}: include a model file "
+                             "(gin_configs/models/), an objective file (gin_configs/objectives/) and a run file "
+                             "(gin_configs/runs/pretrain.gin), or an experiment that includes them.")
+        return default
+
+    return {
+        "model_config": setting("model_config", "MODEL_CONFIG"),
+        "architecture": setting("architecture", "MODEL_ARCH"),
+        "objective": setting("objective", "OBJECTIVE"),
+        "task_feature_lengths": setting("task_feature_lengths", "TASK_FEATURE_LENGTHS"),
+        "batch_size": setting("batch_size", "BATCH_SIZE", 32),
+        "grad_accum_steps": setting("grad_accum_steps", None, 1),
+        "optimizer": setting("optimizer", None, None),
+        "rules": setting("logical_axis_rules", None, None),
+        "mesh_shape": {**dict.fromkeys(mesh_axes, 1), "data": -1, **gin.get_bindings("create_mesh")},
+    }
