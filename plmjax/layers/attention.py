@@ -4,6 +4,11 @@ One attention serves every family: an optional additive bias (T5's relative bias
 key/value embeddings (NEZHA), optional rotary positions, score scaling on or off (T5 folds it into the init) and
 a key/value cache for autoregressive decoding (flax 'cache' collection, as flax's examples/wmt).
 
+Intermediates (the 'intermediates' collection, when the caller makes it mutable; plmjax.models.intermediates):
+'attention_scores' [batch, heads, q, k] in float32 (or wider): the scaled scores plus the bias, with masked keys
+set to jnp.finfo(float32).min, as Hugging Face's `attention_scores + extended_attention_mask` (which adds that
+minimum: the sum rounds to it), the scores TinyBERT distills; 'attention_probs': their softmax, before dropout.
+
 Decoding: `SelfAttentionContext` owns one `cache_index` per stack. Initialize with a full-length input and
 `decode=True` (this creates zero caches of that length); then every call with `decode=True` feeds the next
 chunk of n >= 1 tokens (a prompt, then one token a step): positions i..i+n-1 attend to cached keys 0..i+n-1.
@@ -177,7 +182,10 @@ class MultiHeadAttention(nn.Module):
             scores = scores + bias
         if mask is not None:
             scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        self.sow('intermediates', 'attention_scores', scores)  # after scaling, bias and mask; before softmax
+        probs = jax.nn.softmax(scores, axis=-1)
+        self.sow('intermediates', 'attention_probs', probs)  # before dropout
+        probs = probs.astype(self.dtype)
         probs = dropout.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
         out = einsum('bhqk,bhkd->bqhd', probs, value)  # [batch, q, heads, kv]

@@ -4,7 +4,10 @@ On CPU, threefry random bits are a large part of a training step (BERT-base draw
 step). flax draws one 32-bit word per element (a float32 uniform); here each 32-bit word gives two elements a
 16-bit uniform, so the drop probability is rate rounded to a multiple of 2^-16 (0.1 -> 0.100006), and kept
 values are scaled by 1 / (1 - that probability), so the layer is unbiased (E[output] = input) exactly.
-Words are split along the last axis, which activations never shard, so the masks are the same on any mesh.
+Words are split along the last axis. That axis can be sharded (the MLP's hidden activations shard 'mlp' over
+'tensor'); the masks are still the same on any mesh, because jax.random's bits are a function of the key and the
+global shape only, not of the sharding (tests/layers/test_dropout.py; with partitionable threefry, jax's
+default, each device draws just its own words).
 """
 import flax.linen as nn
 import jax

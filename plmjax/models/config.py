@@ -78,9 +78,13 @@ class TransformerConfig:
     param_dtype: str = 'float32'
     matmul_dtype: Optional[str] = None   # operands of every matrix product: None (the compute dtype) or 'bfloat16'
                                          # (bf16 x bf16 -> float32, also in the backward pass; plmjax.layers.matmul)
-    remat: bool = False                  # shorthand for remat_policy='full' (kept for existing configs)
     remat_policy: str = 'none'           # rematerialize each layer (nn.remat) to save activation memory: one of
-                                         # REMAT_POLICIES; see `layer_remat_policy` for the one in force
+                                         # REMAT_POLICIES (the one remat switch)
+    scan_layers: bool = False            # run each stack's layers as one nn.scan (params `layers`, stacked on a
+                                         # leading 'layers' axis) instead of unrolled `layers_0..layers_{n-1}`:
+                                         # one layer to compile. Same numbers; convert checkpoints with
+                                         # plmjax.models.layout. gin: `bert_base.scan_layers = True`. Default off
+                                         # everywhere (converters and golden trees are unrolled).
 
     def __post_init__(self):
         def check_choice(field, choices):
@@ -104,6 +108,9 @@ class TransformerConfig:
             raise ValueError(f'{self.position} positions need an even head_dim, got head_dim={self.head_dim}.')
         if self.position == 'sinusoidal' and self.token_embedding_size % 2:
             raise ValueError(f'sinusoidal positions need an even embedding width, got {self.token_embedding_size}.')
+        if self.scan_layers and self.shared_layers:
+            raise ValueError('scan_layers=True scans over distinct layers; shared_layers=True (ALBERT) has one layer '
+                             'reused num_layers times: use scan_layers=False with shared_layers.')
         if self.query_layer and self.num_decoder_layers < 1:
             raise ValueError('query_layer=True needs num_decoder_layers >= 1 (the query layer is the last of them).')
         if self.embedding_size not in (None, self.emb_dim) and self.tie_embeddings and not self.mlm_head_transform:
@@ -118,11 +125,6 @@ class TransformerConfig:
     @property
     def params_dtype(self):
         return jnp.dtype(self.param_dtype)
-
-    @property
-    def layer_remat_policy(self) -> str:
-        """The rematerialization in force: `remat_policy`, or 'full' when only the older flag `remat=True` is set."""
-        return 'full' if self.remat and self.remat_policy == 'none' else self.remat_policy
 
     @property
     def token_embedding_size(self) -> int:

@@ -7,6 +7,7 @@ import flax.linen as nn
 
 from plmjax.layers import attention, embedding, matmul, mlp
 from plmjax.layers import dense as dense_layer
+from plmjax.layers import dropout as dropout_lib
 from plmjax.models import transformer
 from plmjax.models.config import TransformerConfig
 
@@ -35,7 +36,7 @@ class MlmHead(nn.Module):
             x = transformer.dense(cfg, cfg.token_embedding_size, ('embed', 'mlp'), use_bias=True, name='transform')(x)
             # Constrained like every embed-wide activation. Without it, XLA (jax 0.10.2) miscompiles the
             # gradients of dense(embed, mlp) -> tied vocab projection when batch is split over ('data', 'fsdp')
-            # and vocab over 'tensor' (tests/models/test_model_sharding.py).
+            # and vocab over 'tensor' (tests/train/test_sharded_equals_unsharded.py).
             x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
             x = mlp.get_activation(cfg.activation)(x)
             x = transformer.make_norm(cfg, 'transform_norm')(x)
@@ -88,7 +89,8 @@ class QueryLayer(nn.Module):
             param_dtype=cfg.params_dtype, name='query_embedder')
         query = jnp.broadcast_to(query_embedder(context.positions)[None], hidden.shape)  # [batch, length, emb]
         return transformer.TransformerLayer(cfg, name='layer')(
-            hidden, context.mask, None, None, None, None, None, context.cache_index, query, deterministic, decode)
+            hidden, mask=context.mask, cache_index=context.cache_index, query=query, deterministic=deterministic,
+            decode=decode)
 
 
 # --- Pre-training heads: NSP/SOP (BERT, ALBERT), span boundary (SpanBERT), replaced-token detection (ELECTRA) ---
@@ -163,7 +165,7 @@ class ClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: jax.Array, deterministic: bool = True) -> jax.Array:
-        x = nn.Dropout(rate=self.config.dropout_rate)(hidden, deterministic=deterministic)
+        x = dropout_lib.Dropout(self.config.dropout_rate)(hidden, deterministic=deterministic)
         return _task_dense(self.config, self.num_labels, 'dense')(x).astype(jnp.float32)
 
 

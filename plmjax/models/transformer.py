@@ -14,11 +14,15 @@ import flax.linen as nn
 from plmjax.layers import attention, embedding, mlp, norms, position
 from plmjax.layers import dense as dense_layer
 from plmjax.layers import dropout as dropout_lib
+from plmjax.models import layout
 from plmjax.models.config import PRESETS, TransformerConfig
 
 # jax.checkpoint policies of TransformerConfig.remat_policy ('full': None, jax.checkpoint's default, saves nothing).
 _REMAT_POLICIES = {'full': None, 'dots_saveable': jax.checkpoint_policies.dots_saveable,
                    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+# Collections whose variables a scanned stack holds per layer, stacked on axis 0 (the decoding cache, decoding's
+# weights layout, sown intermediates, params).
+SCANNED_COLLECTIONS = ('params', 'cache', 'decoding_weights', 'intermediates')
 
 
 def check_length(length: int, config: TransformerConfig, what: str = 'input') -> None:
@@ -71,7 +75,8 @@ def make_norm(config: TransformerConfig, name: str) -> nn.Module:
 
 
 class Embedder(nn.Module):
-    """Token (+ position, + token type) embeddings, embedding norm, dropout, factorized-embedding projection."""
+    """Token (+ position, + token type) embeddings, embedding norm, dropout, factorized-embedding projection.
+    Sows its output as 'hidden_states' into the 'intermediates' collection."""
     config: TransformerConfig
     token_embedder: nn.Module
 
@@ -99,20 +104,22 @@ class Embedder(nn.Module):
         x = dropout_lib.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.token_embedding_size != cfg.emb_dim:  # ELECTRA's embeddings_project
             x = dense(cfg, cfg.emb_dim, (None, 'embed'), use_bias=cfg.use_bias, name='embedding_projection')(x)
-        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        self.sow('intermediates', 'hidden_states', x)  # hidden state 0 (plmjax.models.intermediates)
+        return x
 
 
 class TransformerLayer(nn.Module):
-    """Self-attention, optional cross-attention, MLP; pre- or post-LN; residual dropout."""
+    """Self-attention, optional cross-attention, MLP; pre- or post-LN; residual dropout. Sows its output as
+    'hidden_states' into the 'intermediates' collection (plmjax.models.intermediates)."""
     config: TransformerConfig
     cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
+    def __call__(self, x, *, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
                  cache_index=None, query=None, deterministic=True, decode=False):
-        """x: [batch, length, emb] -> [batch, length, emb]. All arguments are positional so that nn.remat can mark
-        `deterministic` and `decode` static. query: [batch, length, emb] replaces the self-attention's query input
-        (PanGu-α's query layer: queries from position embeddings, keys and values from x)."""
+        """x: [batch, length, emb] -> [batch, length, emb]. query: [batch, length, emb] replaces the self-attention's
+        query input (PanGu-α's query layer: queries from position embeddings, keys and values from x)."""
         cfg = self.config
         attend = lambda name: attention.MultiHeadAttention(  # noqa: E731
             num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale_scores=cfg.scale_attention,
@@ -142,12 +149,32 @@ class TransformerLayer(nn.Module):
                                param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype,
                                kernel_init=kernel_init(cfg), name='mlp')
         x = residual(x, lambda h: feed_forward(h, deterministic=deterministic), 'mlp_norm')
-        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        self.sow('intermediates', 'hidden_states', x)
+        return x
+
+
+class _LayerBody(TransformerLayer):
+    """A TransformerLayer in the form lifted transforms take: inputs positional (nn.scan's in_axes, nn.remat's
+    arguments), `deterministic` and `decode` as module fields, hence static (flax 0.12.8's nn.remat has
+    static_argnums but no static_argnames), and (carry, output) = (x, None) out, a scan body's signature. Its
+    parameters are TransformerLayer's."""
+    deterministic: bool = True
+    decode: bool = False
+
+    def __call__(self, x, mask, encoded, cross_mask, bias, relative_kv, rotary_positions, cache_index):
+        return super().__call__(x, mask=mask, encoded=encoded, cross_mask=cross_mask, bias=bias,
+                                relative_kv=relative_kv, rotary_positions=rotary_positions, cache_index=cache_index,
+                                deterministic=self.deterministic, decode=self.decode), None
 
 
 class TransformerStack(nn.Module):
     """Embedder -> num_layers TransformerLayers -> optional final norm. Relative positions (T5 bias, NEZHA) are
-    computed once per stack and shared by all its layers, as in T5 (where layer 0 owns the bias table)."""
+    computed once per stack and shared by all its layers, as in T5 (where layer 0 owns the bias table).
+
+    Layers are unrolled (`layers_0 .. layers_{n-1}`) or, with config.scan_layers, one nn.scan over the layer
+    (`layers`, every variable stacked on a leading axis named 'layers'; plmjax.models.layout converts). Both give
+    the same numbers, except that dropout draws other masks: the scan splits the 'dropout' rng per layer."""
     config: TransformerConfig
     num_layers: int
     token_embedder: nn.Module
@@ -174,17 +201,22 @@ class TransformerStack(nn.Module):
         elif cfg.position == 'rotary':
             rotary_positions = context.positions
 
-        layer = TransformerLayer
-        if cfg.layer_remat_policy != 'none':  # static: (self, ..., deterministic, decode)
-            layer = nn.remat(TransformerLayer, static_argnums=(10, 11), policy=_REMAT_POLICIES[cfg.layer_remat_policy])
         if cfg.shared_layers and decode:  # one module's cache cannot hold the keys of every layer
             raise ValueError('Cached decoding does not support shared_layers=True (ALBERT-style layer sharing).')
-        layers = [layer(cfg, self.cross_attention, name=f'layers_{i}')
-                  for i in range(1 if cfg.shared_layers else self.num_layers)]
-        for i in range(self.num_layers):
-            x = layers[i % len(layers)](
-                x, context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index, None,
-                deterministic, decode)
+        body = _LayerBody
+        if cfg.remat_policy != 'none':  # inside nn.scan, prevent_cse is not needed (flax's advice)
+            body = nn.remat(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
+        if cfg.scan_layers:
+            body = nn.scan(body, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
+                           split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,) * len(inputs),
+                           length=self.num_layers, metadata_params={nn.PARTITION_NAME: layout.LAYERS})
+            x, _ = body(cfg, self.cross_attention, deterministic, decode, name=layout.LAYERS)(x, *inputs)
+        else:
+            layers = [body(cfg, self.cross_attention, deterministic, decode, name=f'layers_{i}')
+                      for i in range(1 if cfg.shared_layers else self.num_layers)]
+            for i in range(self.num_layers):
+                x, _ = layers[i % len(layers)](x, *inputs)
         if cfg.final_norm:
             x = make_norm(cfg, 'final_norm')(x)
             if not self.causal or self.cross_attention:  # T5 drops out after its final norms; GPT-2's ln_f does not

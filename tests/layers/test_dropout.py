@@ -33,3 +33,19 @@ def test_deterministic_zero_rate_and_keys():
     assert not np.array_equal(run(1), run(2))
     assert dropout.Dropout(0.5).apply({}, jnp.float32(3.0), deterministic=False,
                                       rngs={'dropout': jax.random.key(0)}).shape == ()
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 fake CPU devices (tests/conftest.py)')
+def test_the_same_masks_with_the_last_axis_sharded():
+    """The MLP's hidden activations shard their last axis ('mlp' over 'tensor'): the masks do not change, since
+    jax.random's bits do not depend on the sharding (partitionable threefry)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ('data', 'tensor'))
+    key = jax.random.key(3)
+    shape = (4, 6, 40)
+    mask = lambda k: dropout.keep_mask(k, 0.1, shape)[0]  # noqa: E731
+    expected = np.asarray(jax.jit(mask)(key))
+    for spec in (PartitionSpec(None, None, 'tensor'), PartitionSpec('data', None, 'tensor'),
+                 PartitionSpec('data', 'tensor', None)):
+        sharded = jax.jit(mask, out_shardings=NamedSharding(mesh, spec))(key)
+        np.testing.assert_array_equal(np.asarray(sharded), expected)

@@ -78,7 +78,7 @@ def test_too_long_input_raises():
 
 @pytest.mark.parametrize('config', [
     VARIANTS['gpt2'],
-    models.tiny_decoder(query_layer=True, position='rotary', remat=True),
+    models.tiny_decoder(query_layer=True, position='rotary', remat_policy='full'),
     models.tiny_decoder(position='sinusoidal', dtype='bfloat16'),
 ], ids=['learned', 'query_layer_rotary_remat', 'sinusoidal_bf16'])
 def test_cached_decoding_matches_the_full_forward_pass(config):

@@ -98,7 +98,7 @@ def test_remat_gives_the_same_outputs_and_gradients():
 
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     value, grads = grad_fn(params, CONFIG)
-    value_remat, grads_remat = grad_fn(params, models.tiny_encoder(remat=True))
+    value_remat, grads_remat = grad_fn(params, models.tiny_encoder(remat_policy='full'))
     np.testing.assert_allclose(value, value_remat, rtol=1e-6)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, grads_remat)
 

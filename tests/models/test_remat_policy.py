@@ -1,5 +1,6 @@
 """TransformerConfig.remat_policy: every policy computes the same loss and gradients as no remat, and its gradient
-program holds one rematerialized (checkpoint) region per layer; the old flag remat=True means the 'full' policy."""
+program holds one rematerialized (checkpoint) region per layer; remat_policy is the one remat switch (the old
+flag remat=True is gone)."""
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,11 @@ def test_remat_policies_give_the_same_loss_and_gradients(policy):
     assert jaxpr.count('checkpoint') + jaxpr.count('remat') >= config.num_decoder_layers
 
 
-def test_remat_flag_is_full_policy_and_unknown_policies_are_refused():
-    assert models.tiny_decoder(remat=True).layer_remat_policy == 'full'
-    assert models.tiny_decoder(remat=True, remat_policy='dots_saveable').layer_remat_policy == 'dots_saveable'
-    assert models.tiny_decoder().layer_remat_policy == 'none'
+def test_remat_policy_is_the_one_switch_and_unknown_policies_are_refused():
+    assert models.tiny_decoder(remat_policy='full').remat_policy == 'full'
+    assert models.tiny_decoder(remat_policy='dots_saveable').remat_policy == 'dots_saveable'
+    assert models.tiny_decoder().remat_policy == 'none'
+    with pytest.raises(TypeError, match='remat'):
+        models.tiny_decoder(remat=True)
     with pytest.raises(ValueError, match='remat_policy'):
         models.tiny_decoder(remat_policy='everything')
