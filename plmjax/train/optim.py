@@ -15,7 +15,8 @@ batch, so the schedule counts optimizer updates = train steps.
 Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020; the usual recipe for fine-tuning BERT-style
 encoders) multiplies each update by a factor of its parameter's depth: layer i (0-based) of N gets
 `decay ** (N - i)`, the embeddings `decay ** (N + 1)`, everything above the layers (pooler, heads, final norm)
-1. Every optimizer here is linear in its learning rate after the gradient statistics, so scaling the update
+1; a scanned stack (`TransformerConfig.scan_layers`: one `layers` subtree whose leaves hold layer i at index i of
+axis 0) gets the same factors as a [N, 1, ...] array along that axis. Every optimizer here is linear in its learning rate after the gradient statistics, so scaling the update
 equals giving that parameter group its own learning rate, as torch's per-group AdamW (adafactor, whose weight
 decay is not multiplied by the learning rate, then has its weight decay scaled too).
 
@@ -30,7 +31,10 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from plmjax.models import layout
 
 OPTIMIZERS = ("adamw", "lamb", "adafactor", "sgd")
 SCHEDULES = ("linear", "cosine", "rsqrt", "constant")
@@ -45,6 +49,10 @@ _DEFAULTS = {
 }
 # Hyperparameters an optimizer does not have: setting one is an error, never silently ignored.
 _NOT_USED = {"adamw": (), "lamb": (), "adafactor": ("b2",), "sgd": ("b2", "eps")}
+
+# Optimizers whose update reads a whole parameter at once (LAMB's trust ratio, adafactor's block RMS and factored
+# moments), not each element: on a scanned stack they run per layer (`per_layer`), as on the unrolled one.
+_PER_BLOCK = ("lamb", "adafactor")
 
 _NO_DECAY_NAMES = ("bias", "scale")
 _NORM_MODULE = re.compile(r"norm|^ln(_|\d|$)", re.IGNORECASE)
@@ -193,6 +201,8 @@ def make_optimizer(name: str = "adamw",
         if hp["weight_decay"]:
             opt = optax.chain(optax.add_decayed_weights(hp["weight_decay"], mask=weight_decay_mask), opt)
 
+    if name in _PER_BLOCK:
+        opt = per_layer(opt)
     if layerwise_lr_decay:
         opt = optax.chain(opt, layerwise_lr_scaling(layerwise_lr_decay))
     if clip_norm is not None:
@@ -206,38 +216,80 @@ _LAYER = re.compile(r"^layers_(\d+)$")
 _EMBEDDING_MODULES = ("embedder", "token_embedder")  # a stack's embedder (positions, types, norm); the tokens
 
 
+def _layer_of(names: list[str]) -> tuple[int, Optional[int]]:
+    """(position in `names` of the stack's layer key, its layer index; None for a scanned `layers` subtree whose
+    leaves hold every layer on axis 0), or (-1, None) outside the layers."""
+    for position, name in enumerate(names):
+        match = _LAYER.match(name)
+        if match:
+            return position, int(match.group(1))
+        if name == layout.LAYERS:
+            return position, None
+    return -1, None
+
+
 def _num_layers(params) -> int:
-    """Layers of the one stack holding `layers_<i>` (ValueError for several stacks, e.g. encoder-decoder)."""
+    """Layers of the one stack holding `layers_<i>` or a scanned `layers` (ValueError for several stacks, e.g.
+    encoder-decoder)."""
     stacks: dict[tuple[str, ...], int] = {}
-    for path, _ in jax.tree_util.tree_leaves_with_path(params):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         names = _path_names(path)
-        for position, name in enumerate(names):
-            match = _LAYER.match(name)
-            if match:
-                stack = tuple(names[:position])
-                stacks[stack] = max(stacks.get(stack, 0), int(match.group(1)) + 1)
+        position, index = _layer_of(names)
+        if position >= 0:
+            stack = tuple(names[:position])
+            count = index + 1 if index is not None else jnp.shape(leaf)[0]
+            stacks[stack] = max(stacks.get(stack, 0), count)
     if len(stacks) > 1:
         raise ValueError(f"layerwise_lr_decay needs a model with one stack of layers, found {len(stacks)} "
                          f"({sorted('/'.join(s) for s in stacks)}): unset make_optimizer.layerwise_lr_decay.")
     return next(iter(stacks.values()), 0)
 
 
-def _decay_exponent(path, num_layers: int) -> int:
+def _factor(path, leaf, num_layers: int, decay: float):
+    """decay ** (N - i) in layer i, a [N, 1, ...] array of them on a scanned leaf [N, ...], decay ** (N + 1) in
+    the embeddings, 1 elsewhere."""
     names = _path_names(path)
-    for name in names:
-        match = _LAYER.match(name)
-        if match:
-            return num_layers - int(match.group(1))
+    position, index = _layer_of(names)
+    if position >= 0 and index is None:
+        factors = np.array([decay ** (num_layers - i) for i in range(num_layers)])  # the same floats as unrolled
+        return factors.reshape((num_layers,) + (1,) * (jnp.ndim(leaf) - 1))
+    if position >= 0:
+        return decay ** (num_layers - index)
     if any(name in _EMBEDDING_MODULES for name in names):
-        return num_layers + 1
-    return 0
+        return decay ** (num_layers + 1)
+    return 1.0
 
 
 def layerwise_lr_factors(params: Any, decay: float) -> Any:
-    """The learning-rate factor of every parameter, a pytree of floats shaped like `params` (boxed or not):
-    `decay ** (N - i)` in `layers_<i>` of N, `decay ** (N + 1)` in the embeddings, 1 elsewhere."""
+    """The learning-rate factor of every parameter, a pytree shaped like `params` (boxed or not): `decay ** (N - i)`
+    in `layers_<i>` of N (along axis 0 of a scanned stack's leaves: a [N, 1, ...] array), `decay ** (N + 1)` in the
+    embeddings, 1 elsewhere."""
     num_layers = _num_layers(params)
-    return jax.tree_util.tree_map_with_path(lambda path, _: decay ** _decay_exponent(path, num_layers), params)
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: _factor(path, leaf, num_layers, decay), params)
+
+
+def _in_scanned_stack(path) -> bool:
+    position, index = _layer_of(_path_names(path))
+    return position >= 0 and index is None
+
+
+def per_layer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` on each layer of a scanned stack on its own (vmapped over axis 0 of the `layers` leaves, its state
+    stacked the same way) and on every other parameter as is, so that an optimizer whose update reads a whole
+    parameter (LAMB, adafactor) steps a scanned model as it steps the unrolled one. Unscanned trees: `tx`."""
+    def init(params):
+        return jax.vmap(tx.init)(params) if jax.tree.leaves(params) else tx.init(params)
+
+    def update(updates, state, params=None):
+        if not jax.tree.leaves(updates):
+            return tx.update(updates, state, params)
+        return jax.vmap(tx.update)(updates, state, params)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: "layers" if _in_scanned_stack(path) else "other",
+                                                params)
+
+    return optax.multi_transform({"layers": optax.GradientTransformation(init, update), "other": tx}, labels)
 
 
 def layerwise_lr_scaling(decay: float) -> optax.GradientTransformation:

@@ -117,3 +117,30 @@ def test_micro_batch_accumulation_equals_the_full_batch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(micro_metrics["loss"][0], metrics["loss"][0], rtol=1e-6)
     assert float(micro_metrics["loss"][1]) == float(metrics["loss"][1]) == 8.0
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
+def test_layer_wise_decay_on_a_scanned_stack_equals_the_unrolled_one(name):
+    """The factors of a scanned stack run along the leading [num_layers] axis of its leaves: one optimizer step on
+    scanned parameters (and gradients) is the unrolled step, converted with layout.scan_params. LAMB and adafactor
+    read whole parameters (trust ratio, block RMS), so they run per layer on a scanned stack (`optim.per_layer`);
+    their state is stacked per layer too, AdamW's is exactly the unrolled state scanned."""
+    from plmjax.models import layout
+    _, params = _classifier_params()
+    grads = jax.tree.map(lambda p: 0.3 + 0.01 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape), params)
+    tx, _ = optim.make_optimizer(name, learning_rate=LR, schedule="constant", clip_norm=1.0, layerwise_lr_decay=DECAY,
+                                 weight_decay=0.1)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    scanned = layout.scan_params(params)
+    assert layout.is_scanned(scanned) and scanned["bert"]["encoder"]["layers"]["mlp"]["wi"]["kernel"].shape[0] == 3
+    factors = optim.layerwise_lr_factors(scanned, DECAY)
+    np.testing.assert_array_equal(factors["bert"]["encoder"]["layers"]["mlp"]["wi"]["kernel"].reshape(-1),
+                                  [DECAY ** 3, DECAY ** 2, DECAY])
+    scanned_updates, scanned_state = jax.jit(tx.update)(layout.scan_params(grads), tx.init(scanned), scanned)
+    for want, got in ((updates, scanned_updates),) + (((state, scanned_state),) if name == "adamw" else ()):
+        want = layout.scan_params(want)
+        assert jax.tree.structure(want) == jax.tree.structure(got)
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)  # relative to the leaf's scale: weight
+            scale = np.abs(a).max(initial=0.0)  # decay cancels the step in some elements, not in their leaf
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * scale)
