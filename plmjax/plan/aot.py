@@ -12,7 +12,9 @@ on the slice, and reports per device:
 - FLOPs and HBM bytes accessed (`compiled.cost_analysis()`), from which the roofline step time is
   max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) at the chip's published peaks (`hardware.CHIPS`), FLOPs being
   at least the model FLOPs (`Plan.work_flops`). The roofline ignores communication between chips and assumes
-  compute and memory traffic overlap: it is a lower bound on the step time and so an upper bound on MFU;
+  compute and memory traffic overlap: it is a lower bound on the step time and so an upper bound on MFU. Where
+  the compiled count is below the model's (`Plan.flops_undercounted`, tensor parallelism) and the roofline is
+  compute-bound, no MFU is given (`Plan.mfu` is None): from the model FLOPs it would be 100% by construction;
 - model FLOPs: 3 x the FLOPs of the forward pass and loss (XLA's cost analysis of the unpartitioned program; the
   backward pass costs twice the forward), whatever the rematerialization, so MFU = model FLOPs per chip /
   (roofline step time x peak) counts only useful work.
@@ -112,9 +114,19 @@ class Plan:
         return "compute" if self.work_flops / self.peak_flops >= self.bytes_accessed / self.hbm_bandwidth else "memory"
 
     @property
+    def flops_undercounted(self) -> bool:
+        """The compiled count is below the model FLOPs, which the step does at least: XLA's cost analysis missed
+        work (seen under tensor parallelism), so the step's real FLOPs are not known."""
+        return self.flops is not None and self.model_flops is not None and self.flops < self.model_flops
+
+    @property
     def mfu(self) -> float | None:
-        """Model FLOPs utilization at the roofline step time."""
+        """Model FLOPs utilization at the roofline step time: an upper bound. None where the compiled FLOPs are
+        undercounted and the roofline is compute-bound: computed from the model FLOPs it would be 100% by
+        construction. (Memory-bound, the bound does not depend on the FLOP count and holds.)"""
         if self.step_seconds is None or self.model_flops is None:
+            return None
+        if self.flops_undercounted and self.bound == "compute":
             return None
         return self.model_flops / (self.step_seconds * self.peak_flops)
 
@@ -272,7 +284,7 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
     return Plan(
         model=name or cfg.name, topology=topology, chip=chip, devices=len(devices),
         devices_per_chip=hardware.devices_per_chip(devices), mesh=dict(mesh.shape), batch_size=batch_size,
-        lengths={k: int(v.shape[1]) for k, v in batch.items()}, remat_policy=cfg.layer_remat_policy, dtype=cfg.dtype,
+        lengths={k: int(v.shape[1]) for k, v in batch.items()}, remat_policy=cfg.remat_policy, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype, parameters=models.count_params(abstract_state.params), state_bytes=state_bytes,
         flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"), model_flops=3 * fwd / len(devices),
         compile_seconds=compile_seconds, compiler_message=message, **mem)

@@ -50,13 +50,16 @@ def format_plan(plan: Plan) -> str:
         rows += [
             ("FLOPs per chip", f"{plan.flops:.3e} compiled, {plan.model_flops:.3e} model (3 x forward); ratio "
                                f"{plan.flops / plan.model_flops:.2f}" + (
-                                   "" if plan.flops >= plan.model_flops else
-                                   " (the compiler counts fewer: the roofline uses the model's FLOPs)")),
+                                   " (below 1: XLA's cost analysis undercounts this step, as under tensor "
+                                   "parallelism; its real FLOPs are not known, the roofline uses the model's)"
+                                   if plan.flops_undercounted else "")),
             ("HBM bytes per chip", f"{plan.bytes_accessed:.3e}"),
             ("roofline step", f"{plan.step_seconds * 1e3:.1f} ms ({plan.bound}-bound at {plan.chip.bf16_tflops:g} "
                               f"TFLOP/s, {plan.chip.hbm_gbps:g} GB/s): "
-                              f"{plan.tokens_per_step / plan.step_seconds:,.0f} tokens/s"),
-            ("MFU at roofline", f"{100 * plan.mfu:.1f}% (an upper bound: communication is not counted)"),
+                              f"{plan.tokens_per_step / plan.step_seconds:,.0f} tokens/s (a lower bound on the step"
+                              + (", from the model FLOPs: no recomputation counted)" if plan.flops_undercounted
+                                 else ")")),
+            ("MFU at roofline", mfu_text(plan)),
         ]
     rows.append(("compile time", f"{plan.compile_seconds:.0f} s on this machine"))
     width = max(len(k) for k, _ in rows)
@@ -66,12 +69,24 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def mfu_text(plan: Plan) -> str:
+    """The roofline MFU and what it is: an upper bound, or not known (and why)."""
+    if plan.mfu is None:
+        return ("- (not known: the compiled FLOPs are undercounted and the roofline is compute-bound, so from the "
+                "model FLOPs it would be 100% by construction)")
+    if plan.flops_undercounted:
+        return (f"{100 * plan.mfu:.1f}% (an upper bound: memory-bound, so it does not depend on the undercounted "
+                "FLOPs; communication is not counted)")
+    return f"{100 * plan.mfu:.1f}% (an upper bound: communication is not counted)"
+
+
 def plan_record(plan: Plan) -> dict:
     """A JSON-ready record of a plan, with the derived figures."""
     record = dataclasses.asdict(plan)
     record["chip"] = dataclasses.asdict(plan.chip)
     record.update(total_bytes=plan.total_bytes, hbm_bytes=plan.hbm_bytes, fits=plan.fits,
                   step_seconds=plan.step_seconds, bound=plan.bound, mfu=plan.mfu,
+                  flops_undercounted=plan.flops_undercounted,
                   tokens_per_step=plan.tokens_per_step, message=plan.does_not_fit_message())
     return record
 
@@ -85,7 +100,8 @@ def plan_from_record(record: dict) -> "Plan":
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per plan record: model, slice, mesh, batch, remat, memory per chip, FLOPs, roofline, MFU."""
+    """One row per plan record: model, slice, mesh, batch, remat, memory per chip, FLOPs, roofline, MFU; a note
+    under the table when a row's compiled FLOPs are undercounted."""
     header = ("| model | params | slice | mesh (data,fsdp,tensor) | batch x tokens | remat | state GiB | temps GiB | "
               "total GiB / HBM | fits | TFLOPs/chip (compiled / model) | roofline step | MFU | compile |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -93,9 +109,9 @@ def markdown_table(records: list[dict]) -> str:
         chips = plan.devices // plan.devices_per_chip
         if plan.flops is not None:
             flops = f"{plan.flops / 1e12:.3g} / {plan.model_flops / 1e12:.3g}"
-            flops += "*" if plan.flops < plan.model_flops else ""
+            flops += "*" if plan.flops_undercounted else ""
             step = f"{plan.step_seconds * 1e3:.0f} ms ({plan.bound[:3]})"
-            mfu = f"{100 * plan.mfu:.0f}%"
+            mfu = "-*" if plan.mfu is None else f"{100 * plan.mfu:.0f}%"
         else:
             flops, step, mfu = "-", "-", "-"
         slice_ = f"{slice_name(plan.chip, chips)} ({plan.topology.split(':')[1]})"
@@ -105,7 +121,15 @@ def markdown_table(records: list[dict]) -> str:
             f"{plan.state_bytes / GIB:.2f} | {plan.temp_bytes / GIB:.2f} | "
             f"{plan.total_bytes / GIB:.1f} / {plan.hbm_bytes / GIB:.0f} | {'yes' if plan.fits else '**no**'} | "
             f"{flops} | {step} | {mfu} | {plan.compile_seconds:.0f} s |")
+    if any(plan_from_record(r).flops_undercounted for r in records):
+        lines += ["", UNDERCOUNT_NOTE]
     return "\n".join(lines)
+
+
+UNDERCOUNT_NOTE = ("`*`: the compiled FLOPs are below the model FLOPs (XLA's cost analysis undercounts the step, as under "
+                   "tensor parallelism), so the step's real FLOPs are not known; the roofline step uses the model "
+                   "FLOPs (a lower bound, without recomputation). Memory-bound, the MFU bound holds; compute-bound, "
+                   "it would be 100% by construction and is not given (`-*`).")
 
 
 def read_records(path: str) -> list[dict]:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from plmjax import models
-from plmjax.plan import aot, command, hardware
+from plmjax.plan import aot, command, hardware, report
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu is absent: pip install 'jax[tpu]' (plmjax's [tpu] extra)")
@@ -102,11 +102,39 @@ def test_roofline_and_mfu_closed_form():
     assert plan.step_seconds == pytest.approx(1e15 / 459e12)  # compute-bound: 1e12 bytes take 0.36 s at 2765 GB/s
     assert plan.bound == "compute"
     assert plan.mfu == pytest.approx(9e14 / 1e15)
+    assert not plan.flops_undercounted
     # A compiled count below the model's (XLA counts a loop body once) never makes the roofline faster than the model.
     undercounted = _plan(flops=5e14)
-    assert undercounted.step_seconds == pytest.approx(9e14 / 459e12) and undercounted.mfu == pytest.approx(1.0)
+    assert undercounted.flops_undercounted
+    assert undercounted.step_seconds == pytest.approx(9e14 / 459e12) and undercounted.bound == "compute"
+    # ... and there, compute-bound at the model FLOPs, an MFU would be 100% by construction: none is given.
+    assert undercounted.mfu is None
     memory_bound = _plan(bytes_accessed=1e13)
     assert memory_bound.bound == "memory" and memory_bound.step_seconds == pytest.approx(1e13 / 2765e9)
+    # Memory-bound, the MFU bound does not depend on the compiled FLOPs: it holds when they are undercounted too.
+    assert _plan(flops=5e14, bytes_accessed=1e13).mfu == pytest.approx(9e14 / (1e13 / 2765e9 * 459e12))
+
+
+def test_plan_report_says_what_is_known_when_flops_are_undercounted():
+    undercounted = _plan(flops=5e14, temp_bytes=10 * hardware.GIB)
+    text = report.format_plan(undercounted)
+    assert "XLA's cost analysis undercounts" in text
+    mfu_line = lambda text: next(line for line in text.splitlines() if "MFU at roofline" in line).split(None, 3)[3]  # noqa: E731
+    assert mfu_line(text).startswith("- (not known: the compiled FLOPs are undercounted and the roofline is compute-bound")
+    assert "100.0%" not in text
+    assert "from the model FLOPs: no recomputation counted" in text
+    memory_bound = report.format_plan(_plan(flops=5e14, bytes_accessed=1e13, temp_bytes=10 * hardware.GIB))
+    assert "an upper bound: memory-bound, so it does not depend on the undercounted FLOPs" in memory_bound
+    counted = report.format_plan(_plan(temp_bytes=10 * hardware.GIB))
+    assert mfu_line(counted) == "90.0% (an upper bound: communication is not counted)"
+    assert "undercount" not in counted
+    # The table: '-*' for the unknown MFU, the compiled/model FLOPs marked, and the note under the table.
+    records = [report.plan_record(p) for p in (undercounted, _plan(temp_bytes=10 * hardware.GIB))]
+    table = report.markdown_table(records).splitlines()
+    assert table[2].endswith("| 500 / 900* | 1961 ms (com) | -* | 1 s |")
+    assert table[3].endswith("| 1e+03 / 900 | 2179 ms (com) | 90% | 1 s |")
+    assert table[-1] == report.UNDERCOUNT_NOTE
+    assert report.markdown_table(records[1:]).splitlines()[-1] == table[3]
 
 
 def test_compiler_out_of_memory_message_is_parsed():
