@@ -1,6 +1,6 @@
 """The dense layer of every model: `Projection`, a product over the input's last axes (BERT's, GPT's and T5's
-dense layers, the attention's query/key/value and output projections, the heads), and the decoding layout of its
-kernel."""
+dense layers, the attention's query/key/value and output projections, the heads), and its kernel's decoding
+layout. Measurements behind the layout: docs/performance.md."""
 import math
 from typing import Any, Callable
 
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from plmjax.layers import matmul
 
 Initializer = Callable[..., jax.Array]
+DECODING_WEIGHTS = 'decoding_weights'  # the variable collection of decoding's kernel layout (`plmjax.decode`)
 
 
 def _as_matrix_init(init: Initializer, num_input_axes: int) -> Initializer:
@@ -26,8 +27,10 @@ class Projection(nn.Module):
     """Dense layer over the last `num_input_axes` axes to `features` ([emb] -> [heads, kv] or [heads, kv] -> [emb]);
     params 'kernel' [in..., out...] and 'bias' [out...] (as flax's nn.Dense for one input and one output axis).
 
-    In decoding (a mutable 'cache' collection), the first call keeps the kernel in the cache as `kernel_t`
-    [out..., in...] and later calls multiply by that (`_keep_decoding_kernel`).
+    Decoding's layout: when the 'decoding_weights' collection is mutable (`plmjax.decode.greedy.prepare`), the call
+    stores `kernel_t`, the kernel as [out..., in...] in its product's dtype, with its kernel's axis names permuted
+    the same way; when that collection holds `kernel_t`, the call multiplies by it instead of the kernel (why:
+    docs/performance.md, "Decoding"). Nothing is written to 'cache'.
 
     flax's DenseGeneral would do, but it initializes a flat kernel and unboxes it before reshaping, which fails once
     logical axis rules and a mesh are active; this kernel is created at its real shape with its axis names."""
@@ -48,23 +51,25 @@ class Projection(nn.Module):
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         n = self.num_input_axes
         x_axes = tuple(range(x.ndim - n, x.ndim))
-        if self.has_variable('cache', 'kernel_t'):  # decoding, after the first call (see `_keep_decoding_kernel`)
-            kernel_t = self.get_variable('cache', 'kernel_t')  # [out..., in...]
+        if self.is_mutable_collection(DECODING_WEIGHTS) and not self.has_variable(DECODING_WEIGHTS, 'kernel_t'):
+            self._make_decoding_kernel(kernel)
+        if self.has_variable(DECODING_WEIGHTS, 'kernel_t'):
+            kernel_t = nn.meta.unbox(self.get_variable(DECODING_WEIGHTS, 'kernel_t'))  # [out..., in...]
             return self._add_bias(matmul.dot_general(
                 x, kernel_t, ((x_axes, tuple(range(kernel.ndim - n, kernel.ndim))), ((), ())),
                 matmul_dtype=self.matmul_dtype))
-        if self.is_mutable_collection('cache') and not self.is_initializing():
-            self._keep_decoding_kernel(kernel)
         return self._add_bias(matmul.dot_general(x, kernel, ((x_axes, tuple(range(n))), ((), ())),
                                                  matmul_dtype=self.matmul_dtype))
 
-    def _keep_decoding_kernel(self, kernel: jax.Array):
-        """At the first decoding call (the prompt), keep the kernel in the cache as [out..., in...] in the product's
-        dtype; the steps after it multiply by that. A few rows times a weight read along its rows run at about
-        twice the speed of [in..., out...] on XLA:CPU (docs/performance.md), and the rounding is done once."""
+    def _make_decoding_kernel(self, kernel: jax.Array):
+        """'decoding_weights'/kernel_t: the kernel as [out..., in...] in the product's dtype (rounded once), named
+        and constrained like the kernel (its axis names in the same order), so under a mesh it is split alike."""
         n = self.num_input_axes
-        self.variable('cache', 'kernel_t', lambda: jnp.transpose(kernel, (*range(n, kernel.ndim), *range(n))).astype(
-            self.matmul_dtype or kernel.dtype))
+        order = (*range(n, kernel.ndim), *range(n))
+        names = tuple(self.kernel_axes[i] for i in order)
+        kernel_t = jnp.transpose(kernel, order).astype(self.matmul_dtype or kernel.dtype)
+        self.variable(DECODING_WEIGHTS, 'kernel_t', nn.with_logical_partitioning(
+            lambda: nn.with_logical_constraint(kernel_t, names), names))
 
     def _add_bias(self, y: jax.Array) -> jax.Array:
         if self.use_bias:

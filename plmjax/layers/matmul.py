@@ -1,15 +1,10 @@
 """Every matrix product of the models goes through `dot_general` here, so one config field sets its precision.
 
 `matmul_dtype=None` is an ordinary `lax.dot_general` in the compute dtype. `matmul_dtype='bfloat16'` rounds both
-operands to bfloat16 and accumulates in float32: TPU's default precision for float32 matmuls, and
-`torch.autocast`'s bfloat16 matmul but with a float32 result, so a float32 model keeps float32 activations.
-Parameters, norms, softmax, the loss and the optimizer stay in float32 (mixed precision as in Micikevicius et
-al., 2018, without loss scaling: bfloat16 has float32's exponent range).
-
-Why a custom VJP: on CPUs with AMX or AVX512-BF16, XLA runs bf16 x bf16 -> f32 products in YNNPACK at about
-4x its float32 rate, but only when both operands are bfloat16. JAX's transpose rule would multiply the
-float32 cotangent with a bfloat16 operand, which XLA computes at the float32 rate; so the backward pass rounds
-the cotangent to bfloat16 too (as autocast's backward does) and each gradient product is bf16 x bf16 -> f32.
+operands to bfloat16 and accumulates in float32 (TPU's default for float32 matmuls; `torch.autocast`'s bfloat16
+matmul with a float32 result), in the forward pass and, through a custom VJP that rounds the cotangent too, in
+both gradient products. Parameters, norms, softmax, the loss and the optimizer stay in float32. Products are
+issued in the operand layouts XLA:CPU runs fastest; the measurements behind each choice: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -63,11 +58,9 @@ def _matrix_product(lhs, rhs, dims, dot):
     [k, n] or [n, k] in its own axis order (else transposed to [k, n]); the result reshaped to [lhs kept...,
     rhs kept...].
 
-    XLA:CPU leaves a 2-D product's operands as they are, but it rewrote the 3-D tied-head product of decoding into
-    [m, k] x [k, n], transposing the rhs: the weight is loop-invariant and stored [n, k] (the output embedding), so
-    the transposed copy was hoisted out of the decoding loop and every step multiplied by [k, n], which
-    for a few rows runs at about half the speed of [n, k] (8 rows x GPT-2's 768 x 50257 vocab projection: 14.4 vs
-    8.9 ms in float32, 9.0 vs 4.2 ms in bf16 x bf16 -> f32)."""
+    XLA:CPU leaves a 2-D product's operands as they are, but it rewrote 3-D products into [m, k] x [k, n] with a
+    transposed rhs of its choosing (for decoding's tied head, a hoisted [k, n] copy of the [n, k] table, which is
+    slower for a few rows: docs/performance.md, "Decoding")."""
     (lc, rc), _ = dims
     lhs_kept, rhs_kept = _remaining(lhs.ndim, lc), _remaining(rhs.ndim, rc)
     if lhs_kept + list(lc) != list(range(lhs.ndim)):
