@@ -3,8 +3,9 @@
     preds = predict(params, run, 'glue_sst2', 'validation', batch_size=32)
     preds.example_ids, preds.predictions, preds.targets   # one entry per example
 
-The split is read once, unshuffled, and batched here: the last partial batch is filled up with copies of its
-last example whose `example_weights` are 0, and those rows are dropped again after the forward pass. The forward
+The split is read once, unshuffled, by `plmjax.data.batching` (every host reads all of it and puts its own rows
+on the mesh): the last partial batch is filled up with copies of its last example whose `example_weights` (and
+other weights) are 0, and those rows are dropped again after the forward pass. The forward
 pass is the trainer's jitted eval step (`plmjax.train.step.jit_eval_step`, run under the run's mesh with the
 parameters' shardings) with the head's outputs turned into predictions inside the graph:
 
@@ -24,7 +25,6 @@ task's file reader (`plmjax.data.finetune.read_examples`) or raw features (`Span
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Iterator
 
@@ -33,10 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import seqio
-import tensorflow as tf
 
-from plmjax import sharding
-from plmjax.data import feature_converters
+from plmjax.data import batching, feature_converters
 from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
 
@@ -144,48 +142,6 @@ def param_shardings_for(run):
     return shardings.params
 
 
-def data_parallel_size(mesh) -> int:
-    axes = sharding.batch_sharding(mesh).spec[0]
-    axes = axes if isinstance(axes, tuple) else (axes,) if axes else ()
-    return math.prod(mesh.shape[a] for a in axes)
-
-
-def _examples(task: str, run, split: str, raw_features: tuple[str, ...],
-              converter_options: dict) -> Iterator[tuple[dict, dict]]:
-    """(converted example, its raw features among `raw_features`) over the split, unshuffled, once."""
-    provider = seqio.get_mixture_or_task(task)
-    raw = provider.get_dataset(run.task_feature_lengths, split=split, shuffle=False, num_epochs=1)
-    converter = feature_converters.make_feature_converter(run.objective.feature_converter, **converter_options)
-    converted = converter(raw, task_feature_lengths=run.task_feature_lengths)
-    present = tuple(name for name in raw_features if name in raw.element_spec)
-    if not present:
-        return ((example, {}) for example in converted.as_numpy_iterator())
-    # Both pipelines are deterministic and unshuffled, so zipping pairs each example with its own raw features.
-    extras = raw.map(lambda ex: {name: ex[name] for name in present})
-    return tf.data.Dataset.zip((converted, extras)).as_numpy_iterator()
-
-
-def _padded_batches(examples, batch_size: int):
-    """Batches of `batch_size` rows with `example_weights` [b, 1]; the last is padded with weight-0 copies."""
-    rows, extras = [], []
-    for example, extra in examples:
-        rows.append(example)
-        extras.append(extra)
-        if len(rows) == batch_size:
-            yield _stack(rows, batch_size), extras
-            rows, extras = [], []
-    if rows:
-        yield _stack(rows, batch_size), extras
-
-
-def _stack(rows: list[dict], batch_size: int) -> dict[str, np.ndarray]:
-    num_real = len(rows)
-    rows = rows + [rows[-1]] * (batch_size - num_real)  # copies of a real example: no empty-input corner cases
-    batch = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
-    batch["example_weights"] = (np.arange(batch_size) < num_real).astype(np.float32)[:, None]  # [b, 1]
-    return batch
-
-
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -290,26 +246,23 @@ def predict(params, run, task: str, split: str, batch_size: int = 32, *, task_in
     if kind not in KINDS:
         raise ValueError(f"Task {task!r} is of kind {kind!r}; predict handles {KINDS} (text-to-text tasks need "
                          "generation or rank classification, not provided by plmjax.evaluation yet).")
-    parallel = data_parallel_size(run.mesh)
-    if batch_size % parallel:
-        raise ValueError(f"Evaluation batch_size={batch_size} must be a multiple of the mesh's {parallel} "
-                         "data-parallel devices; choose e.g. batch_size="
-                         f"{max(parallel, batch_size // parallel * parallel)}.")
+    batching.check_batch_size(batch_size, run.mesh, run.rules)
     step = _cached_step(run, kind, param_shardings, max_answer_length)
     spans = SpanTexts(task, split, run.task_feature_lengths["inputs"]) if kind == "span_extraction" else None
     raw_features = SPAN_TEXT_FEATURES if kind == "span_extraction" else ()
     converter_options = {"num_choices": task_info.num_choices} if kind == "multiple_choice" else {}
+    converter = feature_converters.make_feature_converter(run.objective.feature_converter, **converter_options)
     example_ids, predictions, targets = [], [], []
-    examples = _examples(task, run, split, raw_features, converter_options)
-    for batch, extras in _padded_batches(examples, batch_size):
-        rows = sharding.host_rows(batch, run.mesh, run.rules)
-        outputs = jax.device_get(step(params, sharding.shard_batch(rows, run.mesh, run.rules)))
-        if "example_ids" in batch:
-            batch_ids = [int(i) for i in batch["example_ids"][:len(extras), 0]]
+    for batch in batching.split_batches(task, split, run.task_feature_lengths, converter, batch_size,
+                                        raw_features=raw_features):
+        features = batch.features
+        outputs = jax.device_get(step(params, batching.on_mesh(features, run.mesh, run.rules)))
+        if "example_ids" in features:
+            batch_ids = [int(i) for i in features["example_ids"][:batch.num_real, 0]]
         else:
-            batch_ids = list(range(len(example_ids), len(example_ids) + len(extras)))
+            batch_ids = list(range(len(example_ids), len(example_ids) + batch.num_real))
         example_ids.extend(batch_ids)
-        for prediction, target in _rows(kind, batch, outputs, extras, batch_ids, spans):
+        for prediction, target in _rows(kind, features, outputs, batch.extras, batch_ids, spans):
             predictions.append(prediction)
             targets.append(target)
     if not example_ids:

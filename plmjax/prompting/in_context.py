@@ -24,10 +24,11 @@ import numpy as np
 import seqio
 
 from plmjax import convert
-from plmjax.data import bpe, finetune
+from plmjax.data import batching, bpe, finetune
 from plmjax.evaluation import metrics as metrics_lib
 from plmjax.models import build_model
 from plmjax.prompting import templates
+from plmjax.train import saved_model
 
 NORMALIZATIONS = ("sum", "mean")
 
@@ -109,29 +110,28 @@ def make_scorer(module):
 
 
 def answer_log_likelihoods(module, params, rows: ScoringRows, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(summed log-likelihood, answer token count), each [rows], in batches of `batch_size` rows (the last padded)."""
+    """(summed log-likelihood, answer token count), each [rows], in batches of `batch_size` rows (the last padded
+    by `plmjax.data.batching`; its padding rows are dropped)."""
     score = make_scorer(module)
-    total = len(rows.tokens)
-    padded = batch_size * math.ceil(total / batch_size)
-    tokens = np.zeros((padded,) + rows.tokens.shape[1:], np.int32)
-    mask = np.zeros_like(tokens, np.float32)
-    tokens[:total], mask[:total] = rows.tokens, rows.answer_mask
     sums, counts = [], []
-    for start in range(0, padded, batch_size):
-        s, c = score(params, tokens[start:start + batch_size], mask[start:start + batch_size])
-        sums.append(np.asarray(s))
-        counts.append(np.asarray(c))
-    return np.concatenate(sums)[:total], np.concatenate(counts)[:total]
+    features = {"tokens": rows.tokens, "answer_weights": rows.answer_mask}
+    for batch in batching.array_batches(features, batch_size):
+        s, c = score(params, batch.features["tokens"], batch.features["answer_weights"])
+        sums.append(np.asarray(s)[:batch.num_real])
+        counts.append(np.asarray(c)[:batch.num_real])
+    if not sums:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(sums), np.concatenate(counts)
 
 
 def _load(checkpoint_or_params, config) -> tuple[Any, Any]:
-    """(config, params) of a decoder from a plmjax or Hugging Face checkpoint directory, a `convert.Converted`, or
-    a parameter tree with its `config`."""
+    """(config, params) of a decoder from a plmjax checkpoint (`train.saved_model`) or Hugging Face directory, a
+    `convert.Converted` / `saved_model.SavedModel`, or a parameter tree with its `config`."""
     if isinstance(checkpoint_or_params, str):
         loader = convert.load_hf if os.path.isfile(os.path.join(checkpoint_or_params, "config.json")) \
-            else convert.load_checkpoint
+            else saved_model.load_saved_model
         checkpoint_or_params = loader(checkpoint_or_params)
-    if isinstance(checkpoint_or_params, convert.Converted):
+    if isinstance(checkpoint_or_params, (convert.Converted, saved_model.SavedModel)):
         if checkpoint_or_params.architecture != "decoder":
             raise ValueError(f"In-context evaluation needs a decoder; the checkpoint holds a "
                              f"{checkpoint_or_params.architecture!r} model.")
