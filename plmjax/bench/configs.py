@@ -40,6 +40,9 @@ class ModelBench:
     tiny_lengths: Mapping[str, int]
     overrides: Mapping[str, object] = dataclasses.field(default_factory=dict)
     batch_size: int = 8
+    # plmjax's objective can run the output head at the predicted positions only (MLM's sparse head, what
+    # `plmjax train` does); the reference computes logits at every position. Both are measured (LOGITS).
+    sparse_head: bool = False
 
     def feature_lengths(self, size: str) -> dict[str, int]:
         return dict(self.lengths if size == 'full' else self.tiny_lengths)
@@ -56,10 +59,15 @@ class ModelBench:
 _LAYER_FIELDS = {'encoder': ('num_encoder_layers',), 'decoder': ('num_decoder_layers',),
                  'encoder_decoder': ('num_encoder_layers', 'num_decoder_layers')}
 
+# Where a training row computes the vocabulary logits: 'all' positions (like-for-like with the reference) or the
+# 'predicted' ones only (plmjax's sparse MLM head: BERT-base at 8 x 128 projects 24 positions a row, not 128,
+# which saves about a sixth of the step's FLOPs; the reference does about 20% more work).
+LOGITS = ('all', 'predicted')
+
 # BERT-base MLM is `BertForMaskedLM`, which has no pooler: neither has the plmjax model here.
 MODELS = {m.name: m for m in (
     ModelBench('bert', 'bert_base', 'encoder', 'mlm', 'BertForMaskedLM', {'inputs': 128}, {'inputs': 32},
-               {'pooler': False}),
+               {'pooler': False}, sparse_head=True),
     ModelBench('gpt2', 'gpt2_small', 'decoder', 'causal_lm', 'GPT2LMHeadModel', {'targets': 128}, {'targets': 32}),
     ModelBench('t5', 't5_small', 'encoder_decoder', 'span_corruption', 'T5ForConditionalGeneration',
                {'inputs': 128, 'targets': 32}, {'inputs': 32, 'targets': 8}),
@@ -138,5 +146,6 @@ def model_counts(bench: ModelBench, size: str, param_shapes: Mapping[tuple[str, 
 
 FORMULA = ('model FLOPs/step = 6*N*tokens + 12*layers*seq*d_attn*tokens; N = non-embedding parameters (all but '
            'the token, position, token-type and relative-bias tables; the tied output projection is the token '
-           'table, so not counted); d_attn = heads*head_dim; T5: each stack with its own tokens, decoder seq = '
+           'table, so not counted: rows with logits at all positions and at the predicted ones count the same '
+           'model FLOPs); d_attn = heads*head_dim; T5: each stack with its own tokens, decoder seq = '
            'targets + inputs (self + cross attention)')

@@ -1,11 +1,13 @@
 """The plmjax side of the benchmark, run inside a worker process: XLA matmul ceiling, train step, decoding.
 
-The train step is the real `plmjax.train.step.jit_train_step` with the objective and optax AdamW
+The train step is the real `plmjax.train.step.jit_train_step` with the objective (spec 'logits': 'all' drops the
+objective's `sparse_model_inputs`, so the head runs at every position as in the reference) and optax AdamW
 (`plmjax.train.optim.make_optimizer`, constant learning rate, global-norm clipping at 1.0 as its default), on a
 one-device mesh; compile time is `lower(...).compile()` of that jitted step, and the compiled step then runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -51,6 +53,10 @@ def train(spec: dict) -> dict:
     config, module = _model(bench, spec['size'], spec['variant'])
     lengths = bench.feature_lengths(spec['size'])
     objective = objectives.get_objective(bench.objective)
+    if spec.get('logits', 'all') == 'all':  # the head at every position, as the reference computes it
+        objective = dataclasses.replace(objective, sparse_model_inputs=None)
+    elif objective.sparse_model_inputs is None:
+        raise ValueError(f'{bench.objective} has no head at the predicted positions only (logits={spec["logits"]!r}).')
     tx, schedule = optim.make_optimizer('adamw', learning_rate=1e-4, schedule='constant')
     mesh = sharding.create_mesh(devices=jax.devices()[:1])
     state, shardings = state_lib.create_train_state(module, tx, bench.architecture, lengths, mesh, seed=0)

@@ -1,8 +1,9 @@
 """Runs every measured configuration in its own fresh worker process, one at a time (the machine's cores are
 shared by nothing else of ours while a worker runs), and collects the raw results.
 
-Configurations, in order: the matmul ceilings (XLA, then PyTorch), then per model plmjax and the PyTorch variants,
-then greedy decoding at each batch size (plmjax, then `transformers` generate).
+Configurations, in order: the matmul ceilings (XLA, then PyTorch), then per model plmjax and the PyTorch variants
+(for BERT, each plmjax variant twice: logits at all positions as the reference, and at the predicted positions
+only), then greedy decoding at each batch size (plmjax, then `transformers` generate).
 """
 from __future__ import annotations
 
@@ -68,10 +69,13 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
         if model not in only:
             continue
         train = {**base, 'kind': 'train', 'model': model, 'steps': STEPS['train', size]}
-        out += [{**train, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
+        logits = configs.LOGITS if configs.MODELS[model].sparse_head else ('all',)
+        out += [{**train, 'framework': 'plmjax', 'variant': v, 'logits': where} for v in plmjax_variants
+                for where in logits]
         if torch:
             config_json = hf_config(model, size)
-            out += [{**train, 'framework': 'torch', 'variant': v, 'hf_config': config_json} for v in torch_variants]
+            out += [{**train, 'framework': 'torch', 'variant': v, 'logits': 'all', 'hf_config': config_json}
+                    for v in torch_variants]
     if 'decode' in only:  # one process per framework for all batch sizes: peak RSS is the largest batch's
         decode = {**base, 'kind': 'decode', 'model': configs.DECODE.model,
                   'batch_sizes': list(configs.DECODE.batch_sizes), 'steps': STEPS['decode', size]}
@@ -108,7 +112,8 @@ def run_spec(spec: dict, timeout_s: float) -> dict:
 
 
 def label(spec: dict) -> str:
-    parts = [spec['kind'], spec.get('model', ''), spec['framework'], spec.get('variant', '')]
+    parts = [spec['kind'], spec.get('model', ''), spec['framework'], spec.get('variant', ''),
+             'logits at ' + spec['logits'] if spec.get('logits') else '']
     if 'batch_sizes' in spec:
         parts.append('batch ' + ','.join(map(str, spec['batch_sizes'])))
     return ' '.join(p for p in parts if p)
