@@ -4,10 +4,13 @@
                      feature_converter=make_feature_converter('encoder'), split='train', batch_size=32)
     for batch in ds.as_numpy_iterator(): ...   # dict of [batch, length] numpy arrays
 
-For a given seed the stream is the same on every run, so `skip_batches=N` continues exactly where a run that
-consumed N batches stopped (the trainer keeps N in its checkpoints).
+For a given seed the stream is the same on every run. `DataIterator(ds)` reads it as numpy batches and saves its
+position (`state()`: tf.data's own iterator checkpoint, shuffle buffers and all) for `restore(state)` to continue
+exactly there without reading the consumed batches again; the trainer keeps it in each checkpoint.
+`skip_batches=N` also continues where a run that consumed N batches stopped, by reading and dropping them.
 """
-from typing import Mapping, Optional, Sequence, Union
+import logging
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import seqio
 import tensorflow as tf
@@ -57,6 +60,44 @@ def get_dataset(mixture_or_task_name: Union[str, seqio.Task, seqio.Mixture], *,
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+_FAIL_ON_EXTERNAL_STATE = 2  # tf.data ExternalStatePolicy.FAIL: a state that could not restore exactly is an error
+
+
+class DataIterator:
+    """Numpy batches of a `tf.data.Dataset` whose position can be saved and restored exactly."""
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._iterator = iter(dataset)
+        self._checkpointable = True
+
+    def __iter__(self) -> "DataIterator":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return {name: value.numpy() for name, value in next(self._iterator).items()}
+
+    def state(self) -> Optional[bytes]:
+        """The iterator's position (after the batches read so far) as bytes; None when the pipeline holds state
+        tf.data cannot save (e.g. a Python function with its own state: resume then re-reads the batches)."""
+        if not self._checkpointable:
+            return None
+        try:
+            serialized = tf.raw_ops.SerializeIterator(resource_handle=self._iterator._iterator_resource,
+                                                      external_state_policy=_FAIL_ON_EXTERNAL_STATE)
+        except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
+            logging.warning("The input pipeline's position cannot be saved (%s); a resumed run re-reads the "
+                            "batches it consumed instead.", str(e).splitlines()[0])
+            self._checkpointable = False
+            return None
+        return tf.io.serialize_tensor(serialized).numpy()
+
+    def restore(self, state: bytes) -> None:
+        """Continues from a position `state()` returned, on an iterator of the same dataset (same task, seed,
+        batch size, shard)."""
+        serialized = tf.io.parse_tensor(state, tf.variant)
+        tf.raw_ops.DeserializeIterator(resource_handle=self._iterator._iterator_resource, serialized=serialized)
 
 
 def _bucket_by_length(dataset: tf.data.Dataset, buckets: Sequence[int], batch_size: int) -> tf.data.Dataset:

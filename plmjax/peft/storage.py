@@ -1,69 +1,33 @@
-"""Saving only the trained parameters of a PEFT model, and how small that is next to the full model.
+"""How small a PEFT model's trained parameters are next to the full model, from shapes and dtypes.
 
-    <directory>/adapter.json   {"method": ..., "parameters": count, "shapes": {path: [shape, dtype]}}
-    <directory>/params/        the trainable subtree (`adapter_params`), an Orbax PyTree checkpoint
+Saving and loading adapters is the trainer's checkpoint writer's job: `plmjax.train.adapter.save_adapter` /
+`load_adapter` (peft sits below train and does not write checkpoints).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from plmjax.peft.base import adapter_params, method_of
-
-_INFO = 'adapter.json'
+from plmjax.peft.base import adapter_params
 
 
-def _count(tree) -> int:
-    return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree))
+def _count_and_bytes(tree) -> tuple[int, int]:
+    leaves = jax.tree.leaves(nn.meta.unbox(tree))
+    count = sum(math.prod(np.shape(leaf)) for leaf in leaves)
+    return count, sum(math.prod(np.shape(leaf)) * np.dtype(leaf.dtype).itemsize for leaf in leaves)
 
 
-def _shapes(tree) -> dict[str, list]:
-    return {jax.tree_util.keystr(path, simple=True, separator='/'): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _save_tree(path: str, tree) -> None:
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, tree)
-        checkpointer.wait_until_finished()
-
-
-def save_adapter(directory: str, params, method: str) -> None:
-    """Writes the trainable subtree of a `method` model's params (replaces an adapter saved there before)."""
-    if method_of(params) != method:
-        raise ValueError(f'save_adapter(method={method!r}) got the parameters of a {method_of(params)!r} model.')
-    tree = jax.device_get(nn.meta.unbox(adapter_params(params)))
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    target = os.path.join(directory, 'params')
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    _save_tree(target, tree)
-    with open(os.path.join(directory, _INFO), 'w') as f:
-        json.dump({'method': method, 'parameters': _count(tree), 'shapes': _shapes(tree)}, f, indent=1)
-
-
-def load_adapter(directory: str) -> tuple[str, dict]:
-    """(method, trainable subtree) as saved by `save_adapter`; put it back with `with_adapter(params, subtree)`."""
-    info_path = os.path.join(directory, _INFO)
-    if not os.path.exists(info_path):
-        raise FileNotFoundError(f'No PEFT adapter in {directory!r} (no {_INFO}); adapters are written by '
-                                'plmjax.peft.save_adapter (a PEFT training run puts one in <model_dir>/adapter).')
-    with open(info_path) as f:
-        info = json.load(f)
-    with ocp.StandardCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(os.path.abspath(os.path.join(directory, 'params')))
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata.item_metadata.tree)
-        tree = checkpointer.restore(os.path.abspath(os.path.join(directory, 'params')), target)
-    return info['method'], jax.tree.map(np.asarray, tree)
+def adapter_size(params) -> dict[str, int]:
+    """Parameter counts and bytes (sum of size x itemsize) of a PEFT model's trainable subtree and of all its
+    parameters; arrays or `jax.ShapeDtypeStruct`s."""
+    adapter_count, adapter_bytes = _count_and_bytes(adapter_params(params))
+    full_count, full_bytes = _count_and_bytes(params)
+    return {'adapter_bytes': adapter_bytes, 'full_bytes': full_bytes,
+            'adapter_parameters': adapter_count, 'full_parameters': full_count}
 
 
 def directory_bytes(path: str) -> int:
@@ -71,17 +35,14 @@ def directory_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def adapter_size(adapter_directory: str, full_model) -> dict[str, int]:
-    """Bytes on disk of the saved adapter and of the full model, with their parameter counts. `full_model` is a
-    directory (e.g. a checkpoint step) or the full params tree (written with the same Orbax format to measure)."""
-    with open(os.path.join(adapter_directory, _INFO)) as f:
-        adapter_count = json.load(f)['parameters']
-    if isinstance(full_model, (str, os.PathLike)):
-        full_bytes, full_count = directory_bytes(full_model), None
-    else:
-        tree = jax.device_get(nn.meta.unbox(full_model))
-        with tempfile.TemporaryDirectory() as tmp:
-            _save_tree(os.path.join(tmp, 'params'), tree)
-            full_bytes, full_count = directory_bytes(tmp), _count(tree)
-    return {'adapter_bytes': directory_bytes(adapter_directory), 'full_bytes': full_bytes,
-            'adapter_parameters': adapter_count, 'full_parameters': full_count}
+def _moved(name: str):
+    def moved(*args, **kwargs):
+        raise AttributeError(f'plmjax.peft.{name} moved to plmjax.train.adapter.{name} (adapters are written by the '
+                             "trainer's checkpoint writer).")
+    moved.__name__ = name
+    return moved
+
+
+# Until plmjax/peft/__init__.py stops re-exporting them: the names, pointing to where they went.
+save_adapter = _moved('save_adapter')
+load_adapter = _moved('load_adapter')

@@ -2,6 +2,7 @@
 
     <directory>/<step>/state/      the state pytree (params, optimizer state, step, rng), `StandardSave`
     <directory>/<step>/metadata/   JSON: step, data position, the run's config, the state's fingerprint
+    <directory>/<step>/data/       optional: each process's input iterator state (`process_<i>-of-<n>.bin`)
     <directory>/<step>/commit_success.txt
 
 * Async: `save` returns once the arrays are copied off the devices (so the caller may donate them to the next
@@ -10,9 +11,14 @@
 * Atomic: orbax writes `<step>.orbax-checkpoint-tmp/` and renames it to `<step>/` after writing
   `commit_success.txt` (on GCS, where renames are not atomic, it writes in place and the commit file comes last).
   Only directories named `<step>` that hold `commit_success.txt` count as checkpoints, so a crash mid-save (a
-  leftover tmp directory) or an interrupted copy (a step directory without the commit file) is never restored:
-  the previous step is. Leftover tmp directories are deleted by the first `save` (not at construction: a
-  `Checkpointer` opened to evaluate must not delete the files of a run that is saving right now).
+  leftover tmp directory, or on GCS a step directory without the commit file) or an interrupted copy is never
+  restored: the previous step is. The first `save` deletes what crashed saves left: tmp directories, and step
+  directories that orbax began and never committed (their `_CHECKPOINT_METADATA` has no commit timestamp), so
+  the resumed run writes those steps again. A step directory without the commit file whose metadata says it was
+  committed is an interrupted copy of a finished step: it is refused, not deleted. (Not at construction: a
+  `Checkpointer` opened to evaluate must not delete the files of a run that is saving right now.)
+* The data item: `save(..., data_state=bytes)` stores this process's input iterator state (the trainer's
+  `pipeline.DataIterator`); every process writes its own file inside the same atomic step.
 * Keep-N: orbax's preservation policy `LatestN(max_to_keep)` deletes the oldest steps in the directory after
   each save. Orbax counts EVERY step in the directory, whichever run wrote it; so this wrapper refuses to save
   into a directory holding checkpoints it did not restore from (`CheckpointDirectoryInUseError`), and refuses
@@ -26,6 +32,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -84,6 +91,39 @@ def fingerprint_differences(saved: dict[str, list], expected: dict[str, list]) -
     return lines
 
 
+_STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step file; `commit_timestamp_nsecs` set when committed
+
+
+def _process_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.bin"
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Each process's input iterator state (bytes) as its own file in the step's `data` item."""
+
+    def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+        (directory / _process_file()).write_bytes(args.state)
+
+    def restore(self, directory: epath.Path, args: "DataStateRestore" = None) -> Optional[bytes]:
+        path = directory / _process_file()
+        return path.read_bytes() if path.exists() else None  # another process count wrote it: replay instead
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: bytes
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
 class Checkpointer:
     """Saves and restores a training state with its data position and config; see the module docstring.
 
@@ -92,10 +132,12 @@ class Checkpointer:
     save_interval_steps: `save` writes only when step % save_interval_steps == 0 (or force=True); the default 1
       writes on every call, leaving the choice of steps to the caller.
     async_save: write in a background thread (see `wait`).
+    owns_directory: the steps already in the directory are the caller's (a PEFT adapter directory, where each
+      save replaces the previous one); without it, saving next to steps this object did not restore is refused.
     """
 
     def __init__(self, directory: str, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
-                 async_save: bool = True):
+                 async_save: bool = True, owns_directory: bool = False):
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}.")
         if save_interval_steps < 1:
@@ -114,9 +156,10 @@ class Checkpointer:
             cleanup_tmp_directories=False,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self._path, options=options, item_names=("state", "metadata"))
+        self._manager = ocp.CheckpointManager(self._path, options=options, item_names=("state", "metadata", "data"),
+                                             item_handlers={"data": DataStateHandler()})
         # True once the steps in the directory are this run's: it restored from them, or it saved first.
-        self._owns_directory = False
+        self._owns_directory = owns_directory
         self._tmp_dirs_removed = False
         self._partial_reader = None  # a read-only manager for `restore(partial=True)`, made on first use
         incomplete = self._incomplete_step_dirs()
@@ -144,10 +187,13 @@ class Checkpointer:
 
     # ----------------------------------------------------------------------------------------------- saving
 
-    def save(self, step: int, state: Any, *, data_position: int, config: dict, force: bool = False) -> bool:
+    def save(self, step: int, state: Any, *, data_position: int, config: dict, force: bool = False,
+             data_state: Optional[bytes] = None) -> bool:
         """Starts saving `state` at `step`; returns whether a save was started.
 
         data_position: batches consumed so far (the input pipeline skips that many when resuming).
+        data_state: this process's input iterator state after those batches (`read_data_state` gives it back);
+          every process passes its own.
         config: JSON-able dict describing the run (model config as a dict, the operative gin config string);
           values JSON cannot hold are stored as their str().
         Returns False (and writes nothing) when `step` is not a multiple of save_interval_steps (unless force),
@@ -169,7 +215,10 @@ class Checkpointer:
             "config": json.loads(json.dumps(config, default=str)),
             "fingerprint": tree_fingerprint(state),
         }
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata))
+        items = dict(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata))
+        if data_state is not None:
+            items["data"] = DataStateSave(bytes(data_state))
+        args = ocp.args.Composite(**items)
         saved = self._manager.save(step, args=args, force=force)
         self._owns_directory = self._owns_directory or saved
         return saved
@@ -184,7 +233,7 @@ class Checkpointer:
                     "from; saving here would mix two runs and let keep-N delete the other run's checkpoints. "
                     "Resume from them (restore before saving), or start a fresh --model_dir.")
         if not self._tmp_dirs_removed:
-            self._remove_tmp_dirs()
+            self._remove_crashed_saves()
             self._tmp_dirs_removed = True
         latest = self.latest_step()
         if latest is not None and step < latest and step not in self._manager.all_steps():
@@ -195,16 +244,23 @@ class Checkpointer:
         target = self._path / str(step)
         if target.exists() and not (target / COMMIT_FILE).exists():
             raise CheckpointDirectoryInUseError(
-                f"{target} exists but is not a finished checkpoint (no {COMMIT_FILE}: an interrupted copy or "
-                "save). Move or delete it, then rerun.")
+                f"{target} exists but is not a finished checkpoint (no {COMMIT_FILE}, yet its {_STEP_METADATA} "
+                "says it was committed: an interrupted copy). Move or delete it, then rerun.")
 
-    def _remove_tmp_dirs(self) -> None:
-        """Deletes `<step>.orbax-checkpoint-tmp` directories that crashed saves left (process 0 only)."""
-        if jax.process_index() != 0 or not self._path.exists():
-            return
-        for tmp in ocp.utils.tmp_checkpoints(self._path):
-            logging.warning("Deleting the unfinished save %s.", tmp.get())
-            tmp.get().rmtree()
+    def _remove_crashed_saves(self) -> None:
+        """Deletes what crashed saves left (process 0; the others wait): `<step>.orbax-checkpoint-tmp`
+        directories and step directories orbax began writing in place and never committed."""
+        if jax.process_index() == 0 and self._path.exists():
+            for tmp in ocp.utils.tmp_checkpoints(self._path):
+                logging.warning("Deleting the unfinished save %s.", tmp.get())
+                tmp.get().rmtree()
+            for step_dir in self._incomplete_step_dirs():
+                if _never_committed(step_dir):
+                    logging.warning("Deleting the unfinished save %s (no %s); its step is written again.",
+                                    step_dir, COMMIT_FILE)
+                    step_dir.rmtree()
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("plmjax_checkpointer_remove_crashed_saves")
 
     def wait(self) -> None:
         """Blocks until every started save is on disk; raises if a background save failed."""
@@ -258,6 +314,14 @@ class Checkpointer:
                 "fresh --model_dir.")
         return metadata
 
+    def read_data_state(self, step: Optional[int] = None) -> Optional[bytes]:
+        """This process's input iterator state saved at `step` (default: the latest), or None when the step has
+        none (saved without one, or by another number of processes)."""
+        step = self._resolve_step(step)
+        if not (self._path / str(step) / "data").exists():
+            return None
+        return self._manager.restore(step, args=ocp.args.Composite(data=DataStateRestore())).data
+
     def restore(self, step: Optional[int] = None, *, abstract_state: Any,
                 partial: bool = False) -> tuple[Any, dict]:
         """Restores `step` (default: the latest) onto the shapes, dtypes and shardings of `abstract_state`.
@@ -310,6 +374,15 @@ class Checkpointer:
         args = ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
                                       restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
         return self._partial_reader.restore(step, args=ocp.args.Composite(state=args)).state
+
+
+def _never_committed(step_dir: epath.Path) -> bool:
+    """Whether orbax began this step directory and never committed it (a crashed save, not a copy)."""
+    try:
+        info = json.loads((step_dir / _STEP_METADATA).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("commit_timestamp_nsecs") is None
 
 
 def checkpoint_root(path: str) -> str:

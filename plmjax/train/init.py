@@ -6,8 +6,9 @@
 * `init_from_checkpoint(...)` (`train.init_checkpoint`): the parameters of a converted or pre-trained checkpoint
   replace the matching subtree of the freshly initialized ones (`params['bert']` of a fine-tuning architecture,
   under `params['base']` with PEFT, the whole tree when the architectures match); everything else keeps its fresh
-  initialization, and the run prints which subtrees came from where;
-* `save_adapter(...)`: a PEFT run's trainable parameters in `model_dir/adapter`, with their size.
+  initialization, and the run prints which subtrees came from where. The arrays are read from the checkpoint
+  straight into the run's shardings (each process reads only the shards it holds); a checkpoint of the other
+  layer layout (`scan_layers`) is converted with `plmjax.models.layout`.
 """
 
 from __future__ import annotations
@@ -102,15 +103,19 @@ def _collapse(tree: dict, selected: set, prefix: tuple = ()) -> list[str]:
     return [name for key in tree for name in _collapse(tree[key], selected, prefix + (key,))]
 
 
-def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_config, *, peft: Optional[str] = None,
-                            where: str = '') -> tuple[dict, dict[str, list[str]]]:
-    """`fresh` (the run's parameter tree) with the checkpoint's parameters in place of the matching subtree.
+def _layout_error(converted, model_config, where: str) -> None:
+    saved, run = (bool(getattr(c, 'scan_layers', False)) for c in (converted.config, model_config))
+    if saved != run:
+        raise InitCheckpointError(
+            f"train.init_checkpoint={where!r} holds {'scanned' if saved else 'unrolled'} layers but the run's model "
+            f"has scan_layers={run}: convert the checkpoint's parameters with plmjax.models.layout."
+            f"{'scan_params' if run else 'unscan_params'} (`plmjax convert`), or set scan_layers={saved}.")
 
-    Returns (params, report) where report = {'target': path of the replaced subtree, 'source': the checkpoint's
-    subtree read into it, 'loaded': subtrees read from the checkpoint, 'initialized': subtrees kept fresh (both
-    as paths in `fresh`), 'unused': checkpoint subtrees with no place}; '(all)' names a whole tree.
-    Loaded leaves are numpy arrays in the fresh leaf's dtype; the other leaves are `fresh`'s own objects.
-    """
+
+def _mapping(fresh: dict, converted, architecture: str, model_config, peft: Optional[str], where: str):
+    """(target path, source path, {flat path: fresh leaf}, {flat path: checkpoint leaf}, report) for putting the
+    checkpoint's parameters (arrays or shape/dtype structs) into `fresh`; raises on any mismatch."""
+    _layout_error(converted, model_config, where)
     relative, source_path = _target_and_source(converted.architecture, converted.params, architecture, where)
     source = _subtree(converted.params, source_path)
     target_path = (('base',) if peft else ()) + relative
@@ -120,67 +125,72 @@ def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_con
     hint = (f" The checkpoint's model config differs in {differences} (checkpoint, run): build the run's "
             "MODEL_CONFIG from the checkpoint's config.gin.") if differences else ''
     for path, leaf in flat_target.items():
-        if path in flat_source and np.shape(flat_source[path]) != tuple(leaf.shape):
+        if path in flat_source and tuple(np.shape(flat_source[path])) != tuple(leaf.shape):
             name = '/'.join(target_path + path)
             raise InitCheckpointError(
                 f"train.init_checkpoint={where!r}: parameter {name} has shape {tuple(np.shape(flat_source[path]))} "
                 f"in the checkpoint but {tuple(leaf.shape)} in the model.{hint}")
     if differences:
         raise InitCheckpointError(f"train.init_checkpoint={where!r} does not match the run's model.{hint}")
-    merged = {path: np.asarray(flat_source[path]).astype(leaf.dtype) if path in flat_source else leaf
-              for path, leaf in flat_target.items()}
-    merged = traverse_util.unflatten_dict(merged)
-    params = merged
-    for depth in range(len(target_path), 0, -1):  # put the merged subtree back into copies of its ancestors
-        parent = dict(_subtree(fresh, target_path[:depth - 1]))
-        parent[target_path[depth - 1]] = params
-        params = parent
     loaded = {target_path + path for path in flat_target if path in flat_source}
     report = {'target': '/'.join(target_path) or '(all)', 'source': '/'.join(source_path) or '(all)',
               'loaded': _collapse(fresh, loaded),
               'initialized': _collapse(fresh, set(traverse_util.flatten_dict(fresh)) - loaded),
               'unused': _collapse(source, set(flat_source) - set(flat_target))}
-    return params, report
+    return target_path, source_path, flat_target, flat_source, report
 
 
-def _place(params, shardings):
-    """Numpy leaves become global arrays with the run's shardings (each host reads its own shards)."""
-    def place(x, sharding):
-        if isinstance(x, jax.Array):
-            return x
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    return jax.tree.map(place, params, shardings)
+def _replace_subtree(fresh: dict, target_path: tuple, flat_target: dict, replacements: dict) -> dict:
+    """Copies of `fresh` and of the target subtree's ancestors, with the leaves of `replacements` in place."""
+    params = traverse_util.unflatten_dict({path: replacements.get(path, leaf) for path, leaf in flat_target.items()})
+    for depth in range(len(target_path), 0, -1):
+        parent = dict(_subtree(fresh, target_path[:depth - 1]))
+        parent[target_path[depth - 1]] = params
+        params = parent
+    return params
+
+
+def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_config, *, peft: Optional[str] = None,
+                            where: str = '') -> tuple[dict, dict[str, list[str]]]:
+    """`fresh` (the run's parameter tree) with the checkpoint's parameters in place of the matching subtree.
+
+    Returns (params, report) where report = {'target': path of the replaced subtree, 'source': the checkpoint's
+    subtree read into it, 'loaded': subtrees read from the checkpoint, 'initialized': subtrees kept fresh (both
+    as paths in `fresh`), 'unused': checkpoint subtrees with no place}; '(all)' names a whole tree.
+    Loaded leaves are numpy arrays in the fresh leaf's dtype; the other leaves are `fresh`'s own objects.
+    """
+    target_path, _, flat_target, flat_source, report = _mapping(fresh, converted, architecture, model_config, peft,
+                                                                where)
+    loaded = {path: np.asarray(flat_source[path]).astype(leaf.dtype)
+              for path, leaf in flat_target.items() if path in flat_source}
+    return _replace_subtree(fresh, target_path, flat_target, loaded), report
 
 
 def init_from_checkpoint(state, shardings, tx, path: str, *, architecture: str, model_config,
                          peft: Optional[str] = None, log=print):
-    """`state` with its parameters initialized from the checkpoint at `path` and a fresh optimizer state."""
-    converted = saved_model.load_saved_model(path)
-    params, report = merge_checkpoint_params(state.params, converted, architecture, model_config, peft=peft,
-                                             where=path)
-    params = _place(params, shardings.params)
+    """`state` with its parameters initialized from the checkpoint at `path` and a fresh optimizer state.
+
+    Only the parameters the run uses are read, each straight into its sharding in the run (Orbax partial
+    restore): no process holds the whole model in host memory.
+    """
+    abstract = saved_model.read_saved_model(path)
+    target_path, source_path, flat_target, flat_source, report = _mapping(
+        state.params, abstract, architecture, model_config, peft, path)
+    target_shardings = traverse_util.flatten_dict(_subtree(shardings.params, target_path))
+    wanted = {source_path + p: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=target_shardings[p])
+              for p, leaf in flat_source.items() if p in flat_target}
+    restored = traverse_util.flatten_dict(saved_model.restore_params(abstract, traverse_util.unflatten_dict(wanted)))
+    cast = jax.jit(lambda x, dtype: x.astype(dtype), static_argnums=1)
+    loaded = {p: restored[source_path + p] if restored[source_path + p].dtype == flat_target[p].dtype
+              else cast(restored[source_path + p], flat_target[p].dtype)
+              for p in flat_target if p in flat_source}
+    params = _replace_subtree(state.params, target_path, flat_target, loaded)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    family = converted.metadata.get('hf_family')
+    family = abstract.metadata.get('hf_family')
     origin = f"{family} " if family else ''
-    log(f"Initialized from {path} ({origin}{converted.architecture!r} checkpoint; its {report['source']} into the "
+    log(f"Initialized from {path} ({origin}{abstract.architecture!r} checkpoint; its {report['source']} into the "
         f"model's {report['target']}):\n"
         f"  loaded: {', '.join(report['loaded']) or '-'}\n"
         f"  freshly initialized: {', '.join(report['initialized']) or '-'}"
         + (f"\n  not used: {', '.join(report['unused'])}" if report['unused'] else ''))
     return state.replace(params=params, opt_state=opt_state)
-
-
-# ------------------------------------------------------------------------------ PEFT adapter
-
-
-def save_adapter(model_dir: str, params: Any, method: str, log=print) -> dict[str, int]:
-    """Writes `model_dir/adapter` (plmjax.peft.save_adapter) and reports its size beside the full model's (the
-    full parameters written in the same Orbax format, `plmjax.peft.adapter_size`)."""
-    from plmjax import peft as peft_lib
-    directory = os.path.join(model_dir, 'adapter')
-    peft_lib.save_adapter(directory, params, method)
-    size = peft_lib.adapter_size(directory, params)
-    log(f"Adapter ({method}) saved to {directory}: {size['adapter_parameters']:,} parameters, "
-        f"{size['adapter_bytes'] / 2**20:.2f} MiB, against the full model's {size['full_parameters']:,} parameters, "
-        f"{size['full_bytes'] / 2**20:.2f} MiB ({100 * size['adapter_bytes'] / max(size['full_bytes'], 1):.2f}%).")
-    return size

@@ -19,6 +19,7 @@ import optax
 
 from plmjax import sharding
 from plmjax.data import feature_converters, pipeline
+from plmjax.train import adapter as adapter_lib
 from plmjax.train import checkpoint as checkpoint_lib
 from plmjax.train import evaluate as evaluate_lib
 from plmjax.train import init as init_lib
@@ -162,11 +163,12 @@ def train(
 
     abstract, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths, mesh,
                                                     run.rules)
-    data_position = 0
+    data_position, data_state = 0, None
     if checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(abstract_state=abstract)
         data_position = int(meta["data_position"])
-        print(f"Resumed from {checkpointer.directory} at step {int(state.step)} (batch {data_position}).")
+        data_state = checkpointer.read_data_state(meta["step"])
+        print(f"Resumed from {checkpointer.directory} at step {meta['step']} (batch {data_position}).")
     else:
         state, shardings = state_lib.create_train_state(run.module, tx, architecture, run.task_feature_lengths,
                                                         mesh, seed, run.rules)
@@ -179,30 +181,34 @@ def train(
 
     train_step = step_lib.jit_train_step(run.module, run.objective, tx, schedule, mesh, shardings,
                                          grad_accum_steps=grad_accum_steps, rules=run.rules)
-    dataset = pipeline.get_dataset(
+    # The saved iterator state continues the stream where it stopped; without one (a checkpoint written before
+    # plmjax saved it, or by another number of processes) the consumed batches are read again and dropped.
+    batches = pipeline.DataIterator(pipeline.get_dataset(
         task, task_feature_lengths=run.task_feature_lengths, feature_converter=feature_converters.make_feature_converter(
             run.objective.feature_converter), split="train", batch_size=batch_size, shuffle=True, seed=seed,
-        shard_info=sharding.host_shard_info() if input_sharding == "shard" else None, skip_batches=data_position,
-        length_buckets=length_buckets)
+        shard_info=sharding.host_shard_info() if input_sharding == "shard" else None,
+        skip_batches=0 if data_state is not None else data_position, length_buckets=length_buckets))
+    if data_state is not None:
+        batches.restore(data_state)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params)
 
     writer = metrics_lib.MetricsWriter(model_dir)
-    bar = metrics_lib.ProgressBar(total=num_steps, initial=int(state.step), enabled=progress)
+    step = int(jax.device_get(state.step))  # the one read of the device step; the loop counts on the host
+    bar = metrics_lib.ProgressBar(total=num_steps, initial=step, enabled=progress)
     totals = None
     last_log, tokens_since, examples_since = time.time(), 0, 0
     last_train: dict[str, float] = {}
-    batches = dataset.as_numpy_iterator()
-    while int(state.step) < num_steps:
+    while step < num_steps:
         batch = next(batches)
         if input_sharding == "slice":  # every host read the global batch: keep this host's rows
             batch = sharding.host_rows(batch, mesh, run.rules)
         data_position += 1
         state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh, run.rules))
+        step += 1
         totals = step_metrics if totals is None else metrics_lib.add_metrics(totals, step_metrics)
         tokens_since += batch_size * max(value.shape[-1] for value in batch.values())  # global batch, this length
         examples_since += batch_size
-        step = int(state.step)
-        if step % log_every == 0 or step == num_steps:
+        if step % log_every == 0 or step == num_steps:  # the only place the loop waits for the devices
             last_train = metrics_lib.reduce_metrics(totals)
             elapsed = time.time() - last_log
             last_train["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
@@ -217,7 +223,8 @@ def train(
                                                          model_dir, final=False, param_shardings=shardings.params,
                                                          finetune_evaluator=finetune_evaluator))
         if step % checkpoint_every == 0 or step == num_steps:
-            checkpointer.save(step, state, data_position=data_position, config=_config_dict(run, operative_config))
+            checkpointer.save(step, state, data_position=data_position, config=_config_dict(run, operative_config),
+                              data_state=batches.state())
         if step == _CRASH_AFTER_STEP:  # fault injection for the kill-and-resume test
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
@@ -225,13 +232,12 @@ def train(
 
     final = _evaluate_run(run, eval_fn, state.params, task, eval_split, eval_batches, model_dir, final=True,
                           param_shardings=shardings.params, finetune_evaluator=finetune_evaluator)
-    adapter = init_lib.save_adapter(model_dir, state.params, peft) if peft else {}
-    writer.write(int(state.step), eval_split, final)
+    adapter = adapter_lib.save_run_adapter(model_dir, state.params, peft) if peft else {}  # every process writes
+    writer.write(step, eval_split, final)
     writer.close()
     curve = os.path.join(model_dir, "loss_curve.png")
-    metrics_lib.plot_loss_curve(writer.jsonl_path, curve)
     summary = {
-        "steps": int(state.step),
+        "steps": step,
         "wall_time_s": round(time.time() - start, 1),
         "train_loss": last_train.get("loss"),
         f"{eval_split}_loss": final.get("loss"),
@@ -244,7 +250,8 @@ def train(
         "loss_curve": curve,
     }
     summary = {key: value for key, value in summary.items() if value is not None}
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # the files of the run (the adapter and checkpoints: Orbax, all processes)
+        metrics_lib.plot_loss_curve(writer.jsonl_path, curve)
         print(_format_summary(summary))
         with open(os.path.join(model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

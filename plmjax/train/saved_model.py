@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from plmjax.models import params as params_lib
 from plmjax.models.config import TransformerConfig
@@ -21,8 +22,10 @@ from plmjax.train import checkpoint as checkpoint_lib
 class SavedModel(NamedTuple):
     architecture: str
     config: TransformerConfig
-    params: Any  # the unboxed parameter tree, numpy arrays
+    params: Any  # the unboxed parameter tree: numpy arrays (`load_saved_model`) or shapes (`read_saved_model`)
     metadata: dict  # the checkpoint's `config` metadata (hf_family, hf_class, head_options, peft, ...)
+    checkpoint: str = ''  # the checkpoints directory it was read from
+    step: Optional[int] = None  # and its step
 
 
 def read_model_config(metadata: dict, where: str) -> tuple[str, TransformerConfig]:
@@ -44,9 +47,8 @@ def read_model_config(metadata: dict, where: str) -> tuple[str, TransformerConfi
     return metadata['config'].get('architecture') or params_lib.architecture_of(config), config
 
 
-def load_saved_model(path: str, step: Optional[int] = None) -> SavedModel:
-    """The model of a checkpoint (a model dir, its checkpoints dir or one step's dir), at its latest step or the
-    step a step directory names."""
+def _open(path: str, step: Optional[int]):
+    """(Checkpointer, step, metadata, architecture, config) of a model dir, checkpoints dir or step dir."""
     base = os.path.basename(os.path.abspath(path))
     if step is None and base.isdigit():
         step = int(base)
@@ -57,9 +59,40 @@ def load_saved_model(path: str, step: Optional[int] = None) -> SavedModel:
         if metadata['config'].get('peft'):
             raise ValueError(f'Checkpoint {checkpointer.directory} is a PEFT run ({metadata["config"]["peft"]}): its '
                              'base model is the run\'s init_checkpoint and its own parameters are in <run>/adapter '
-                             '(plmjax.peft.load_adapter); load those instead.')
+                             '(plmjax.train.adapter.load_adapter); load those instead.')
+    except Exception:
+        checkpointer.close()
+        raise
+    return checkpointer, metadata['step'], metadata, arch, config
+
+
+def read_saved_model(path: str, step: Optional[int] = None) -> SavedModel:
+    """The model of a checkpoint without its arrays: `params` holds a `jax.ShapeDtypeStruct` per saved parameter
+    (`restore_params` reads them)."""
+    checkpointer, step, metadata, arch, config = _open(path, step)
+    checkpointer.close()
+    params = traverse_util.unflatten_dict({
+        tuple(name.split('/')[1:]): jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+        for name, (shape, dtype) in metadata['fingerprint'].items() if name.startswith('params/')})
+    return SavedModel(arch, config, params, metadata['config'], checkpointer.directory, step)
+
+
+def restore_params(saved: SavedModel, params: Any) -> Any:
+    """Reads some of `saved`'s parameters: `params` is a subtree of `saved.params` whose `jax.ShapeDtypeStruct`s
+    carry the shardings to read them into (each process reads only its shards)."""
+    with checkpoint_lib.Checkpointer(saved.checkpoint) as checkpointer:
+        restored, _ = checkpointer.restore(saved.step, abstract_state={'params': params}, partial=True)
+    return restored['params']
+
+
+def load_saved_model(path: str, step: Optional[int] = None) -> SavedModel:
+    """The model of a checkpoint (a model dir, its checkpoints dir or one step's dir), at its latest step or the
+    step a step directory names."""
+    checkpointer, step, metadata, arch, config = _open(path, step)
+    try:
         abstract = params_lib.abstract_params(arch, config, **(metadata['config'].get('head_options') or {}))
         restored, _ = checkpointer.restore(step, abstract_state={'params': abstract}, partial=True)
     finally:
         checkpointer.close()
-    return SavedModel(arch, config, jax.tree.map(np.asarray, restored['params']), metadata['config'])
+    return SavedModel(arch, config, jax.tree.map(np.asarray, restored['params']), metadata['config'],
+                      checkpointer.directory, step)

@@ -16,11 +16,8 @@ from flax import linen as nn
 
 from plmjax import sharding
 from plmjax.objectives.base import Objective
+from plmjax.train import metrics as metrics_lib
 from plmjax.train.state import TrainState
-
-
-def _add_metrics(a, b):
-    return jax.tree.map(jnp.add, a, b)
 
 
 def loss_and_grads(params, batch, rng, module: nn.Module, objective: Objective, deterministic: bool = False):
@@ -62,7 +59,9 @@ def accumulated_grads(params, batch, rng, module, objective, grad_accum_steps: i
         def body(carry, inputs):
             i, micro = inputs
             grads, metrics = loss_and_grads(params, micro, jax.random.fold_in(rng, i), module, objective)
-            return _add_metrics(carry, (grads, metrics)), None
+            summed_grads, summed_metrics = carry
+            summed = (jax.tree.map(jnp.add, summed_grads, grads), metrics_lib.add_metrics(summed_metrics, metrics))
+            return summed, None
 
         zero = jax.eval_shape(lambda: loss_and_grads(params, jax.tree.map(lambda x: x[0], micro_batches), rng,
                                                      module, objective))

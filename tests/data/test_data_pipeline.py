@@ -1,4 +1,5 @@
-"""pipeline.get_dataset: resumable with skip_batches, deterministic, sharded per host, LM batches."""
+"""pipeline.get_dataset: resumable with skip_batches and with DataIterator's saved state, deterministic, sharded
+per host, LM batches."""
 import functools
 import os
 
@@ -44,6 +45,31 @@ def test_skip_batches_resumes_the_uninterrupted_stream_across_epochs():
     # The second epoch is a new shuffle with new masks, not a replay of the first.
     first, second = uninterrupted[0]["encoder_input_tokens"], uninterrupted[epoch]["encoder_input_tokens"]
     assert (first != second).mean() > 0.5
+
+
+def _mlm_dataset(**kwargs):
+    kwargs = {"split": "validation", "batch_size": 32, "seed": 3, **kwargs}
+    return pipeline.get_dataset(task("mlm"), task_feature_lengths={"inputs": LENGTH, "targets": LENGTH},
+                                feature_converter=feature_converters.make_feature_converter("encoder"), **kwargs)
+
+
+@pytest.mark.parametrize("length_buckets", [None, (16, 32)])
+def test_data_iterator_state_resumes_the_uninterrupted_stream_across_epochs(length_buckets):
+    """A new iterator over a newly built dataset, restored from the state saved after N batches, yields exactly
+    the batches N, N+1, ... of the uninterrupted stream (across the epoch boundary), without reading 0..N-1."""
+    epoch = len(mlm_batches(1000, repeat=False))
+    position = epoch - 2
+    uninterrupted = pipeline.DataIterator(_mlm_dataset(length_buckets=length_buckets))
+    expected = [next(uninterrupted) for _ in range(position + 5)][position:]
+    first = pipeline.DataIterator(_mlm_dataset(length_buckets=length_buckets))
+    for _ in range(position):
+        next(first)
+    state = first.state()
+    assert isinstance(state, bytes)
+    resumed = pipeline.DataIterator(_mlm_dataset(length_buckets=length_buckets))
+    resumed.restore(state)
+    assert_same_batches([next(resumed) for _ in range(5)], expected)
+    assert_same_batches([next(first) for _ in range(5)], expected)  # saving does not move the iterator
 
 
 def test_seed_fixes_order_and_masks():

@@ -8,6 +8,7 @@ import pytest
 
 from plmjax import peft, sharding
 from plmjax.objectives import get_objective
+from plmjax.train import adapter as adapter_lib
 from plmjax.train import optim
 from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
@@ -124,8 +125,8 @@ def test_save_and_load_adapter_round_trip_and_size(method, tmp_path):
     wrapped, args, kwargs, params = _classifier(method)
     trained = {**params, method: randomize(params[method], seed=5)}
     trained['base'] = {**trained['base'], 'classifier': randomize(params['base']['classifier'], seed=6)}
-    peft.save_adapter(tmp_path / 'adapter', trained, method)
-    loaded_method, adapter = peft.load_adapter(tmp_path / 'adapter')
+    adapter_lib.save_adapter(tmp_path / 'adapter', trained, method)
+    loaded_method, adapter = adapter_lib.load_adapter(tmp_path / 'adapter')
     assert loaded_method == method
     assert set(adapter) == {method, 'base'} and set(adapter['base']) == {'classifier'}
     restored = peft.with_adapter(params, adapter)  # the fresh model + the saved adapter = the trained model
@@ -135,7 +136,7 @@ def test_save_and_load_adapter_round_trip_and_size(method, tmp_path):
     np.testing.assert_array_equal(wrapped.apply({'params': restored}, *args, **kwargs)['classification_logits'],
                                   wrapped.apply({'params': trained}, *args, **kwargs)['classification_logits'])
 
-    size = peft.adapter_size(tmp_path / 'adapter', trained)
+    size = peft.adapter_size(trained)
     count = sum(x.size for x in jax.tree.leaves(peft.adapter_params(trained)))
     assert size['adapter_parameters'] == count
     assert size['full_parameters'] == sum(x.size for x in jax.tree.leaves(trained))
@@ -157,6 +158,6 @@ def test_mask_and_errors_on_non_peft_parameters(tmp_path):
     with pytest.raises(ValueError, match="no 'adapter' entry"):
         wrapped.apply({'params': {'base': init_params(wrapped, args, kwargs)['base']}}, *args, **kwargs)
     with pytest.raises(ValueError, match="got the parameters of a 'adapter' model"):
-        peft.save_adapter(tmp_path, init_params(wrapped, args, kwargs), 'lora')
+        adapter_lib.save_adapter(tmp_path, init_params(wrapped, args, kwargs), 'lora')
     with pytest.raises(FileNotFoundError, match='No PEFT adapter'):
-        peft.load_adapter(tmp_path / 'missing')
+        adapter_lib.load_adapter(tmp_path / 'missing')
