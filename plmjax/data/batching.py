@@ -8,11 +8,12 @@ predictions (`plmjax.evaluation.predict`) and in-context scoring (`plmjax.prompt
         batch.extras     # raw task features asked for (`raw_features`), one dict per real row
         outputs = step(params, on_mesh(batch.features, mesh, rules))
 
-The last batch is filled up to the batch size with copies of its last example (no row is empty input, so no
-row can give NaN) whose weights are all 0: `example_weights`, every `*_weights` feature (`*_loss_weights`,
+The last batch is filled up to the batch size with copies of its last example (real input tokens, so every
+output stays finite) whose weights are all 0: `example_weights`, every `*_weights` feature (`*_loss_weights`,
 `tag_weights`, `verbalizer_weights`, ...) and every `*_target_tokens` feature (0 is seqio's padding id, and
-ELECTRA's discriminator counts the real tokens from the targets). So a padding row adds nothing to any
-objective whose metrics are weighted by those features (see `plmjax.objectives`).
+ELECTRA's discriminator counts the real tokens from the targets; a decoder's padding row thus has an all-False
+input mask, which attention's finite mask value keeps finite). So a padding row adds nothing to any objective
+whose metrics are weighted by those features (tests/data/test_batching.py checks every objective).
 
 Several processes: every host reads the whole split, unsharded, and builds the same global batches; `on_mesh`
 gives each host's devices their rows (`sharding.host_rows`). So every host runs the same number of steps with no

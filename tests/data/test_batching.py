@@ -61,3 +61,52 @@ def test_batch_size_must_split_over_the_data_parallel_devices():
     batching.check_batch_size(16, mesh)
     with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the mesh's 8 data-parallel"):
         batching.check_batch_size(12, mesh)
+
+
+SENTENCE_PAIR_IGNORES_WEIGHTS = pytest.mark.xfail(
+    strict=True, reason="objectives/sentence_pair.py counts every row in sentence_loss / sentence_accuracy (no "
+    "example weights): padding rows of an evaluation batch count; change requested from the lead")
+
+
+def _batch_and_outputs(rng, rows, length=6, vocab=11, labels=3, mask=2):
+    tokens = lambda high, *shape: rng.integers(1, high, (rows,) + shape).astype(np.int32)  # noqa: E731
+    batch = {"encoder_input_tokens": tokens(vocab, length), "encoder_target_tokens": tokens(vocab, length),
+             "encoder_loss_weights": (rng.random((rows, length)) < 0.5).astype(np.float32),
+             "decoder_input_tokens": tokens(vocab, length), "decoder_target_tokens": tokens(vocab, length),
+             "decoder_loss_weights": np.ones((rows, length), np.float32),
+             "encoder_sentence_labels": tokens(2, 1) - 1, "labels": tokens(labels + 1, 1) - 1,
+             "label_values": rng.random((rows, 1)).astype(np.float32),
+             "start_positions": tokens(length, 1), "end_positions": tokens(length, 1),
+             "tag_labels": tokens(labels, length), "tag_weights": (rng.random((rows, length)) < 0.7).astype(np.float32),
+             "mask_positions": tokens(length, mask), "verbalizer_tokens": tokens(vocab, labels, mask),
+             "verbalizer_weights": np.ones((rows, labels, mask), np.float32)}
+    normal = lambda *shape: rng.normal(size=(rows,) + shape).astype(np.float32)  # noqa: E731
+    outputs = {"logits": normal(length, vocab), "span_logits": normal(length, vocab), "sentence_logits": normal(2),
+               "rtd_logits": normal(length), "rtd_labels": tokens(2, length) - 1,
+               "classification_logits": normal(labels), "choice_logits": normal(labels),
+               "start_logits": normal(length), "end_logits": normal(length), "tag_logits": normal(length, labels)}
+    return batch, outputs
+
+
+def _objectives():
+    from plmjax import objectives
+    for name in sorted(objectives.OBJECTIVES):
+        marks = [SENTENCE_PAIR_IGNORES_WEIGHTS] if name in ("nsp", "sop") else []
+        yield pytest.param(objectives.OBJECTIVES[name], id=name, marks=marks)
+
+
+@pytest.mark.parametrize("objective", _objectives())
+def test_padding_rows_add_nothing_to_any_objectives_metrics(objective):
+    rng = np.random.default_rng(1)
+    rows, outputs = _batch_and_outputs(rng, 3)
+    _, extra_outputs = _batch_and_outputs(rng, 2)  # whatever the model gives on the padding rows
+    outputs = {k: np.concatenate([v, extra_outputs[k]]) for k, v in outputs.items()}
+    if objective.name == "regression":
+        outputs["classification_logits"] = outputs["classification_logits"][:, :1]
+    real = batching.pad_batch(rows, 3)
+    padded = batching.pad_batch(rows, 5)
+    _, expected = objective.loss_fn(real, {k: v[:3] for k, v in outputs.items()})
+    _, metrics = objective.loss_fn(padded, outputs)
+    assert set(metrics) == set(expected)
+    for name, (total, count) in metrics.items():
+        np.testing.assert_allclose([total, count], expected[name], rtol=1e-6, err_msg=name)
