@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import re
 from typing import Any, Optional
 
 import jax
@@ -22,6 +23,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from plmjax import models
+from plmjax.models import layout
 from plmjax.models import params as params_lib
 from plmjax.models.finetune import FINETUNE_ARCHITECTURES
 from plmjax.train import saved_model
@@ -29,6 +31,9 @@ from plmjax.train import saved_model
 # The TaskInfo kinds each fine-tuning architecture can learn.
 _KINDS = {'encoder_classifier': ('classification', 'regression'), 'encoder_span': ('span_extraction',),
           'encoder_multiple_choice': ('multiple_choice',), 'encoder_tagger': ('tagging',)}
+
+
+_LAYER_KEY = re.compile(r'^layers_\d+$')  # one layer of an unrolled stack (plmjax.models.layout)
 
 
 class InitCheckpointError(ValueError):
@@ -103,19 +108,31 @@ def _collapse(tree: dict, selected: set, prefix: tuple = ()) -> list[str]:
     return [name for key in tree for name in _collapse(tree[key], selected, prefix + (key,))]
 
 
-def _layout_error(converted, model_config, where: str) -> None:
-    saved, run = (bool(getattr(c, 'scan_layers', False)) for c in (converted.config, model_config))
-    if saved != run:
-        raise InitCheckpointError(
-            f"train.init_checkpoint={where!r} holds {'scanned' if saved else 'unrolled'} layers but the run's model "
-            f"has scan_layers={run}: convert the checkpoint's parameters with plmjax.models.layout."
-            f"{'scan_params' if run else 'unscan_params'} (`plmjax convert`), or set scan_layers={saved}.")
+def _scanned(config) -> bool:
+    return bool(getattr(config, 'scan_layers', False))
+
+
+def _layout_converter(converted, model_config):
+    """`layout.scan_params` / `unscan_params` when the checkpoint's layer layout is not the run's, else None."""
+    if _scanned(converted.config) == _scanned(model_config):
+        return None
+    return layout.scan_params if _scanned(model_config) else layout.unscan_params
+
+
+def _in_run_layout(converted, model_config):
+    """The checkpoint (params, config) in the run's layer layout (scanned or unrolled)."""
+    convert = _layout_converter(converted, model_config)
+    if convert is None:
+        return converted
+    return converted._replace(params=convert(converted.params),
+                              config=dataclasses.replace(converted.config, scan_layers=_scanned(model_config)))
 
 
 def _mapping(fresh: dict, converted, architecture: str, model_config, peft: Optional[str], where: str):
     """(target path, source path, {flat path: fresh leaf}, {flat path: checkpoint leaf}, report) for putting the
-    checkpoint's parameters (arrays or shape/dtype structs) into `fresh`; raises on any mismatch."""
-    _layout_error(converted, model_config, where)
+    checkpoint's parameters (arrays or shape/dtype structs) into `fresh`, the checkpoint converted to the run's
+    layer layout; raises on any mismatch."""
+    converted = _in_run_layout(converted, model_config)
     relative, source_path = _target_and_source(converted.architecture, converted.params, architecture, where)
     source = _subtree(converted.params, source_path)
     target_path = (('base',) if peft else ()) + relative
@@ -166,29 +183,51 @@ def merge_checkpoint_params(fresh: dict, converted, architecture: str, model_con
     return _replace_subtree(fresh, target_path, flat_target, loaded), report
 
 
+def _run_counterpart(path: tuple, run_scanned: bool) -> tuple:
+    """The run-layout path holding a checkpoint leaf of the other layout (the stack, or layer 0 of it)."""
+    if run_scanned:
+        return tuple(layout.LAYERS if _LAYER_KEY.match(key) else key for key in path)
+    return tuple('layers_0' if key == layout.LAYERS else key for key in path)
+
+
+def _read_sharding(run_sharding, run_scanned: bool):
+    """The sharding to read a checkpoint leaf of the other layout with: one layer of a scanned run's stacked leaf
+    drops the leading axis; a scanned checkpoint's stack read for an unrolled run keeps that axis unsharded."""
+    spec = tuple(run_sharding.spec)
+    spec = spec[1:] if run_scanned else (None,) + spec
+    return jax.sharding.NamedSharding(run_sharding.mesh, jax.sharding.PartitionSpec(*spec))
+
+
 def init_from_checkpoint(state, shardings, tx, path: str, *, architecture: str, model_config,
                          peft: Optional[str] = None, log=print):
     """`state` with its parameters initialized from the checkpoint at `path` and a fresh optimizer state.
 
     Only the parameters the run uses are read, each straight into its sharding in the run (Orbax partial
-    restore): no process holds the whole model in host memory.
+    restore): no process holds the whole model in host memory. A checkpoint of the other layer layout is read
+    layer by layer and stacked (or a stack read and split) on the devices.
     """
-    abstract = saved_model.read_saved_model(path)
+    saved = saved_model.read_saved_model(path)
     target_path, source_path, flat_target, flat_source, report = _mapping(
-        state.params, abstract, architecture, model_config, peft, path)
+        state.params, saved, architecture, model_config, peft, path)
+    convert = _layout_converter(saved, model_config)
     target_shardings = traverse_util.flatten_dict(_subtree(shardings.params, target_path))
-    wanted = {source_path + p: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=target_shardings[p])
-              for p, leaf in flat_source.items() if p in flat_target}
-    restored = traverse_util.flatten_dict(saved_model.restore_params(abstract, traverse_util.unflatten_dict(wanted)))
-    cast = jax.jit(lambda x, dtype: x.astype(dtype), static_argnums=1)
-    loaded = {p: restored[source_path + p] if restored[source_path + p].dtype == flat_target[p].dtype
-              else cast(restored[source_path + p], flat_target[p].dtype)
+    wanted = {}  # the checkpoint leaves to read (in its layout), each with the sharding to read it into
+    for leaf_path, leaf in traverse_util.flatten_dict(_subtree(saved.params, source_path)).items():
+        run_path = leaf_path if convert is None else _run_counterpart(leaf_path, _scanned(model_config))
+        if run_path in flat_target and run_path in flat_source:
+            read_sharding = target_shardings[run_path]
+            if run_path != leaf_path:
+                read_sharding = _read_sharding(read_sharding, _scanned(model_config))
+            wanted[source_path + leaf_path] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=read_sharding)
+    restored = _subtree(saved_model.restore_params(saved, traverse_util.unflatten_dict(wanted)), source_path)
+    restored = traverse_util.flatten_dict(convert(restored) if convert is not None else restored)
+    loaded = {p: jax.device_put(restored[p].astype(flat_target[p].dtype), target_shardings[p])
               for p in flat_target if p in flat_source}
     params = _replace_subtree(state.params, target_path, flat_target, loaded)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    family = abstract.metadata.get('hf_family')
+    family = saved.metadata.get('hf_family')
     origin = f"{family} " if family else ''
-    log(f"Initialized from {path} ({origin}{abstract.architecture!r} checkpoint; its {report['source']} into the "
+    log(f"Initialized from {path} ({origin}{saved.architecture!r} checkpoint; its {report['source']} into the "
         f"model's {report['target']}):\n"
         f"  loaded: {', '.join(report['loaded']) or '-'}\n"
         f"  freshly initialized: {', '.join(report['initialized']) or '-'}"

@@ -1,9 +1,11 @@
-"""checkpoint.py: bit-exact round trips, restores across meshes, keep-N, crashes, mismatches, foreign runs.
+"""checkpoint.py: bit-exact round trips, restores across meshes, keep-N, crashes (a crashed save is written again on
+resume), mismatches, foreign runs.
 
 conftest.py gives this process 8 fake CPU devices; the mesh tests use a (2, 2, 2) ('data', 'fsdp', 'tensor') mesh.
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -355,3 +357,30 @@ def test_partial_restore_reads_only_the_params_onto_a_mesh(tmp_path):
     with pytest.raises(ckpt.CheckpointMismatchError, match=r"params/head/kernel: saved \(absent\), expected \(8, 2\)"):
         reader.restore(abstract_state=extra, partial=True)
     reader.close()
+
+
+def test_a_crashed_uncommitted_step_is_overwritten_on_resume(tmp_path):
+    """A save that orbax began in place (as on GCS) and never committed leaves `<step>/` without the commit file
+    and with no commit timestamp in `_CHECKPOINT_METADATA`: the resumed run writes that step again."""
+    directory = tmp_path / "ckpt"
+    with ckpt.Checkpointer(str(directory)) as checkpointer:
+        checkpointer.save(1, make_state(steps=1), data_position=1, config={}, data_state=b"position 1")
+        checkpointer.save(2, make_state(steps=2), data_position=2, config={})
+    crashed = directory / "2"
+    os.remove(crashed / "commit_success.txt")
+    info = json.loads((crashed / "_CHECKPOINT_METADATA").read_text())
+    (crashed / "_CHECKPOINT_METADATA").write_text(json.dumps(dict(info, commit_timestamp_nsecs=None)))
+    shutil.copytree(directory / "1", directory / "3.orbax-checkpoint-tmp")  # and a crashed local save of step 3
+    os.remove(directory / "3.orbax-checkpoint-tmp" / "commit_success.txt")
+
+    checkpointer = ckpt.Checkpointer(str(directory))
+    restored, metadata = checkpointer.restore(abstract_state=abstract_of(make_state(steps=1)))
+    assert metadata["step"] == 1 and checkpointer.read_data_state(1) == b"position 1"
+    again = make_state(steps=2, seed=5)
+    assert checkpointer.save(2, again, data_position=2, config={}, data_state=b"position 2")
+    checkpointer.wait()
+    assert checkpointer.all_steps() == [1, 2] and not (directory / "3.orbax-checkpoint-tmp").exists()
+    restored, metadata = checkpointer.restore(abstract_state=abstract_of(again))
+    assert_bit_equal(host_copy(restored), host_copy(again))
+    assert checkpointer.read_data_state(2) == b"position 2" and checkpointer.read_data_state(1) == b"position 1"
+    checkpointer.close()

@@ -15,6 +15,8 @@ from flax import traverse_util
 from plmjax import convert, models, peft, sharding
 from plmjax.convert.hf import Converted
 from plmjax.train import init as init_lib
+from plmjax.models import layout
+from plmjax.models.config import TransformerConfig
 from plmjax.train import optim, state as state_lib
 from tests.train.finetune_checkpoint import save_random_encoder, tiny
 
@@ -55,6 +57,39 @@ def test_encoder_checkpoint_initializes_the_classifier_bit_for_bit_on_a_sharded_
     message = "\n".join(logs)
     assert "its (all) into the model's bert" in message, message
     assert "loaded: bert\n" in message and "freshly initialized: classifier" in message, message
+
+
+@pytest.mark.skipif(not hasattr(TransformerConfig, "scan_layers"), reason="TransformerConfig.scan_layers not there")
+def test_a_checkpoint_of_the_other_layer_layout_converts_on_a_sharded_mesh(encoder_checkpoint, tmp_path):
+    """An unrolled checkpoint initializes a scan_layers run (its layers stacked), and a scanned one an unrolled
+    run, bit for bit and in the run's shardings."""
+    path, saved = encoder_checkpoint
+    mesh = sharding.create_mesh(data=2, fsdp=2, tensor=2)
+    tx, _ = optim.make_optimizer("adamw", learning_rate=1e-3, schedule="constant")
+
+    def init(config, checkpoint):
+        module = models.build_model("encoder_classifier", config, num_labels=3)
+        state, shardings = state_lib.create_train_state(module, tx, "encoder_classifier", LENGTHS, mesh, seed=0)
+        logs = []
+        new = init_lib.init_from_checkpoint(state, shardings, tx, checkpoint, architecture="encoder_classifier",
+                                            model_config=config, log=logs.append)
+        assert "loaded: bert\n" in logs[0] and "freshly initialized: classifier" in logs[0], logs[0]
+        return new.params["bert"], shardings.params["bert"]
+
+    scanned, scanned_shardings = init(tiny(scan_layers=True), path)
+    expected = _flat(layout.scan_params(saved))
+    assert _flat(scanned).keys() == expected.keys() and any("/layers/" in name for name in expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(_flat(scanned)[name]), value, err_msg=name)
+        assert _flat(scanned)[name].sharding == _flat(scanned_shardings)[name], name
+
+    convert.save_checkpoint(str(tmp_path / "scanned"), "encoder", tiny(scan_layers=True),
+                            jax.tree.map(np.asarray, scanned), source="test")
+    unrolled, unrolled_shardings = init(tiny(), str(tmp_path / "scanned"))
+    assert _flat(unrolled).keys() == _flat(saved).keys()
+    for name, value in _flat(saved).items():
+        np.testing.assert_array_equal(np.asarray(_flat(unrolled)[name]), value, err_msg=name)
+        assert _flat(unrolled)[name].sharding == _flat(unrolled_shardings)[name], name
 
 
 def test_peft_loads_into_the_wrapped_base():

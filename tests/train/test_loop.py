@@ -13,6 +13,7 @@ import pytest
 import plmjax.tasks  # noqa: F401
 from plmjax import sharding
 from plmjax.data import pipeline
+from plmjax.train import adapter as adapter_lib
 from plmjax.train import loop, optim
 from tests.conftest import REPO_ROOT
 from tests.train.saved_state import load_saved_state
@@ -50,14 +51,14 @@ def test_tiny_model_trains_and_loss_falls(family, tmp_path):
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _cli_train(model_dir, steps, crash_after=None):
+def _cli_train(model_dir, steps, crash_after=None, *extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     if crash_after is not None:
         env["PLMJAX_TEST_CRASH_AFTER_STEP"] = str(crash_after)
     cmd = [sys.executable, "-m", "plmjax.cli", "train", "--gin_file=gin_configs/experiments/tiny_bert_mlm.gin",
            f"--model_dir={model_dir}", f"--gin_param=NUM_STEPS = {steps}", "--gin_param=train.checkpoint_every = 4",
            "--gin_param=train.log_every = 2", "--gin_param=train.progress = False",
-           "--gin_param=train.keep_checkpoints = 10"]
+           "--gin_param=train.keep_checkpoints = 10", *extra]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -86,3 +87,27 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_killed_peft_run_resumes_to_the_same_adapter(tmp_path):
+    """A LoRA run killed after step 10 and resumed writes the adapter the uninterrupted run writes, bit for bit."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    lora = "--gin_param=train.peft = 'lora'"
+    result = _cli_train(straight, 12, None, lora)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = _cli_train(killed, 12, 10, lora)
+    assert result.returncode == -9, (result.returncode, result.stderr[-3000:])
+    assert not (killed / "adapter").exists()
+    result = _cli_train(killed, 12, None, lora)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"Resumed from .* at step (4|8) \(batch \1\)", result.stdout), result.stdout[-2000:]
+    method_a, a = adapter_lib.load_adapter(straight / "adapter")
+    method_b, b = adapter_lib.load_adapter(killed / "adapter")
+    assert method_a == method_b == "lora" and "lora" in a
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 2
+    for x, y in zip(leaves_a, leaves_b):
+        assert x.tobytes() == y.tobytes()
+    summary = json.loads((killed / "summary.json").read_text())
+    assert 0 < summary["adapter_parameters"] < summary["full_parameters"]
