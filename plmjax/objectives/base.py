@@ -75,3 +75,10 @@ def _cross_entropy_bwd(residuals, g):
 
 
 softmax_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
+def example_weights(batch) -> jax.Array:
+    """[batch] float32: the batch's `example_weights` (0 on the rows that pad an evaluation batch), else ones."""
+    size = batch["encoder_input_tokens"].shape[0]
+    weights = batch.get("example_weights")
+    return jnp.ones((size,), jnp.float32) if weights is None else weights.reshape(size).astype(jnp.float32)

@@ -16,18 +16,11 @@ an evaluation split's last batch), and a classification label of -1 (an unlabele
 import jax
 import jax.numpy as jnp
 
-from plmjax.objectives.base import Objective, token_cross_entropy
+from plmjax.objectives.base import Objective, example_weights, token_cross_entropy
 
 
 def model_inputs(batch):
     return {"input_ids": batch["encoder_input_tokens"], "token_type_ids": batch.get("encoder_token_types")}
-
-
-def example_weights(batch) -> jax.Array:
-    """[batch] float32: the batch's `example_weights` (padding rows 0), else ones."""
-    size = batch["encoder_input_tokens"].shape[0]
-    weights = batch.get("example_weights")
-    return jnp.ones((size,), jnp.float32) if weights is None else weights.reshape(size).astype(jnp.float32)
 
 
 def _per_example(x) -> jax.Array:

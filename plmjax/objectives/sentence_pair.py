@@ -9,26 +9,28 @@ sentence loss enters `loss` scaled by the MLM weight: total = mlm_sum + sentence
 import jax
 import jax.numpy as jnp
 
-from plmjax.objectives.base import Objective, token_cross_entropy
+from plmjax.objectives.base import Objective, example_weights, token_cross_entropy
 
 
 def model_inputs(batch):
     return {"input_ids": batch["encoder_input_tokens"], "token_type_ids": batch["encoder_token_types"]}
 
 
-def sentence_cross_entropy(logits, labels):
-    """(summed loss, correct, count) of 2-way logits [batch, 2] against labels [batch] (or [batch, 1])."""
+def sentence_cross_entropy(logits, labels, weights):
+    """(summed loss, correct, count) of 2-way logits [batch, 2] against labels [batch] (or [batch, 1]), each
+    example weighted by weights [batch] (0: a row that pads an evaluation batch)."""
     labels = labels.reshape(labels.shape[0]).astype(jnp.int32)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], axis=-1)[:, 0]
-    correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return jnp.sum(nll), correct, jnp.asarray(labels.shape[0], jnp.float32)
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) * weights)
+    return jnp.sum(nll * weights), correct, jnp.sum(weights)
 
 
 def loss_fn(batch, outputs):
     mlm_loss, metrics = token_cross_entropy(outputs["logits"], batch["encoder_target_tokens"],
                                             batch["encoder_loss_weights"])
-    sentence_sum, correct, count = sentence_cross_entropy(outputs["sentence_logits"], batch["encoder_sentence_labels"])
-    sentence_loss = sentence_sum / count
+    sentence_sum, correct, count = sentence_cross_entropy(outputs["sentence_logits"], batch["encoder_sentence_labels"],
+                                                          example_weights(batch))
+    sentence_loss = sentence_sum / jnp.maximum(count, 1.0)
     mlm_sum, mlm_weight = metrics["loss"]
     metrics = {
         "loss": (mlm_sum + sentence_loss * mlm_weight, mlm_weight),

@@ -63,11 +63,6 @@ def test_batch_size_must_split_over_the_data_parallel_devices():
         batching.check_batch_size(12, mesh)
 
 
-SENTENCE_PAIR_IGNORES_WEIGHTS = pytest.mark.xfail(
-    strict=True, reason="objectives/sentence_pair.py counts every row in sentence_loss / sentence_accuracy (no "
-    "example weights): padding rows of an evaluation batch count; change requested from the lead")
-
-
 def _batch_and_outputs(rng, rows, length=6, vocab=11, labels=3, mask=2):
     tokens = lambda high, *shape: rng.integers(1, high, (rows,) + shape).astype(np.int32)  # noqa: E731
     batch = {"encoder_input_tokens": tokens(vocab, length), "encoder_target_tokens": tokens(vocab, length),
@@ -91,8 +86,7 @@ def _batch_and_outputs(rng, rows, length=6, vocab=11, labels=3, mask=2):
 def _objectives():
     from plmjax import objectives
     for name in sorted(objectives.OBJECTIVES):
-        marks = [SENTENCE_PAIR_IGNORES_WEIGHTS] if name in ("nsp", "sop") else []
-        yield pytest.param(objectives.OBJECTIVES[name], id=name, marks=marks)
+        yield pytest.param(objectives.OBJECTIVES[name], id=name)
 
 
 @pytest.mark.parametrize("objective", _objectives())
