@@ -214,6 +214,9 @@ def markdown(record: dict) -> str:
              'to max / min. BERT: "logits at all positions" computes the vocabulary projection at every position '
              'as BertForMaskedLM does (like-for-like); "at predicted positions" is plmjax\'s sparse MLM head, what '
              '`plmjax train` runs.']
+    if record['size'] == 'tiny':
+        parts.insert(1, 'Tiny sizes: a smoke test of the bench itself; at these shapes the figures (and MFU over a '
+                        '512² matmul ceiling, which may pass 100%) say nothing about the models\' speed.')
     if record['ceiling']:
         parts.append('### Matmul ceiling (GFLOP/s)\n' + _table(
             ['backend', 'n', 'GFLOP/s', 'best'],
