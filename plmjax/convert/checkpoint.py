@@ -7,14 +7,15 @@
     <out>/tokenizer/               the Hugging Face tokenizer files, when the source had them
 
 `plmjax eval --gin_file=<out>/config.gin ... --checkpoint=<out>` evaluates it; `load_checkpoint` also reads the
-checkpoints `plmjax train` writes (their metadata holds the model config too).
+checkpoints `plmjax train` writes (their metadata holds the model config too). `convert_layout` rewrites either kind
+with its layers scanned (`scan_layers=True`, one `layers` subtree) or unrolled (`layers_0 ..`).
 """
 import dataclasses
 import os
 from typing import Optional
 
 
-from plmjax.convert import common
+from plmjax.convert import common, hf
 from plmjax.convert.hf import Converted
 from plmjax.models.config import TransformerConfig
 from plmjax.train import checkpoint as checkpoint_lib
@@ -33,12 +34,15 @@ def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> st
 
 
 def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, *, hf_family: Optional[str] = None,
-                    hf_class: Optional[str] = None, source: str = '') -> str:
+                    hf_class: Optional[str] = None, source: str = '', head_options: Optional[dict] = None) -> str:
     """Writes `params` as step 0 of `<out_dir>/checkpoints` and `<out_dir>/config.gin`; returns the step's dir.
-    hf_family, hf_class: the Hugging Face model_type and class it came from, written again by `--to hf`."""
+    hf_family, hf_class: the Hugging Face model_type and class it came from, written again by `--to hf`;
+    head_options: a fine-tuning architecture's (num_labels, num_choices), needed to read it back."""
     config = dataclasses.replace(config, name=common.base_preset(config))
     metadata = {'model_config': dataclasses.asdict(config), 'architecture': arch, 'hf_family': hf_family,
                 'hf_class': hf_class, 'source': source}
+    if head_options:
+        metadata['head_options'] = dict(head_options)
     with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=None,
                                      async_save=False) as checkpointer:
         checkpointer.save(0, {'params': params}, data_position=0, config=metadata, force=True)
@@ -56,3 +60,19 @@ def load_checkpoint(path: str, step: Optional[int] = None) -> Converted:
     saved = saved_model.load_saved_model(path, step)
     return Converted(saved.architecture, saved.config, saved.params, saved.metadata.get('hf_family'), [], [],
                      saved.metadata.get('hf_class'))
+
+
+def convert_layout(model_dir: str, out_dir: str, scan_layers: bool, step: Optional[int] = None) -> Converted:
+    """Rewrites the plmjax checkpoint `model_dir` (written by `plmjax convert` or `plmjax train`; its latest step or
+    `step`) as step 0 of `<out_dir>` with its parameters in the scanned (`scan_layers=True`) or unrolled layout
+    (`plmjax.models.layout`), a config.gin whose config says so, and its tokenizer; the optimizer state is not
+    carried over. Returns what was written."""
+    saved = saved_model.load_saved_model(model_dir, step)
+    converted = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
+        'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers)
+    save_checkpoint(out_dir, converted.architecture, converted.config, converted.params, hf_family=converted.family,
+                    hf_class=converted.hf_class, source=os.path.abspath(model_dir),
+                    head_options=saved.metadata.get('head_options'))
+    root = os.path.dirname(checkpoint_lib.checkpoint_root(model_dir))
+    hf.copy_tokenizer_files(os.path.join(root, 'tokenizer'), os.path.join(out_dir, 'tokenizer'))
+    return converted

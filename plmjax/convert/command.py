@@ -1,4 +1,5 @@
-"""`plmjax convert`: a Hugging Face directory -> a plmjax checkpoint with its gin model file, and back.
+"""`plmjax convert`: a Hugging Face directory -> a plmjax checkpoint with its gin model file, and back; a plmjax
+checkpoint -> the same model with its layers scanned or unrolled (`--layout scanned|unrolled`).
 
 Both directions print what was converted (family, architecture, preset, parameter count) and what was not
 (heads the source lacked or plmjax lacks); `--verify` then runs transformers and plmjax on a sample batch and
@@ -10,6 +11,8 @@ import sys
 from plmjax import models
 from plmjax.convert import checkpoint, hf
 from plmjax.train import checkpoint as checkpoint_lib
+
+LAYOUTS = ('scanned', 'unrolled')  # --layout: TransformerConfig.scan_layers True / False
 
 
 def convert_from_hf(model_dir: str, out: str, verify: bool = False) -> dict:
@@ -42,6 +45,16 @@ def convert_to_hf(model_dir: str, out: str, family: str | None = None, verify: b
     return summary
 
 
+def convert_layout(model_dir: str, out: str, layout: str) -> dict:
+    """Writes `<out>/checkpoints/0` and `<out>/config.gin` with the parameters in `layout` ('scanned' or
+    'unrolled'); returns a summary."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'--layout must be one of {LAYOUTS}, got {layout!r}.')
+    converted = checkpoint.convert_layout(model_dir, out, scan_layers=layout == 'scanned')
+    return _summary(converted, layout=layout, checkpoint=os.path.abspath(os.path.join(out, 'checkpoints', '0')),
+                    gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
+
+
 def _summary(converted: hf.Converted, **paths) -> dict:
     summary = {'family': converted.family, 'architecture': converted.architecture,
                'preset': converted.config.name, 'parameters': models.count_params(converted.params), **paths}
@@ -65,7 +78,9 @@ def _verify(hf_dir: str, converted: hf.Converted) -> dict[str, float]:
 
 
 def run(args) -> None:
-    if args.from_format:
+    if getattr(args, 'layout', None):
+        summary = convert_layout(args.model_dir, args.out, args.layout)
+    elif args.from_format:
         summary = convert_from_hf(args.model_dir, args.out, verify=args.verify)
     else:
         summary = convert_to_hf(args.model_dir, args.out, family=args.family, verify=args.verify)

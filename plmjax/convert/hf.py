@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from plmjax.convert import albert, bart, bert, common, electra, gpt2, nezha, roberta, t5
+from plmjax.models import layout
 from plmjax.models.config import TransformerConfig
 
 # Export order matters: a config is written as the first family that represents it exactly.
@@ -56,9 +57,11 @@ def _with_prefix(state: Mapping, prefix: str) -> dict:
 
 
 def from_hf(hf_config: Mapping, state: Mapping[str, np.ndarray], *, seed: int = 0, initialize_missing: bool = True,
-            dtype: Optional[str] = None) -> Converted:
+            dtype: Optional[str] = None, scan_layers: bool = False) -> Converted:
     """A config.json dict and a state dict of numpy arrays -> a plmjax architecture, config and parameters
     (parameters and computation in `dtype`, default float32; 'float64' for numerical checks under jax_enable_x64).
+    scan_layers: a config with `scan_layers=True` and its parameters in the scanned layout (the unrolled tree
+    converted with `plmjax.models.layout.scan_params`).
 
     Heads the checkpoint lacks (a base model's MLM head) are initialized with `seed` and listed in `initialized`
     (left out of the tree with initialize_missing=False). Raises UnsupportedArchitectureError naming the config
@@ -93,8 +96,20 @@ def from_hf(hf_config: Mapping, state: Mapping[str, np.ndarray], *, seed: int = 
         logging.warning('Not converted (plmjax has no place for them): %s', ', '.join(unused))
     dtype = config.params_dtype
     params = common.unflatten({path: np.asarray(value).astype(dtype) for path, value in flat.items()})
-    return Converted(arch, config, params, family.name, missing, unused,
-                     (hf_config.get('architectures') or [None])[0])
+    converted = Converted(arch, config, params, family.name, missing, unused,
+                          (hf_config.get('architectures') or [None])[0])
+    return with_layout(converted, scan_layers)
+
+
+def with_layout(converted: Converted, scan_layers: bool) -> Converted:
+    """`converted` with its parameters in the scanned (`scan_layers=True`) or the unrolled layout, its config's
+    `scan_layers` set to match."""
+    if converted.config.shared_layers and scan_layers:
+        raise ValueError('A model with shared_layers=True (ALBERT) has one layer reused by every position: it has no '
+                         'scanned layout (scan_layers needs distinct layers).')
+    params = layout.scan_params(converted.params) if scan_layers else layout.unscan_params(converted.params)
+    config = dataclasses.replace(converted.config, scan_layers=scan_layers)
+    return dataclasses.replace(converted, config=config, params=params)
 
 
 def _exported_keys(family: common.Family, config: TransformerConfig, paths) -> frozenset:
@@ -126,6 +141,8 @@ def to_hf(config: TransformerConfig, params, family: Optional[str] = None, hf_cl
 
 def _to_hf(config, params, family, hf_class, architecture) -> tuple[common.Family, dict, dict[str, np.ndarray]]:
     arch = architecture or common.architecture_of(config)
+    params = layout.unscan_params(params)  # the rules name the unrolled layout's layers_<i>
+    config = dataclasses.replace(config, scan_layers=False)
     flat = common.flatten(params)
     candidates = [f for f in FAMILIES.values() if f.architecture == arch and family in (None, f.name, f.model_type)]
     if not candidates:
@@ -213,15 +230,19 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
     return copied
 
 
-def load_hf(model_dir: str, *, seed: int = 0) -> Converted:
+def load_hf(model_dir: str, *, seed: int = 0, scan_layers: bool = False) -> Converted:
     """A Hugging Face model directory -> `Converted` (an ELECTRA discriminator with the generator in
-    `<model_dir>/generator`, when there is one)."""
+    `<model_dir>/generator`, when there is one); scan_layers: in the scanned layout (see `from_hf`)."""
+    return with_layout(_load_hf(model_dir, seed), scan_layers)
+
+
+def _load_hf(model_dir: str, seed: int) -> Converted:
     hf_config, state = read_hf_dir(model_dir)
     generator_dir = os.path.join(model_dir, electra.GENERATOR_DIR)
     pair = hf_config.get('model_type') == 'electra' and os.path.isfile(os.path.join(generator_dir, 'config.json'))
     converted = from_hf(hf_config, state, seed=seed, initialize_missing=not pair)
     if converted.architecture == 'electra' and pair:
-        generator = load_hf(generator_dir)
+        generator = _load_hf(generator_dir, seed=0)
         converted.params = electra.merge_generator(converted.config, converted.params, generator.config,
                                                    generator.params, generator_dir)
         converted.initialized = []
@@ -232,7 +253,9 @@ def save_hf(out_dir: str, config: TransformerConfig, params, *, family: Optional
             hf_class: Optional[str] = None, architecture: Optional[str] = None,
             tokenizer_dir: Optional[str] = None) -> str:
     """Writes a directory `transformers` loads with `from_pretrained` (an ElectraModel: the discriminator, and
-    its generator in `<out_dir>/generator`); returns the family written."""
+    its generator in `<out_dir>/generator`); returns the family written. `params` in either layout."""
+    params = layout.unscan_params(params)
+    config = dataclasses.replace(config, scan_layers=False)
     if architecture == 'electra':
         params, generator_config, generator_params = electra.split_generator(config, params)
         save_hf(os.path.join(out_dir, electra.GENERATOR_DIR), generator_config, generator_params, family='electra',

@@ -77,3 +77,32 @@ def test_missing_directory(capsys, tmp_path, direction):
     code, _, err = run(capsys, direction, 'hf', '--model_dir', tmp_path / 'nothing', '--out', tmp_path / 'out')
     assert code == 2
     assert str(tmp_path / 'nothing') in error_line(err)
+
+
+def test_layout_scanned_then_unrolled(capsys, tmp_path):
+    """`plmjax convert --layout scanned|unrolled --model_dir DIR --out DIR` (command.run, the convert sub-parser's
+    handler): the round trip returns the checkpoint's parameters bit for bit."""
+    import argparse
+    from plmjax.convert import command, common
+    from plmjax.models import layout
+    from plmjax import models
+    config = models.tiny_decoder(vocab_size=99, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=37, max_length=64)
+    rng = np.random.RandomState(0)
+    params = common.unflatten({path: rng.normal(size=leaf.shape).astype(leaf.dtype)
+                               for path, leaf in common.flatten(common.abstract_params('decoder', config)).items()})
+    convert.save_checkpoint(str(tmp_path / 'model'), 'decoder', config, params)
+
+    def layout_command(name, source, out):
+        command.run(argparse.Namespace(layout=name, model_dir=str(source), out=str(out), from_format=None,
+                                       to_format=None, family=None, verify=False))
+        return capsys.readouterr().out
+
+    out = layout_command('scanned', tmp_path / 'model', tmp_path / 'scanned')
+    assert 'layout' in out and 'scanned' in out
+    scanned = convert.load_checkpoint(str(tmp_path / 'scanned'))
+    assert scanned.config.scan_layers and layout.is_scanned(scanned.params)
+    layout_command('unrolled', tmp_path / 'scanned', tmp_path / 'back')
+    back = convert.load_checkpoint(str(tmp_path / 'back'))
+    assert not back.config.scan_layers
+    flat, back_flat = common.flatten(params), common.flatten(back.params)
+    assert flat.keys() == back_flat.keys() and all(np.array_equal(flat[p], back_flat[p]) for p in flat)

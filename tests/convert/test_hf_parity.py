@@ -55,6 +55,34 @@ def test_matches_transformers_and_round_trips(name, tmp_path):
         np.testing.assert_allclose(after[key], before[key], atol=ROUND_TRIP_ATOL, rtol=0, err_msg=key)
 
 
+@pytest.mark.parametrize('name', ['bert', 'gpt2', 't5', 'bart'])
+def test_scanned_layout_matches_transformers_and_round_trips(name, tmp_path):
+    """`load_hf(..., scan_layers=True)`: the scanned tree (the unrolled one through layout.scan_params) runs the
+    nn.scan stack and matches the reference at the same tolerances, cached decoding included; `save_hf` takes the
+    scanned tree back to the same Hugging Face tensors."""
+    from plmjax.models import layout
+    reference = parity.tiny_hf_model(name)
+    reference.save_pretrained(tmp_path / 'hf')
+    converted = convert.load_hf(str(tmp_path / 'hf'), scan_layers=True)
+    unrolled = convert.load_hf(str(tmp_path / 'hf'))
+    assert converted.config.scan_layers and not unrolled.config.scan_layers
+    assert layout.is_scanned(converted.params) and not layout.is_scanned(unrolled.params)
+    expected = convert.common.flatten(layout.scan_params(unrolled.params))
+    assert convert.common.flatten(converted.params).keys() == expected.keys()
+    for path, value in convert.common.flatten(converted.params).items():
+        assert np.array_equal(value, expected[path]), path
+    check_differences(parity.compare(reference, converted), converted.architecture)
+
+    convert.save_hf(str(tmp_path / 'out'), converted.config, converted.params, family=converted.family,
+                    architecture=converted.architecture)
+    _, exported = convert.read_hf_dir(str(tmp_path / 'out'))
+    _, original = convert.to_hf(unrolled.config, unrolled.params, family=unrolled.family,
+                                architecture=unrolled.architecture)
+    assert exported.keys() == original.keys()
+    for key, value in original.items():
+        assert np.array_equal(exported[key], value), key
+
+
 def test_electra_generator_and_discriminator_pair(tmp_path):
     """An ELECTRA discriminator directory with its generator in `generator/` is one plmjax ElectraModel: the
     generator's MLM logits on the masked input and the discriminator's replaced-token logits on the original

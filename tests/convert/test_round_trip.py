@@ -160,3 +160,49 @@ def test_a_family_of_another_architecture_is_refused():
     with pytest.raises(convert.UnsupportedArchitectureError,
                        match="No Hugging Face family gpt2 converts plmjax 'encoder'"):
         convert.to_hf(config, random_params('encoder', config), family='gpt2')
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+@pytest.mark.parametrize('name', ['bert', 't5'])
+def test_checkpoint_converts_between_layouts_and_back_exactly(name, tmp_path):
+    """unrolled -> scanned -> unrolled through `convert_layout`: the scanned checkpoint holds layout.scan_params of
+    the parameters under a config with scan_layers=True (its config.gin says so; restoring it builds the scanned
+    model's tree, which tests/models/test_scan_layers.py runs against the unrolled one); converted back, every
+    parameter and the config are the original's, bit for bit."""
+    from plmjax.models import layout
+    arch, config, family, _ = CASES[name]
+    params = random_params(arch, config)
+    convert.save_checkpoint(str(tmp_path / 'unrolled'), arch, config, params, hf_family=family, source='test')
+    (tmp_path / 'unrolled' / 'tokenizer').mkdir()
+    (tmp_path / 'unrolled' / 'tokenizer' / 'vocab.txt').write_text('[PAD]\n')
+
+    scanned = convert.convert_layout(str(tmp_path / 'unrolled'), str(tmp_path / 'scanned'), scan_layers=True)
+    restored = convert.load_checkpoint(str(tmp_path / 'scanned'))
+    assert restored.config.scan_layers and restored.family == family
+    assert_identical(layout.scan_params(params), restored.params)
+    assert_identical(scanned.params, restored.params)
+    assert 'scan_layers = True' in (tmp_path / 'scanned' / 'config.gin').read_text()
+    assert (tmp_path / 'scanned' / 'tokenizer' / 'vocab.txt').is_file()
+
+    convert.convert_layout(str(tmp_path / 'scanned'), str(tmp_path / 'back'), scan_layers=False)
+    back = convert.load_checkpoint(str(tmp_path / 'back'))
+    assert back.config == dataclasses.replace(config, name=back.config.name)
+    assert_identical(params, back.params)
+    assert 'scan_layers' not in (tmp_path / 'back' / 'config.gin').read_text()
+
+
+def test_layout_conversion_keeps_the_head_options_of_a_fine_tuned_checkpoint(tmp_path):
+    from plmjax.models import layout
+    config = models.tiny_encoder(**SMALL)
+    abstract = common.abstract_params('encoder_classifier', config, num_labels=3)
+    params = common.unflatten({path: np.full(leaf.shape, 0.5, leaf.dtype)
+                               for path, leaf in common.flatten(abstract).items()})
+    metadata = {'model_config': dataclasses.asdict(config), 'architecture': 'encoder_classifier',
+                'head_options': {'num_labels': 3}}
+    with checkpoint_lib.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), async_save=False) as checkpointer:
+        checkpointer.save(5, {'params': params, 'step': np.int32(5)}, data_position=0, config=metadata)
+    convert.convert_layout(str(tmp_path / 'run'), str(tmp_path / 'scanned'), scan_layers=True)
+    restored = convert.load_checkpoint(str(tmp_path / 'scanned'))
+    assert restored.architecture == 'encoder_classifier' and restored.config.scan_layers
+    assert_identical(layout.scan_params(params), restored.params)
