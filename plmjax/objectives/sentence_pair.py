@@ -9,7 +9,7 @@ sentence loss enters `loss` scaled by the MLM weight: total = mlm_sum + sentence
 import jax
 import jax.numpy as jnp
 
-from plmjax.objectives.base import Objective, example_weights, token_cross_entropy
+from plmjax.objectives.base import Objective, token_cross_entropy
 
 
 def model_inputs(batch):
@@ -28,8 +28,10 @@ def sentence_cross_entropy(logits, labels, weights):
 def loss_fn(batch, outputs):
     mlm_loss, metrics = token_cross_entropy(outputs["logits"], batch["encoder_target_tokens"],
                                             batch["encoder_loss_weights"])
-    sentence_sum, correct, count = sentence_cross_entropy(outputs["sentence_logits"], batch["encoder_sentence_labels"],
-                                                          example_weights(batch))
+    labels = batch["encoder_sentence_labels"]
+    weights = batch.get("example_weights", jnp.ones(labels.shape[:1] + (1,), jnp.float32))  # [batch, 1]
+    sentence_sum, correct, count = sentence_cross_entropy(outputs["sentence_logits"], labels,
+                                                          jnp.reshape(weights, labels.shape[:1]).astype(jnp.float32))
     sentence_loss = sentence_sum / jnp.maximum(count, 1.0)
     mlm_sum, mlm_weight = metrics["loss"]
     metrics = {
