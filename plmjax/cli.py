@@ -21,6 +21,7 @@ import sys
 # The environment (JAX_PLATFORMS without accelerators, TensorFlow quiet and off the GPU) is set when the package
 # is imported, before this module: plmjax/__init__.py.
 
+
 def _initialize_distributed(args) -> None:
     """Joins a multi-process run before anything touches the devices (CPU processes talk over gloo)."""
     import jax
