@@ -1,10 +1,15 @@
 """Pre-training evaluation (`train.evaluate`, each family) on a split of 13 examples in batches of 4 over a 2-device
 data-parallel mesh: the whole split (last batch 1 real row + 3 padding rows) gives the metrics of a brute-force
 per-example computation in float64, and its first 3 (full) batches give the old path's numbers (the pipeline's
-batches, last partial batch dropped)."""
+batches, last partial batch dropped). Two processes with one device each give one process's numbers."""
 
 import itertools
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,6 +22,7 @@ from plmjax import sharding
 from plmjax.data import batching, feature_converters, pipeline
 from plmjax.data.masking import MASKED_LM_WEIGHTS
 from plmjax.train import evaluate, metrics as metrics_lib, setup, state as state_lib, step as step_lib
+from tests.conftest import REPO_ROOT
 from tests.train import families
 
 NUM_EXAMPLES, BATCH, LENGTH = 13, 4, 16
@@ -144,3 +150,52 @@ def test_most_frequent_token_baseline_counts_every_target_once():
                                                    num_batches=None, batch_size=BATCH)
     assert result["most_frequent_token"] == token
     assert result["most_frequent_token_accuracy"] == pytest.approx(np.mean(targets == token), rel=1e-12)
+
+
+# The same evaluation in one process with 2 devices, or as one of 2 processes with 1 device each (argv: the
+# coordinator's address and this process's id).
+_EVALUATE = """
+import json, sys
+import jax
+import numpy as np
+if len(sys.argv) > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from plmjax.train import evaluate
+from tests.train import test_evaluate as t
+results = {}
+for family in ("encoder", "decoder"):
+    task = f"eval_test_processes_{family}"
+    t._register(task, family, t._examples(family, np.random.default_rng(0)))
+    run, params, param_shardings = t._run(family)
+    results[family] = evaluate.make_eval_fn(run, param_shardings, batch_size=t.BATCH)(params, task, "validation", None)
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def _results(stdout):
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULTS "))[len("RESULTS "):])
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_like_one():
+    def env(devices):
+        return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+    one = subprocess.run([sys.executable, "-c", _EVALUATE], cwd=REPO_ROOT, env=env(2), capture_output=True,
+                         text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"localhost:{s.getsockname()[1]}"
+    procs = [subprocess.Popen([sys.executable, "-c", _EVALUATE, address, str(i)], cwd=REPO_ROOT, env=env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    expected = _results(one.stdout)
+    for out, _ in outputs:  # every process ran the same 4 batches and has the global metrics
+        results = _results(out)
+        for family in expected:
+            for name, value in expected[family].items():
+                np.testing.assert_allclose(results[family][name], value, rtol=1e-6, err_msg=f"{family} {name}")
