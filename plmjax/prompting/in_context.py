@@ -6,7 +6,7 @@ Each query's prompt is k demonstrations drawn (seeded) from the demonstration sp
 
 and the predicted label is the one whose answer (' positive', ' negative') has the highest log-likelihood after
 the prompt: the sum of its tokens' log-probabilities, or their mean (`normalize='mean'`). Every (query, label)
-pair is one row of a fixed-length batch, scored by one jitted forward pass.
+pair is one row of a fixed-length batch (`plmjax.data.batching`), scored by one jitted forward pass.
 
     results = evaluate("runs/gpt2/", "glue_sst2_tsv", k=4)   # a plmjax or Hugging Face checkpoint directory
     results['accuracy'], results['predictions']
@@ -158,8 +158,8 @@ def evaluate(checkpoint_or_params, task: str, k: int = 4, *, split: str = "valid
     """In-context k-shot evaluation of a decoder on a classification task's split.
 
     Args:
-      checkpoint_or_params: a plmjax checkpoint or Hugging Face directory (GPT-2), a `convert.Converted`, or a
-        parameter tree (then pass `config`).
+      checkpoint_or_params: a plmjax checkpoint or Hugging Face directory (GPT-2), a `convert.Converted` or
+        `train.saved_model.SavedModel`, or a parameter tree (then pass `config`).
       task: a task with prompts (`plmjax.prompting.templates.PROMPT_TASKS`, e.g. 'glue_sst2_tsv', 'fewclue_tnews').
       k: demonstrations per query, drawn from `demonstration_split` with (seed, query index).
       normalize: 'sum' (answer log-likelihood) or 'mean' (per answer token).
