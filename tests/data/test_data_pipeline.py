@@ -53,7 +53,7 @@ def _mlm_dataset(**kwargs):
                                 feature_converter=feature_converters.make_feature_converter("encoder"), **kwargs)
 
 
-@pytest.mark.parametrize("length_buckets", [None, (16, 32)])
+@pytest.mark.parametrize("length_buckets", [None, pytest.param((16, 32), marks=pytest.mark.slow)])
 def test_data_iterator_state_resumes_the_uninterrupted_stream_across_epochs(length_buckets):
     """A new iterator over a newly built dataset, restored from the state saved after N batches, yields exactly
     the batches N, N+1, ... of the uninterrupted stream (across the epoch boundary), without reading 0..N-1."""
