@@ -27,10 +27,10 @@ class Projection(nn.Module):
     """Dense layer over the last `num_input_axes` axes to `features` ([emb] -> [heads, kv] or [heads, kv] -> [emb]);
     params 'kernel' [in..., out...] and 'bias' [out...] (as flax's nn.Dense for one input and one output axis).
 
-    Decoding's layout: when the 'decoding_weights' collection is mutable (`plmjax.decode.greedy.prepare`), the call
-    stores `kernel_t`, the kernel as [out..., in...] in its product's dtype, with its kernel's axis names permuted
-    the same way; when that collection holds `kernel_t`, the call multiplies by it instead of the kernel (why:
-    docs/performance.md, "Decoding"). Nothing is written to 'cache'.
+    Decoding's layout: when the 'decoding_weights' collection is mutable (`plmjax.decode.greedy.prepare`; not in
+    `init`), the call stores `kernel_t`, the kernel as [out..., in...] in its product's dtype, its kernel's axis
+    names permuted the same way; when that collection holds `kernel_t`, the call multiplies by it instead of the
+    kernel (why: docs/performance.md, "Decoding"). Nothing is written to 'cache'.
 
     flax's DenseGeneral would do, but it initializes a flat kernel and unboxes it before reshaping, which fails once
     logical axis rules and a mesh are active; this kernel is created at its real shape with its axis names."""
@@ -51,7 +51,8 @@ class Projection(nn.Module):
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         n = self.num_input_axes
         x_axes = tuple(range(x.ndim - n, x.ndim))
-        if self.is_mutable_collection(DECODING_WEIGHTS) and not self.has_variable(DECODING_WEIGHTS, 'kernel_t'):
+        if (self.is_mutable_collection(DECODING_WEIGHTS) and not self.is_initializing()
+                and not self.has_variable(DECODING_WEIGHTS, 'kernel_t')):
             self._make_decoding_kernel(kernel)
         if self.has_variable(DECODING_WEIGHTS, 'kernel_t'):
             kernel_t = nn.meta.unbox(self.get_variable(DECODING_WEIGHTS, 'kernel_t'))  # [out..., in...]

@@ -102,17 +102,21 @@ def test_prepared_weights_hold_out_in_kernels_and_decode_the_same_tokens():
 
 CONFIGS = {'gpt2_f32': {}, 'gpt2_bf16': {'matmul_dtype': 'bfloat16'},
            'pangu_f32': {'query_layer': True, 'activation': 'gelu'},
-           'pangu_bf16': {'query_layer': True, 'activation': 'gelu', 'matmul_dtype': 'bfloat16'}}
+           'pangu_bf16': {'query_layer': True, 'activation': 'gelu', 'matmul_dtype': 'bfloat16'},
+           'gpt2_scan_layers': {'scan_layers': True}}
 
 
 def _uncached_tokens(module, params, prompt, new):
-    """Greedy tokens from full forward passes (no cache, no decoding layout): the argmax of the last logits."""
+    """Greedy tokens from full forward passes (no cache, no decoding layout): step t takes the argmax of the logits
+    at the last filled position of a zero-padded [batch, prompt + new] input (causal: later positions do not
+    affect it), so one compiled forward serves every step."""
     if module.config.matmul_dtype is not None:  # the matrices rounded as decoding rounds them once
         params = jax.tree.map(lambda p: p.astype(module.config.matmul_dtype) if p.ndim >= 2 else p, params)
-    forward = jax.jit(lambda ids: jnp.argmax(module.apply({'params': params}, ids)['logits'][:, -1], -1))
-    ids = prompt
-    for _ in range(new):
-        ids = np.concatenate([ids, np.asarray(forward(ids), np.int32)[:, None]], axis=1)
+    forward = jax.jit(lambda ids, last: jnp.argmax(module.apply({'params': params}, ids)['logits'][:, last], -1))
+    ids = np.zeros((prompt.shape[0], prompt.shape[1] + new), np.int32)
+    ids[:, :prompt.shape[1]] = prompt
+    for t in range(prompt.shape[1], prompt.shape[1] + new):
+        ids[:, t] = np.asarray(forward(ids, t - 1))
     return ids[:, prompt.shape[1]:]
 
 
@@ -138,7 +142,9 @@ def test_every_kernel_t_is_its_kernel_transposed_with_its_axis_names():
     """PanGu-style (a query layer) with bf16 products: every Projection's kernel has a kernel_t beside it, equal
     to the kernel with its input axes moved last, in the product's dtype, and named the same way."""
     module, _, _ = _setup(CONFIGS['pangu_bf16'], seed=5)
-    boxed = module.init(jax.random.key(5), jnp.ones((1, 8), jnp.int32))['params']
+    variables = module.init(jax.random.key(5), jnp.ones((1, 8), jnp.int32))
+    assert 'decoding_weights' not in variables  # made by `prepare` only, never by init
+    boxed = variables['params']
     weights = greedy.prepare(module, boxed)
     kernels = traverse_util.flatten_dict(weights.kernels)
     params = traverse_util.flatten_dict(boxed)
