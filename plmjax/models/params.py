@@ -22,7 +22,7 @@ def architecture_of(config: TransformerConfig) -> str:
 
 # Fields that do not change what a trained network computes at inference (naming, numerics, memory, init, dropout).
 # `scan_layers` changes the parameter layout, not the network: plmjax.models.layout converts between the two.
-_RUN_FIELDS = ('name', 'dtype', 'param_dtype', 'remat', 'remat_policy', 'scan_layers', 'init_std', 'dropout_rate',
+_RUN_FIELDS = ('name', 'dtype', 'param_dtype', 'remat_policy', 'scan_layers', 'init_std', 'dropout_rate',
                'attention_dropout_rate', 'activation_dropout_rate')
 
 
