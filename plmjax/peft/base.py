@@ -15,14 +15,23 @@ the PEFT literature. `trainable_mask` marks exactly these parameters.
 
 Initialization: interceptors only record the shapes of the new parameters while the base initializes; the
 parameters are created afterwards (each from its own rng stream) and the init pass returns the base's outputs.
+
+Scanned stacks (`TransformerConfig.scan_layers`): an interceptor inside the `nn.scan` sees one layer's module
+(path `.../layers/...`, no layer index). A new parameter recorded there gets a leading [num_layers] axis (logical
+'layers'), so the method's tree is `layout.scan_params` of its unrolled tree; at apply time those parameters enter
+the base's own tree (renamed `<method>:<name>`, beside the module's parameters) so that the scan slices them per
+layer like the base's, and the interceptor reads its layer's slice from the intercepted module's variables.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import optax
+
+from plmjax.models import layout
 
 BASE = 'base'
 BACKBONE = 'bert'  # the pre-trained encoder inside a fine-tuning architecture (plmjax/models/finetune.py)
@@ -94,8 +103,9 @@ class PeftModel(nn.Module):
         values = None if initializing else self._stored_params()
         base_path = tuple(self.path) + ('base',)
 
-        def param(path, name, spec):
-            """The parameter `name` of the module at `path` (relative to the base); None while initializing."""
+        def param(path, name, spec, module=None, module_path=()):
+            """The parameter `name` of the module at `path` (relative to the base); None while initializing.
+            Inside a scanned stack: the intercepted `module`'s layer of it."""
             if initializing:
                 node = specs
                 for key in path:
@@ -103,7 +113,12 @@ class PeftModel(nn.Module):
                 node[name] = spec
                 return None
             try:
-                return _nested_get(values, path)[name]
+                if layout.LAYERS not in path:
+                    return _nested_get(values, path)[name]
+                if path[:len(module_path)] != module_path:
+                    raise ValueError(f'{self.method} reads {"/".join(path)!r} from inside the scanned layer module '
+                                     f'{"/".join(module_path)!r}: only its own subtree is sliced per layer.')
+                return _nested_get(module.variables['params'], path[len(module_path):])[self._layer_key(name)]
             except (KeyError, TypeError):
                 raise ValueError(f'The {self.method} parameters have no {"/".join(path + (name,))!r}: they were '
                                  f'created for another model or another {self.method} configuration.') from None
@@ -112,18 +127,45 @@ class PeftModel(nn.Module):
             path = context.module.path
             if context.method_name == 'setup' or path[:len(base_path)] != base_path:
                 return next_fun(*i_args, **i_kwargs)
-            return self.intercept(next_fun, i_args, i_kwargs, context, Context(path[len(base_path):], param))
+            relative = path[len(base_path):]
+            bound = functools.partial(param, module=context.module, module_path=relative)
+            return self.intercept(next_fun, i_args, i_kwargs, context, Context(relative, bound))
 
         def run_base(module, *a, **k):
             return getattr(module, method_name)(*a, **k)
 
-        frozen_base = nn.map_variables(run_base, 'params', trans_in_fn=_freeze, init=self.is_initializing(),
+        trans_in = _freeze if self.is_initializing() else (
+            lambda variables: {'params': _merge(_freeze(variables)['params'], self._layer_params(values))})
+        frozen_base = nn.map_variables(run_base, 'params', trans_in_fn=trans_in, init=self.is_initializing(),
                                        mutable=self.is_initializing())
         with nn.intercept_methods(interceptor):
             outputs = frozen_base(self.base, *args, **kwargs)
         if initializing:
-            _ParamTree(specs, name=self.method)()
+            base_params = nn.meta.unbox(self.variables['params'][BASE])
+            _ParamTree(_stack_scanned(specs, base_params, ()), name=self.method)()
         return outputs
+
+    @nn.nowrap
+    def _layer_key(self, name: str) -> str:
+        """The name of the method's parameter `name` inside the base's tree of a scanned layer."""
+        return f'{self.method}:{name}'
+
+    @nn.nowrap
+    def _layer_params(self, values):
+        """The method's parameters inside scanned stacks (paths through `layers`), leaves renamed by `_layer_key`,
+        to be merged into the base's tree; {} for unrolled stacks."""
+        def collect(node, scanned):
+            out = {}
+            for key, value in node.items():
+                inside = scanned or key == layout.LAYERS
+                if isinstance(value, Mapping):
+                    sub = collect(value, inside)
+                    if sub:
+                        out[key] = sub
+                elif inside:
+                    out[self._layer_key(key)] = value
+            return out
+        return collect(values, False)
 
     def _stored_params(self):
         stored = self.variables.get('params', {})
@@ -131,6 +173,39 @@ class PeftModel(nn.Module):
             raise ValueError(f'The parameters have no {self.method!r} entry: initialize the wrapped model with '
                              f'`init` (params = {{"base": ..., "{self.method}": ...}}).')
         return nn.meta.unbox(stored[self.method])
+
+
+def _merge(tree: dict, extra: dict) -> dict:
+    """`tree` with the entries of `extra` added (nested dicts merged; extra's leaf names are new)."""
+    out = dict(tree)
+    for key, value in extra.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, Mapping) else value
+    return out
+
+
+def _stacked_init(init: Callable[..., jax.Array], depth: int) -> Callable[..., jax.Array]:
+    """`init` of one layer's parameter, drawn for each of `depth` layers (shape [depth, ...])."""
+    def stacked(key, shape, dtype=None):
+        keys = jax.random.split(key, depth)
+        return jax.vmap(lambda k: init(k, tuple(shape[1:]), dtype))(keys)
+    return stacked
+
+
+def _stack_scanned(specs: dict, base_params, path: tuple[str, ...]) -> dict:
+    """The recorded specs with a leading [num_layers] axis ('layers') on those inside a scanned stack; the depth
+    is the leading dimension of the base's parameters under that `layers`."""
+    out = {}
+    for name, spec in specs.items():
+        if not isinstance(spec, ParamSpec):
+            out[name] = _stack_scanned(spec, base_params, path + (name,))
+            continue
+        if layout.LAYERS in path:
+            stack = path[:path.index(layout.LAYERS) + 1]
+            depth = jax.tree.leaves(_nested_get(base_params, stack))[0].shape[0]
+            spec = ParamSpec((depth,) + tuple(spec.shape), spec.dtype, _stacked_init(spec.init, depth),
+                             (layout.LAYERS,) + tuple(spec.axes))
+        out[name] = spec
+    return out
 
 
 def _freeze(variables):

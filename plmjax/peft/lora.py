@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from plmjax.layers.dense import Projection
+from plmjax.models import layout
 from plmjax.peft.base import PeftModel, ParamSpec, method_of
 
 
@@ -78,10 +79,13 @@ class LoraModel(PeftModel):
 
 
 def merge_lora(params, options: LoraOptions) -> dict:
-    """The base parameters with every LoRA update folded in: kernel <- kernel + (alpha/r)·A·B."""
+    """The base parameters with every LoRA update folded in: kernel <- kernel + (alpha/r)·A·B (a scanned model's
+    per layer: the result is in the layout of `params`)."""
     if method_of(params) != 'lora':
         raise ValueError(f'merge_lora needs LoRA parameters, got a {method_of(params)!r} model.')
     params = nn.meta.unbox(params)
+    if layout.is_scanned(params):
+        return layout.scan_params(merge_lora(layout.unscan_params(params), options))
 
     def merge(base, lora):
         if 'lora_a' in lora:

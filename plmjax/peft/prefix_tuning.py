@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from plmjax.layers.attention import MultiHeadAttention
+from plmjax.models import layout
 from plmjax.peft.base import ParamSpec, PeftModel, method_of
 
 
@@ -81,10 +82,13 @@ class PrefixTuningModel(PeftModel):
 
 def fold_reparameterization(params) -> dict:
     """Prefix-tuning parameters trained with `reparameterize=True` -> the direct form ('key', 'value' [n, heads,
-    kv] per attention), for a model wrapped with `reparameterize=False`."""
+    kv] per attention), for a model wrapped with `reparameterize=False` (in the layout of `params`: a scanned
+    model's prefixes stacked per layer)."""
     if method_of(params) != 'prefix_tuning':
         raise ValueError(f'fold_reparameterization needs prefix-tuning parameters, got {method_of(params)!r}.')
     params = nn.meta.unbox(params)
+    if layout.is_scanned(params):
+        return layout.scan_params(fold_reparameterization(layout.unscan_params(params)))
     tree = params['prefix_tuning']
     if 'embedding' not in tree:
         raise ValueError('These prefix-tuning parameters are already in the direct form (no reparameterization).')

@@ -48,3 +48,44 @@ def assert_outputs_equal(a: dict, b: dict, atol=1e-6):
     assert set(a) == set(b)
     for key in a:
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=0, atol=atol, err_msg=key)
+
+
+def relative_error(a, b) -> float:
+    """||a - b|| / ||b||, summed in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), np.finfo(np.float64).tiny))
+
+
+def assert_close_to_scale(a, b, rtol=1e-6):
+    """Every output (or leaf) of `a` within relative error rtol of `b`'s (`relative_error`): a scanned and an
+    unrolled stack sum in other orders, so float32 results differ in their last bits (in float64: ~1e-14)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        assert np.shape(x) == np.shape(y), path
+        assert relative_error(x, y) <= rtol, (jax.tree_util.keystr(path), relative_error(x, y))
+
+
+FLOAT64 = dict(dtype='float64', param_dtype='float64')  # under jax.enable_x64: scanned == unrolled to ~1e-14
+
+
+def scanned_twin(arch: str, params, method: str, config: dict | None = None, **options):
+    """(wrapped scanned model of `arch`, its parameters = layout.scan_params(params), positional and keyword
+    inputs): the model of `model_and_inputs(arch, **config)` with scan_layers=True, wrapped with `method`."""
+    from plmjax import peft
+    from plmjax.models import layout
+    module, args, kwargs = model_and_inputs(arch, scan_layers=True, **(config or {}))
+    return peft.wrap(module, method, **options), layout.scan_params(params), args, kwargs
+
+
+def assert_scanned_init_matches(wrapped, args, kwargs, scanned_params, method: str):
+    """The scanned model's own init makes the method's tree of `scanned_params` (shapes, and logical axis names
+    with 'layers' first inside the stacks)."""
+    boxed = wrapped.init(jax.random.key(0), *args, **kwargs)['params'][method]
+    flat = {'/'.join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(
+        boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))}
+    expected = {'/'.join(k.key for k in path): leaf for path, leaf in
+                jax.tree_util.tree_leaves_with_path(scanned_params[method])}
+    assert flat.keys() == expected.keys()
+    for path, leaf in flat.items():
+        assert leaf.value.shape == expected[path].shape, path
+        assert (leaf.names[0] == 'layers') == ('/layers/' in f'/{path}'), (path, leaf.names)

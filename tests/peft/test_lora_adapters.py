@@ -29,7 +29,7 @@ def test_identity_at_init(arch, method):
 
 def test_identity_with_remat_and_encoder_decoder_methods():
     """Rematerialized layers (nn.remat) and EncoderDecoderModel's encode/decode go through the wrapper too."""
-    module, args, kwargs = model_and_inputs('encoder_decoder', remat=True)
+    module, args, kwargs = model_and_inputs('encoder_decoder', remat_policy='full')
     wrapped = peft.wrap(module, 'lora', rank=2)
     params = init_params(wrapped, args, kwargs)
     params = {**params, 'lora': randomize(params['lora'])}
@@ -142,18 +142,70 @@ def test_option_errors():
 
 
 def test_gin_binds_hyperparameters():
+    """The methods' options are gin configurables named like them, registered by plmjax.launch (gin's edge)."""
     import gin
+    from plmjax import launch
     with gin.unlock_config():
         gin.parse_config(['lora.rank = 3', "lora.targets = ('query',)", 'prompt_tuning.length = 4'])
     try:
-        assert peft.options('lora') == peft.LoraOptions(rank=3, targets=('query',))
-        assert peft.options('lora', rank=5).rank == 5  # keyword arguments win over gin
+        bound = launch.PEFT_OPTIONS['lora']()
+        assert bound == peft.LoraOptions(rank=3, targets=('query',))
+        assert peft.options('lora', bound, rank=5).rank == 5  # keyword arguments win over gin
         module, args, kwargs = model_and_inputs('encoder')
-        lora = init_params(peft.wrap(module, 'lora'), args, kwargs)['lora']
+        lora = init_params(peft.wrap(module, 'lora', bound), args, kwargs)['lora']
         assert set(lora['encoder']['layers_0']['self_attention']) == {'query'}
         assert lora['encoder']['layers_0']['self_attention']['query']['lora_a'].shape == (64, 3)
-        prompt = init_params(peft.wrap(module, 'prompt_tuning'), args, kwargs)['prompt_tuning']
+        prompt = init_params(peft.wrap(module, 'prompt_tuning', launch.PEFT_OPTIONS['prompt_tuning']()), args,
+                             kwargs)['prompt_tuning']
         assert prompt['encoder']['prompt'].shape == (4, 64)
     finally:
         gin.clear_config()
-    assert peft.options('lora').rank == 8
+    assert launch.PEFT_OPTIONS['lora']().rank == 8 and peft.options('lora').rank == 8
+
+
+@pytest.mark.parametrize('method', ['lora', 'adapter'])
+@pytest.mark.parametrize('arch', ['encoder_classifier', 'decoder', 'encoder_decoder'])
+def test_scanned_model_equals_unrolled(arch, method):
+    """On a scanned base (nn.scan over the layers) the method's parameters carry the layers axis: the wrapped
+    scanned model with layout.scan_params of the unrolled parameters computes the unrolled model's outputs, and its
+    gradients are the unrolled gradients scanned."""
+    from plmjax.models import layout
+    from tests.peft.helpers import FLOAT64, assert_close_to_scale, assert_scanned_init_matches, scanned_twin
+    with jax.enable_x64(True):  # float64: the same numbers to ~1e-14 (float32: its last bits)
+        options = {'targets': ('query', 'value', 'wo'), 'rank': 2} if method == 'lora' else {'bottleneck': 8}
+        module, args, kwargs = model_and_inputs(arch, **FLOAT64)
+        wrapped = peft.wrap(module, method, **options)
+        params = init_params(wrapped, args, kwargs)
+        params = {**params, method: randomize(params[method], scale=0.3)}
+        twin, scanned, _, _ = scanned_twin(arch, params, method, FLOAT64, **options)
+        assert layout.is_scanned(scanned[method])
+        assert_scanned_init_matches(twin, args, kwargs, scanned, method)
+        outputs = wrapped.apply({'params': params}, *args, **kwargs)
+        base = module.apply({'params': params['base']}, *args, **kwargs)
+        assert np.abs(np.asarray(outputs['logits']) - np.asarray(base['logits'])).max() > 1e-3  # the method acts
+        assert_close_to_scale(twin.apply({'params': scanned}, *args, **kwargs), outputs, rtol=1e-12)
+
+        def loss(model):
+            return lambda p: jax.numpy.sum(model.apply({'params': p}, *args, **kwargs)['logits'] ** 2)
+        grads = layout.scan_params(jax.grad(loss(wrapped))(params)[method])
+        assert_close_to_scale(jax.grad(loss(twin))(scanned)[method], grads, rtol=1e-12)
+
+
+def test_merge_lora_on_a_scanned_model():
+    """merge_lora of scanned parameters is the unrolled merge, scanned; the plain scanned model then equals the
+    wrapped one."""
+    from plmjax.models import layout
+    from tests.peft.helpers import assert_close_to_scale, scanned_twin
+    options = dict(rank=4, alpha=8.0, targets=('query', 'value', 'wo'))
+    module, args, kwargs = model_and_inputs('decoder')
+    params = init_params(peft.wrap(module, 'lora', **options), args, kwargs)
+    params = {**params, 'lora': randomize(params['lora'])}
+    twin, scanned, _, _ = scanned_twin('decoder', params, 'lora', **options)
+    merged = peft.merge_lora(scanned, peft.options('lora', **options))
+    expected = layout.scan_params(peft.merge_lora(params, peft.options('lora', **options)))
+    assert jax.tree.structure(merged) == jax.tree.structure(expected)
+    for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(merged)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    plain, _, _ = model_and_inputs('decoder', scan_layers=True)
+    assert_close_to_scale(plain.apply({'params': merged}, *args, **kwargs),
+                          twin.apply({'params': scanned}, *args, **kwargs), rtol=1e-5)

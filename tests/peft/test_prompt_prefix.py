@@ -216,3 +216,54 @@ def test_prefix_reparameterization_folds_to_direct_prefixes():
     direct = peft.wrap(module, 'prefix_tuning', length=N)
     assert_outputs_equal(reparam.apply({'params': params}, *args, **kwargs),
                          direct.apply({'params': folded}, *args, **kwargs), atol=1e-5)
+
+
+@pytest.mark.parametrize('method, options', [
+    ('prompt_tuning', {'length': N}),
+    ('prefix_tuning', {'length': N}),
+    ('prefix_tuning', {'length': N, 'reparameterize': True, 'hidden_size': 16}),
+])
+@pytest.mark.parametrize('arch', ['encoder_classifier', 'encoder_decoder'])
+def test_scanned_model_equals_unrolled(arch, method, options):
+    """On a scanned base the per-layer prefixes (and their reparameterization's per-layer dense layers) carry the
+    layers axis and are sliced per layer by the scan; the shared reparameterization MLP and the prompts stay
+    unstacked. With layout.scan_params of the unrolled parameters, the outputs are the unrolled model's."""
+    from tests.peft.helpers import FLOAT64, assert_close_to_scale, assert_scanned_init_matches, scanned_twin
+    with jax.enable_x64(True):  # float64: the same numbers to ~1e-14 (float32: its last bits)
+        module, args, kwargs = model_and_inputs(arch, **FLOAT64)
+        wrapped = peft.wrap(module, method, **options)
+        params = init_params(wrapped, args, kwargs)
+        params = {**params, method: randomize(params[method], scale=0.3)}
+        twin, scanned, _, _ = scanned_twin(arch, params, method, FLOAT64, **options)
+        assert_scanned_init_matches(twin, args, kwargs, scanned, method)
+        assert_close_to_scale(twin.apply({'params': scanned}, *args, **kwargs),
+                              wrapped.apply({'params': params}, *args, **kwargs), rtol=1e-12)
+
+
+def test_prefix_tuning_on_a_scanned_decoder_decodes_and_folds():
+    """Scanned decoder: cached decoding with prefixes equals the full forward pass; fold_reparameterization of
+    scanned parameters is the unrolled fold, scanned."""
+    from plmjax.models import layout
+    module, (ids,), _ = model_and_inputs('decoder', scan_layers=True)
+    reparam = peft.wrap(module, 'prefix_tuning', length=N, reparameterize=True, hidden_size=16)
+    params = init_params(reparam, (ids,), {})
+    params = {**params, 'prefix_tuning': randomize(params['prefix_tuning'], scale=0.3)}
+    assert params['prefix_tuning']['decoder']['layers']['self_attention']['key']['kernel'].shape == (2, 16, 4, 16)
+    folded = peft.fold_reparameterization(params)
+    expected = layout.scan_params(peft.fold_reparameterization(layout.unscan_params(params)))
+    assert jax.tree.structure(folded) == jax.tree.structure(expected)
+    for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(folded)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert folded['prefix_tuning']['decoder']['layers']['self_attention']['value'].shape == (2, N, 4, 16)
+
+    direct = peft.wrap(module, 'prefix_tuning', length=N)
+    full = direct.apply({'params': folded}, ids)['logits']
+    assert_outputs_equal({'logits': reparam.apply({'params': params}, ids)['logits']}, {'logits': full}, atol=1e-5)
+    cache = direct.init(jax.random.key(0), ids, decode=True)['cache']
+    steps = []
+    for i in range(ids.shape[1]):
+        out, variables = direct.apply({'params': folded, 'cache': cache}, ids[:, i:i + 1], decode=True,
+                                      mutable=['cache'])
+        cache = variables['cache']
+        steps.append(out['logits'])
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-5, atol=1e-5)
