@@ -5,6 +5,7 @@
     plmjax eval  --gin_file=gin_configs/quickstart.gin --checkpoint=DIR
     plmjax convert --from hf --model_dir=HF_DIR --out=DIR [--verify]    # Hugging Face -> plmjax checkpoint + gin
     plmjax convert --to hf --model_dir=DIR --out=HF_DIR [--verify]      # plmjax checkpoint -> from_pretrained dir
+    plmjax convert --layout scanned --model_dir=DIR --out=DIR           # the layers as one nn.scan (or unrolled)
     plmjax bench [--sizes full|tiny] [--out results.json]               # speed vs the PyTorch reference
     plmjax plan --gin_file=EXPERIMENT --topology=v5e:4x4 --mesh=data=16  # TPU memory/FLOPs by AOT compilation
 
@@ -50,6 +51,8 @@ def _add_convert_parser(sub) -> None:
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from", dest="from_format", choices=["hf"], help="read a Hugging Face model directory")
     direction.add_argument("--to", dest="to_format", choices=["hf"], help="write a Hugging Face model directory")
+    direction.add_argument("--layout", choices=["scanned", "unrolled"], help="rewrite a plmjax checkpoint with its "
+                           "layers scanned (one 'layers' subtree stacked on axis 0, scan_layers=True) or unrolled")
     p.add_argument("--model_dir", required=True, help="the directory to convert (--from hf: config.json + weights; "
                    "--to hf: a plmjax model dir, its checkpoints/ dir or one step's dir)")
     p.add_argument("--out", required=True, help="where the converted model goes")

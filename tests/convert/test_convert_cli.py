@@ -80,10 +80,10 @@ def test_missing_directory(capsys, tmp_path, direction):
 
 
 def test_layout_scanned_then_unrolled(capsys, tmp_path):
-    """`plmjax convert --layout scanned|unrolled --model_dir DIR --out DIR` (command.run, the convert sub-parser's
-    handler): the round trip returns the checkpoint's parameters bit for bit."""
-    import argparse
-    from plmjax.convert import command, common
+    """`plmjax convert --layout scanned|unrolled --model_dir DIR --out DIR`: the round trip returns the checkpoint's
+    parameters bit for bit."""
+    from plmjax import cli
+    from plmjax.convert import common
     from plmjax.models import layout
     from plmjax import models
     config = models.tiny_decoder(vocab_size=99, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=37, max_length=64)
@@ -93,8 +93,7 @@ def test_layout_scanned_then_unrolled(capsys, tmp_path):
     convert.save_checkpoint(str(tmp_path / 'model'), 'decoder', config, params)
 
     def layout_command(name, source, out):
-        command.run(argparse.Namespace(layout=name, model_dir=str(source), out=str(out), from_format=None,
-                                       to_format=None, family=None, verify=False))
+        assert cli.main(['convert', f'--layout={name}', f'--model_dir={source}', f'--out={out}']) == 0
         return capsys.readouterr().out
 
     out = layout_command('scanned', tmp_path / 'model', tmp_path / 'scanned')

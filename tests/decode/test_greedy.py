@@ -60,6 +60,14 @@ def test_greedy_matches_uncached_argmax_loop_and_stops_at_eos():
         assert (out[stop + 1:] == 0).all()
 
 
+def _assert_no_near_tie(logits):
+    """The premise of comparing bf16 decoding's tokens with the uncached loop's: the two paths' logits differ by
+    about bf16's unit roundoff 2^-8 times max|logit| (2.1e-3 of 0.98 measured on AMD EPYC), and an argmax can only
+    differ where the top two are within twice that; keep 2x more room, whatever the CPU's summation order."""
+    top = np.sort(np.asarray(logits, np.float64), axis=-1)
+    assert np.all(top[:, -1] - top[:, -2] > 4 * 2.0 ** -8 * np.max(np.abs(top))), 'a near tie: pick another seed'
+
+
 def test_bf16_matmul_decoding_matches_the_uncached_loop_on_rounded_weights():
     """matmul_dtype='bfloat16' rounds the weight matrices once before the loop: the tokens are those of full
     forward passes of the bf16-matmul model whose matrices were rounded the same way. (Decoding keeps its
@@ -73,6 +81,7 @@ def test_bf16_matmul_decoding_matches_the_uncached_loop_on_rounded_weights():
     ids = prompt
     for _ in range(NEW):
         logits = module.apply({'params': rounded}, ids)['logits'][:, -1]
+        _assert_no_near_tie(logits)
         ids = np.concatenate([ids, np.asarray(jnp.argmax(logits, -1), np.int32)[:, None]], axis=1)
     np.testing.assert_array_equal(np.asarray(greedy.jit_greedy_decode(module, NEW)(params, prompt)),
                                   ids[:, PROMPT:])
@@ -112,11 +121,14 @@ def _uncached_tokens(module, params, prompt, new):
     affect it), so one compiled forward serves every step."""
     if module.config.matmul_dtype is not None:  # the matrices rounded as decoding rounds them once
         params = jax.tree.map(lambda p: p.astype(module.config.matmul_dtype) if p.ndim >= 2 else p, params)
-    forward = jax.jit(lambda ids, last: jnp.argmax(module.apply({'params': params}, ids)['logits'][:, last], -1))
+    forward = jax.jit(lambda ids, last: module.apply({'params': params}, ids)['logits'][:, last])
     ids = np.zeros((prompt.shape[0], prompt.shape[1] + new), np.int32)
     ids[:, :prompt.shape[1]] = prompt
     for t in range(prompt.shape[1], prompt.shape[1] + new):
-        ids[:, t] = np.asarray(forward(ids, t - 1))
+        logits = forward(ids, t - 1)
+        if module.config.matmul_dtype is not None:
+            _assert_no_near_tie(logits)
+        ids[:, t] = np.asarray(jnp.argmax(logits, -1))
     return ids[:, prompt.shape[1]:]
 
 
@@ -130,7 +142,8 @@ def _setup(overrides, seed):
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_prepared_weights_raw_params_and_the_uncached_loop_give_the_same_tokens(name):
-    module, params, prompt = _setup(CONFIGS[name], seed=4)
+    # Seed 7: no near tie in the bf16 cases (_assert_no_near_tie; seed 4 had one in pangu_bf16).
+    module, params, prompt = _setup(CONFIGS[name], seed=7)
     weights = jax.jit(functools.partial(greedy.prepare, module))(params)
     decode = greedy.jit_greedy_decode(module, NEW)
     expected = _uncached_tokens(module, params, prompt, NEW)
