@@ -4,7 +4,7 @@ plmjax module, never a fork (see `plmjax/peft/base.py` for how).
     model = peft.wrap(build_model('encoder_classifier', config, num_labels=2), 'lora')
     params = model.init(rng, ids)['params']          # {'base': <the module's params>, 'lora': <new params>}
     tx = peft.optimizer(make_optimizer(...)[0])      # trains exactly peft.trainable_mask(params)
-    peft.save_adapter(dir, params, 'lora'); method, adapter = peft.load_adapter(dir)
+    plmjax.train.adapter.save_adapter(dir, params, 'lora'); method, adapter = plmjax.train.adapter.load_adapter(dir)
     params = peft.with_adapter(params, adapter)
 
 Hyper-parameters are each method's options dataclass (`LoraOptions(rank=8, alpha=16.0, targets=('query',
@@ -22,7 +22,7 @@ from plmjax.peft.base import (BASE, PeftModel, adapter_params, method_of, optimi
 from plmjax.peft.lora import LoraModel, LoraOptions, merge_lora
 from plmjax.peft.prefix_tuning import PrefixTuningModel, PrefixTuningOptions, fold_reparameterization
 from plmjax.peft.prompt_tuning import PromptTuningModel, PromptTuningOptions, prompt_from_vocabulary
-from plmjax.peft.storage import adapter_size, directory_bytes, load_adapter, save_adapter
+from plmjax.peft.storage import adapter_size
 
 # method -> (wrapper, its options dataclass)
 METHODS = {
@@ -59,6 +59,6 @@ def _check_method(method: str) -> None:
 
 
 __all__ = ['BASE', 'METHODS', 'AdapterOptions', 'LoraOptions', 'PeftModel', 'PrefixTuningOptions',
-           'PromptTuningOptions', 'adapter_params', 'adapter_size', 'directory_bytes', 'fold_reparameterization',
-           'load_adapter', 'merge_lora', 'method_of', 'optimizer', 'options', 'prompt_from_vocabulary',
-           'save_adapter', 'trainable_mask', 'with_adapter', 'wrap']
+           'PromptTuningOptions', 'adapter_params', 'adapter_size', 'fold_reparameterization',
+           'merge_lora', 'method_of', 'optimizer', 'options', 'prompt_from_vocabulary',
+           'trainable_mask', 'with_adapter', 'wrap']

@@ -6,7 +6,6 @@ Saving and loading adapters is the trainer's checkpoint writer's job: `plmjax.tr
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import numpy as np
@@ -28,21 +27,3 @@ def adapter_size(params) -> dict[str, int]:
     full_count, full_bytes = _count_and_bytes(params)
     return {'adapter_bytes': adapter_bytes, 'full_bytes': full_bytes,
             'adapter_parameters': adapter_count, 'full_parameters': full_count}
-
-
-def directory_bytes(path: str) -> int:
-    """Bytes of all files under `path`."""
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
-
-
-def _moved(name: str):
-    def moved(*args, **kwargs):
-        raise AttributeError(f'plmjax.peft.{name} moved to plmjax.train.adapter.{name} (adapters are written by the '
-                             "trainer's checkpoint writer).")
-    moved.__name__ = name
-    return moved
-
-
-# Until plmjax/peft/__init__.py stops re-exporting them: the names, pointing to where they went.
-save_adapter = _moved('save_adapter')
-load_adapter = _moved('load_adapter')
