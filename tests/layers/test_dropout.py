@@ -42,7 +42,7 @@ def test_the_same_masks_with_the_last_axis_sharded():
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ('data', 'tensor'))
     key = jax.random.key(3)
-    shape = (4, 6, 40)
+    shape = (4, 8, 40)  # every axis divisible by the mesh axes that shard it
     mask = lambda k: dropout.keep_mask(k, 0.1, shape)[0]  # noqa: E731
     expected = np.asarray(jax.jit(mask)(key))
     for spec in (PartitionSpec(None, None, 'tensor'), PartitionSpec('data', None, 'tensor'),
