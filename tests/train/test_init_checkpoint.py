@@ -16,7 +16,6 @@ from plmjax import convert, models, peft, sharding
 from plmjax.convert.hf import Converted
 from plmjax.train import init as init_lib
 from plmjax.models import layout
-from plmjax.models.config import TransformerConfig
 from plmjax.train import optim, state as state_lib
 from tests.train.finetune_checkpoint import save_random_encoder, tiny
 
@@ -59,7 +58,6 @@ def test_encoder_checkpoint_initializes_the_classifier_bit_for_bit_on_a_sharded_
     assert "loaded: bert\n" in message and "freshly initialized: classifier" in message, message
 
 
-@pytest.mark.skipif(not hasattr(TransformerConfig, "scan_layers"), reason="TransformerConfig.scan_layers not there")
 def test_a_checkpoint_of_the_other_layer_layout_converts_on_a_sharded_mesh(encoder_checkpoint, tmp_path):
     """An unrolled checkpoint initializes a scan_layers run (its layers stacked), and a scanned one an unrolled
     run, bit for bit and in the run's shardings."""
