@@ -1,9 +1,14 @@
 """Tiny models of the three families with synthetic batches in each family's batch layout."""
 
+import jax
 import numpy as np
 
-from plmjax import objectives
+from plmjax import objectives, sharding
+from plmjax.models import build_model
 from plmjax.models import config as config_lib
+from plmjax.train import optim
+from plmjax.train import state as state_lib
+from plmjax.train import step as step_lib
 
 VOCAB = 64
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
@@ -46,3 +51,24 @@ def synthetic_batch(family: str, batch: int = 8, seed: int = 0) -> dict[str, np.
 
 def objective(family: str):
     return objectives.get_objective(OBJECTIVE[family])
+
+
+def train_steps(family: str, config, mesh, steps: int = 3, initial_state=None):
+    """`steps` AdamW train steps on `synthetic_batch(seed=i)`: (per-step losses in float64, per-step gradients on
+    the host, the initial state on the host, the final state). `initial_state` (a host state of this config's
+    layout) replaces the seeded initialization when given."""
+    module = build_model(family, config)
+    tx, schedule = optim.make_optimizer("adamw", learning_rate=1e-2, warmup_steps=1, total_steps=10)
+    state, shardings = state_lib.create_train_state(module, tx, family, LENGTHS[family], mesh, seed=0)
+    if initial_state is not None:
+        state = jax.device_put(initial_state, shardings)
+    host_state = jax.device_get(state)
+    train_step = step_lib.jit_train_step(module, objective(family), tx, schedule, mesh, shardings)
+    grads_fn = step_lib.jit_grads(module, objective(family), mesh, shardings)
+    losses, grads = [], []
+    for i in range(steps):
+        batch = sharding.shard_batch(synthetic_batch(family, seed=i), mesh)
+        grads.append(jax.device_get(grads_fn(state, batch)))
+        state, metrics = train_step(state, batch)
+        losses.append(np.float64(metrics["loss"][0]) / np.float64(metrics["loss"][1]))
+    return losses, grads, host_state, state

@@ -13,38 +13,17 @@ import numpy as np
 import pytest
 
 from plmjax import sharding
-from plmjax.models import build_model
-from plmjax.train import optim
-from plmjax.train import state as state_lib
-from plmjax.train import step as step_lib
 from tests.train import families
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 fake CPU devices (tests/conftest.py)")
-
-
-def _run(family, mesh, steps=3):
-    config = families.tiny_config(family)
-    module = build_model(family, config)
-    objective = families.objective(family)
-    tx, schedule = optim.make_optimizer("adamw", learning_rate=1e-2, warmup_steps=1, total_steps=10)
-    state, shardings = state_lib.create_train_state(module, tx, family, families.LENGTHS[family], mesh, seed=0)
-    train_step = step_lib.jit_train_step(module, objective, tx, schedule, mesh, shardings)
-    grads_fn = step_lib.jit_grads(module, objective, mesh, shardings)
-    losses, grads = [], []
-    for i in range(steps):
-        batch = sharding.shard_batch(families.synthetic_batch(family, seed=i), mesh)
-        grads.append(jax.device_get(grads_fn(state, batch)))
-        state, metrics = train_step(state, batch)
-        losses.append(float(metrics["loss"][0] / metrics["loss"][1]))
-    return losses, grads, state
 
 
 @pytest.mark.parametrize("family", families.FAMILIES)
 def test_sharded_equals_unsharded(family):
     one = sharding.create_mesh(devices=jax.devices()[:1])
     eight = sharding.create_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
-    losses_1, grads_1, _ = _run(family, one)
-    losses_8, grads_8, state_8 = _run(family, eight)
+    losses_1, grads_1, _, _ = families.train_steps(family, families.tiny_config(family), one)
+    losses_8, grads_8, _, state_8 = families.train_steps(family, families.tiny_config(family), eight)
 
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-6)
     assert losses_1[-1] != losses_1[0]
