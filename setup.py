@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
     "jieba==0.42.1",  # Chinese word segmentation for whole-word masking
     "scipy",  # metrics (Pearson/Spearman) and statistics tests
     "scikit-learn==1.9.1",  # official metric implementations (F1, Matthews correlation)
-    "conllu==6.0.0",  # CoNLL-U treebanks (Universal Dependencies tagging)
+    "conllu==6.0.0",  # CoNLL-U treebanks (Universal Dependencies tagging, Perturbed Masking parsing)
+    "networkx==3.6.1",  # maximum spanning arborescence (Chu-Liu/Edmonds) for Perturbed Masking
 ]
 
 EXTRAS = {

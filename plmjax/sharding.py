@@ -10,6 +10,7 @@ A run may replace rules (`logical_axis_rules(overrides)`, gin: `train.logical_ax
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -115,3 +116,12 @@ def host_rows(batch: dict[str, np.ndarray], mesh: Mesh, rules=LOGICAL_AXIS_RULES
     stops = sorted({global_size if idx[0].stop is None else idx[0].stop for idx in indices.values()})
     rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])  # [local_batch]
     return {name: value[rows] for name, value in batch.items()}
+
+
+def in_mesh(fn, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """`fn` (a jitted function) called inside `mesh` and the logical axis `rules`, which its trace reads."""
+    @functools.wraps(fn)
+    def run(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+    return run

@@ -1,8 +1,8 @@
-"""`plmjax bench`: the matmul ceiling, the training steps of BERT-base / GPT-2 small / T5-small and greedy
-decoding, for plmjax and the PyTorch reference, each configuration in a fresh process; a Markdown table on the
-terminal and a JSON record.
+"""`plmjax bench`: the matmul ceiling, the training steps of BERT-base / GPT-2 small / T5-small, greedy
+decoding and Perturbed Masking impact matrices, for plmjax and the PyTorch reference, each configuration in a
+fresh process; a Markdown table on the terminal and a JSON record.
 
-    plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode] [--repeats 3] [--out results.json]
+    plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode,parse] [--repeats 3] [--out results.json]
                  [--no_torch] [--torch_variants eager_f32,eager_bf16_autocast,compile]
                  [--plmjax_variants xla_f32,xla_bf16_matmul]
 

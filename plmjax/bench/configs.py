@@ -90,6 +90,40 @@ class DecodeBench:
 
 
 DECODE = DecodeBench()
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseBench:
+    """Perturbed Masking impact matrices (Dist, last layer) of an all-MiniLM-L6-v2-sized BERT (6 layers, 384
+    wide: the encoder of the fidelity check) over synthetic sentences of `word_counts` words (three times the
+    5%, 15%, .., 95% quantiles of the UD English-EWT dev sentences of at most 20 words: 8.7 words and 57.7
+    forward passes a sentence, as there), every third word two pieces; the masked copies are batched
+    `batch_size` at a time in chunks of about `chunk_copies` (plmjax.analysis.masking), identically in both
+    frameworks."""
+    preset: str = 'bert_base'
+    overrides: Mapping[str, object] = dataclasses.field(default_factory=lambda: dict(
+        emb_dim=384, num_heads=12, head_dim=32, mlp_dim=1536, num_encoder_layers=6, pooler=False))
+    word_counts: tuple[int, ...] = (1, 3, 4, 6, 7, 9, 10, 13, 15, 19) * 3
+    tiny_word_counts: tuple[int, ...] = (3, 5, 4)
+    batch_size: int = 64
+    chunk_copies: int = 1024
+    hf_class: str = 'BertModel'
+
+    def preset_overrides(self, size: str) -> dict:
+        overrides = dict(self.overrides)
+        if size == 'tiny':
+            overrides.update(TINY, num_encoder_layers=2)
+        return overrides
+
+    def sentences(self, size: str, vocab_size: int) -> list[list[list[int]]]:
+        """The word pieces (ids >= 5) of each sentence, the same in both workers."""
+        import numpy as np
+        rng = np.random.default_rng(0)
+        counts = self.word_counts if size == 'full' else self.tiny_word_counts
+        return [[rng.integers(5, vocab_size, 2 if w % 3 == 2 else 1).tolist() for w in range(n)] for n in counts]
+
+
+PARSE = ParseBench()
 MATMUL_SIZE = {'full': 4096, 'tiny': 512}  # square [n, n] @ [n, n]: 2 n^3 FLOPs
 
 

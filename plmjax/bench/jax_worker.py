@@ -115,4 +115,30 @@ def decode(spec: dict) -> dict:
     return {'by_batch': by_batch}
 
 
-MEASURES = {'matmul': matmul, 'train': train, 'decode': decode}
+def parse(spec: dict) -> dict:
+    """Impact matrices per second: PerturbedMasking over the bench sentences, host-side aggregation included."""
+    from flax import linen as nn
+    from plmjax import models
+    from plmjax.analysis import impact, masking
+    bench = configs.PARSE
+    config = models.PRESETS[bench.preset](**bench.preset_overrides(spec['size']),
+                                          matmul_dtype=MATMUL_DTYPE[spec['variant']])
+    module = models.build_model('encoder', config)
+    params = nn.meta.unbox(jax.jit(module.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params'])
+    sentences = [masking.Encoded.from_pieces(p, 1, 2) for p in bench.sentences(spec['size'], config.vocab_size)]
+    computer = impact.PerturbedMasking(module, params, mask_id=batches.MASK_ID, batch_size=bench.batch_size)
+
+    def run_steps(steps):
+        for _ in range(steps):
+            matrices = list(computer.matrices(sentences, chunk_copies=bench.chunk_copies))
+        assert len(matrices) == len(sentences)
+
+    start = time.perf_counter()
+    run_steps(1)  # compiles one shape per padded length
+    first_s = time.perf_counter() - start
+    rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], len(sentences))
+    copies = sum(len(masking.masked_sets(e.num_words)) for e in sentences)
+    return {'sentences_per_s': rates, 'first_s': first_s, 'sentences': len(sentences), 'copies': copies}
+
+
+MEASURES = {'matmul': matmul, 'train': train, 'decode': decode, 'parse': parse}

@@ -95,7 +95,7 @@ def _point(value: float | None) -> dict | None:
 
 def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dict[str, configs.ModelCounts]) -> dict:
     record = {'machine': _machine(), 'size': size, 'repeats': repeats, 'formula': configs.FORMULA,
-              'ceiling': {}, 'train': [], 'decode': [], 'errors': [], 'targets': {}}
+              'ceiling': {}, 'train': [], 'decode': [], 'parse': [], 'errors': [], 'targets': {}}
     for spec, result in results:
         if 'error' in result:
             record['errors'].append({**{k: spec.get(k) for k in ('kind', 'model', 'framework', 'variant', 'logits',
@@ -115,6 +115,10 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
                    'compile_s': result.get('compile_s'), 'loss': result['loss'], **memory}
             row['model_flops_per_s'] = _scaled(row['tokens_per_s'], c.flops_per_step / c.tokens_per_step)
             record['train'].append(row)
+        elif spec['kind'] == 'parse':
+            record['parse'].append({'framework': spec['framework'], 'variant': spec['variant'],
+                                    'sentences_per_s': timing.summary(result['sentences_per_s']),
+                                    'sentences': result['sentences'], 'first_s': result.get('first_s'), **memory})
         else:
             for batch_size, measured in result['by_batch'].items():
                 record['decode'].append({'batch_size': int(batch_size), 'framework': spec['framework'],
@@ -135,6 +139,9 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
     for row in record['decode']:
         base = _find(record['decode'], batch_size=row['batch_size'], framework='torch')
         row['vs_transformers_generate'] = _ratio(row['tokens_per_s'], base and base['tokens_per_s'])
+    for row in record['parse']:
+        base = _find(record['parse'], framework='torch')
+        row['vs_torch_eager_f32'] = _ratio(row['sentences_per_s'], base and base['sentences_per_s'])
     record['targets'] = _targets(record)
     return record
 
@@ -173,6 +180,9 @@ def _targets(record: dict) -> dict:
         if row['framework'] == 'plmjax' and row['vs_transformers_generate'] is not None:
             targets[f'decode batch {row["batch_size"]} {row["variant"]}'] = {
                 'vs_transformers_generate': row['vs_transformers_generate']}
+    for row in record['parse']:
+        if row['framework'] == 'plmjax' and row['vs_torch_eager_f32'] is not None:
+            targets[f'impact matrices {row["variant"]}'] = {'vs_torch_eager_f32': row['vs_torch_eager_f32']}
     return targets
 
 
@@ -237,6 +247,13 @@ def markdown(record: dict) -> str:
               _num(r['compile_s']), _num(r.get('prepare_s')), _num(r['peak_rss_mb'], 0),
               _rate(r['vs_transformers_generate'], digits=2)]
              for r in record['decode']]))
+    if record.get('parse'):
+        parts.append('### Perturbed Masking impact matrices (MiniLM-L6 size, Dist, sentences of 1-19 words)\n'
+                     + _table(['implementation', 'sentences/s', 'first pass s (compiles)', 'peak RSS MB',
+                               'x torch eager f32'],
+                              [[f'{r["framework"]} {r["variant"]}', _rate(r['sentences_per_s'], digits=1),
+                                _num(r['first_s']), _num(r['peak_rss_mb'], 0),
+                                _rate(r['vs_torch_eager_f32'], digits=2)] for r in record['parse']]))
     if record['targets']:
         rows = [[name, _rate(t.get('vs_torch_eager_f32'), digits=2), _rate(t.get('vs_fastest_torch'), digits=2),
                  _pct(t.get('mfu')), _rate(t.get('peak_rss_vs_torch_eager_f32'), digits=2).split(' ')[0],

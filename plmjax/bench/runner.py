@@ -3,7 +3,8 @@ shared by nothing else of ours while a worker runs), and collects the raw result
 
 Configurations, in order: the matmul ceilings (XLA, then PyTorch), then per model plmjax and the PyTorch variants
 (for BERT, each plmjax variant twice: logits at all positions as the reference, and at the predicted positions
-only), then greedy decoding at each batch size (plmjax, then `transformers` generate).
+only), then greedy decoding at each batch size (plmjax, then `transformers` generate), then Perturbed Masking impact
+matrices (plmjax, then `transformers`' BertModel).
 """
 from __future__ import annotations
 
@@ -16,27 +17,36 @@ from typing import Iterable
 
 from plmjax.bench import configs, worker
 
-GROUPS = ('matmul', *configs.MODELS, 'decode')
+GROUPS = ('matmul', *configs.MODELS, 'decode', 'parse')
 TORCH_VARIANTS = ('eager_f32', 'eager_bf16_autocast', 'compile')
 # plmjax: float32 throughout, or every product on bf16 operands with float32 accumulation (matmul_dtype).
 PLMJAX_VARIANTS = ('xla_f32', 'xla_bf16_matmul')
 # (steps per repeat) for each kind and size: a repeat times this many steps, decodes or matmuls.
 STEPS = {('matmul', 'full'): 3, ('matmul', 'tiny'): 10, ('train', 'full'): 2, ('train', 'tiny'): 3,
-         ('decode', 'full'): 1, ('decode', 'tiny'): 2}
+         ('decode', 'full'): 1, ('decode', 'tiny'): 2, ('parse', 'full'): 1, ('parse', 'tiny'): 1}
 TIMEOUT_S = {'full': 3600, 'tiny': 300}
 
 
 def hf_config(model: str, size: str) -> dict:
     """config.json of the `transformers` model equivalent to the plmjax preset (plmjax.convert.to_hf)."""
+    bench = configs.MODELS[model]
+    return _hf_config_json(bench.preset, bench.preset_overrides(size), bench.architecture, bench.hf_class)
+
+
+def parse_hf_config(size: str) -> dict:
+    """config.json of the BertModel equivalent to the parse bench's encoder."""
+    return _hf_config_json(configs.PARSE.preset, configs.PARSE.preset_overrides(size), 'encoder', 'BertForMaskedLM')
+
+
+def _hf_config_json(preset: str, overrides: dict, architecture: str, hf_class: str) -> dict:
     import jax
     import numpy as np
     from plmjax import models
     from plmjax.convert import common, hf
-    bench = configs.MODELS[model]
-    config = models.PRESETS[bench.preset](**bench.preset_overrides(size))
-    abstract = common.abstract_params(bench.architecture, config)
+    config = models.PRESETS[preset](**overrides)
+    abstract = common.abstract_params(architecture, config)
     zeros = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), abstract)  # no memory
-    config_json, _ = hf.to_hf(config, zeros, hf_class=bench.hf_class, architecture=bench.architecture)
+    config_json, _ = hf.to_hf(config, zeros, hf_class=hf_class, architecture=architecture)
     return config_json
 
 
@@ -83,7 +93,13 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
         if torch:
             out.append({**decode, 'framework': 'torch', 'variant': 'generate',
                         'hf_config': hf_config(configs.DECODE.model, size)})
+    if 'parse' in only:
+        parse = {**base, 'kind': 'parse', 'steps': STEPS['parse', size]}
+        out += [{**parse, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
+        if torch:
+            out.append({**parse, 'framework': 'torch', 'variant': 'eager_f32', 'hf_config': parse_hf_config(size)})
     return out
+
 
 
 def worker_env() -> dict:

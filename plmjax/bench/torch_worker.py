@@ -109,4 +109,31 @@ def decode(spec: dict) -> dict:
     return {'by_batch': by_batch}
 
 
-MEASURES = {'matmul': matmul, 'train': train, 'decode': decode}
+def parse(spec: dict) -> dict:
+    """The same impact matrices with `transformers`' BertModel (eval, no grad, float32): the same masked copies
+    in the same [batch, length] blocks (no padding rows added to a last, short block), the same aggregation."""
+    from plmjax.analysis import masking
+    bench = configs.PARSE
+    model = _hf_model(spec, bench.hf_class).eval()
+    sentences = [masking.Encoded.from_pieces(p, 1, 2)
+                 for p in bench.sentences(spec['size'], spec['hf_config']['vocab_size'])]
+
+    def run_steps(steps):
+        with torch.inference_mode():
+            for _ in range(steps):
+                matrices = []
+                for chunk in masking.chunks(sentences, bench.chunk_copies):
+                    copies = masking.masked_copies(chunk, batches.MASK_ID)
+                    outputs = [model(input_ids=torch.from_numpy(copies.ids[b:b + bench.batch_size].astype(np.int64)),
+                                     attention_mask=torch.from_numpy(copies.mask[b:b + bench.batch_size].astype(
+                                         np.int64))).last_hidden_state.numpy()
+                               for b in range(0, len(copies.rows), bench.batch_size)]
+                    matrices += copies.matrices(np.concatenate(outputs), 'dist')
+        assert len(matrices) == len(sentences)
+
+    run_steps(1)
+    return {'sentences_per_s': timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], len(sentences)),
+            'sentences': len(sentences), 'torch_threads': torch.get_num_threads()}
+
+
+MEASURES = {'matmul': matmul, 'train': train, 'decode': decode, 'parse': parse}

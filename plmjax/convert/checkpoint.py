@@ -12,6 +12,7 @@ with its layers scanned (`scan_layers=True`, one `layers` subtree) or unrolled (
 """
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Optional
 
 
@@ -34,13 +35,17 @@ def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> st
 
 
 def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, *, hf_family: Optional[str] = None,
-                    hf_class: Optional[str] = None, source: str = '', head_options: Optional[dict] = None) -> str:
+                    hf_class: Optional[str] = None, source: str = '', head_options: Optional[dict] = None,
+                    initialized: Sequence[str] = ()) -> str:
     """Writes `params` as step 0 of `<out_dir>/checkpoints` and `<out_dir>/config.gin`; returns the step's dir.
     hf_family, hf_class: the Hugging Face model_type and class it came from, written again by `--to hf`;
-    head_options: a fine-tuning architecture's (num_labels, num_choices), needed to read it back."""
+    head_options: a fine-tuning architecture's (num_labels, num_choices), needed to read it back;
+    initialized: the parameters the source lacked (freshly initialized heads), read back by `load_checkpoint`."""
     config = dataclasses.replace(config, name=common.base_preset(config))
     metadata = {'model_config': dataclasses.asdict(config), 'architecture': arch, 'hf_family': hf_family,
                 'hf_class': hf_class, 'source': source}
+    if initialized:
+        metadata['initialized'] = list(initialized)
     if head_options:
         metadata['head_options'] = dict(head_options)
     with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=None,
@@ -58,8 +63,8 @@ def load_checkpoint(path: str, step: Optional[int] = None) -> Converted:
     """The architecture, config and parameters (numpy) of a plmjax checkpoint, at its latest step or the step of a
     step directory; `family` and `hf_class` are the Hugging Face origin of a converted checkpoint, else None."""
     saved = saved_model.load_saved_model(path, step)
-    return Converted(saved.architecture, saved.config, saved.params, saved.metadata.get('hf_family'), [], [],
-                     saved.metadata.get('hf_class'))
+    return Converted(saved.architecture, saved.config, saved.params, saved.metadata.get('hf_family'),
+                     list(saved.metadata.get('initialized', [])), [], saved.metadata.get('hf_class'))
 
 
 def convert_layout(model_dir: str, out_dir: str, scan_layers: bool, step: Optional[int] = None) -> Converted:

@@ -22,7 +22,7 @@ def convert_from_hf(model_dir: str, out: str, verify: bool = False) -> dict:
     converted = hf.load_hf(model_dir)
     step_dir = checkpoint.save_checkpoint(out, converted.architecture, converted.config, converted.params,
                                           hf_family=converted.family, hf_class=converted.hf_class,
-                                          source=os.path.abspath(model_dir))
+                                          source=os.path.abspath(model_dir), initialized=converted.initialized)
     tokenizer = hf.copy_tokenizer_files(model_dir, os.path.join(out, 'tokenizer'))
     summary = _summary(converted, checkpoint=step_dir, gin_file=os.path.abspath(os.path.join(out, 'config.gin')),
                        tokenizer_files=tokenizer)

@@ -90,28 +90,20 @@ def eval_step(params, batch, *, module, objective: Objective):
     return metrics
 
 
-def _in_mesh(fn, mesh, rules):
-    @functools.wraps(fn)
-    def run(*args):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return fn(*args)
-    return run
-
-
 def jit_train_step(module, objective, tx, schedule, mesh, state_shardings, *, grad_accum_steps=1,
                    rules=sharding.LOGICAL_AXIS_RULES):
     step = functools.partial(train_step, module=module, objective=objective, tx=tx, schedule=schedule,
                              grad_accum_steps=grad_accum_steps)
     jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
                      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return _in_mesh(jitted, mesh, rules)
+    return sharding.in_mesh(jitted, mesh, rules)
 
 
 def jit_eval_step(module, objective, mesh, param_shardings, *, rules=sharding.LOGICAL_AXIS_RULES):
     step = functools.partial(eval_step, module=module, objective=objective)
     jitted = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh, rules)),
                      out_shardings=sharding.replicated(mesh))
-    return _in_mesh(jitted, mesh, rules)
+    return sharding.in_mesh(jitted, mesh, rules)
 
 
 def jit_grads(module, objective, mesh, state_shardings, *, rules=sharding.LOGICAL_AXIS_RULES):
@@ -121,4 +113,4 @@ def jit_grads(module, objective, mesh, state_shardings, *, rules=sharding.LOGICA
         return accumulated_grads(state.params, batch, rng, module, objective)[0]
     jitted = jax.jit(grads, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
                      out_shardings=state_shardings.params)
-    return _in_mesh(jitted, mesh, rules)
+    return sharding.in_mesh(jitted, mesh, rules)

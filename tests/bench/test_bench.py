@@ -123,3 +123,21 @@ def test_bad_flags_name_the_choices():
     with pytest.raises(ValueError, match='--only .*matmul,bert,gpt2,t5,decode'):
         command.run(argparse.Namespace(sizes='tiny', only='bert,llama', repeats=1, out='x.json', no_torch=True,
                                        torch_variants='eager_f32', traceback=False))
+
+
+@pytest.mark.slow  # three fresh worker processes
+def test_tiny_parse_bench_measures_impact_matrices_in_both_frameworks(tmp_path, capsys):
+    out = tmp_path / 'parse.json'
+    command.run(argparse.Namespace(sizes='tiny', only='parse', repeats=2, out=str(out), no_torch=False,
+                                   torch_variants='eager_f32', traceback=False))
+    record = json.loads(out.read_text())
+    assert record['errors'] == []
+    rows = {(r['framework'], r['variant']): r for r in record['parse']}
+    assert set(rows) == {('plmjax', 'xla_f32'), ('plmjax', 'xla_bf16_matmul'), ('torch', 'eager_f32')}
+    for r in rows.values():
+        _positive_summary(r['sentences_per_s'])
+        assert r['sentences'] == len(configs.PARSE.tiny_word_counts)
+    ours, theirs = rows['plmjax', 'xla_f32'], rows['torch', 'eager_f32']
+    _check_ratio(ours['vs_torch_eager_f32'], ours['sentences_per_s'], theirs['sentences_per_s'])
+    assert 'impact matrices xla_f32' in record['targets']
+    assert '### Perturbed Masking impact matrices' in capsys.readouterr().out
