@@ -8,7 +8,8 @@ An arc h -> m is scored by F[m, h] (how much h's presence changes m). Root handl
 Normalization of F before decoding:
 - 'released': as the released code: Eisner gets e = exp(F - max F), then e / e.sum(axis=1) with numpy
   broadcasting, which divides column j by the sum of row j (not a row softmax); CLE gets F unnormalized;
-- 'softmax': a proper row softmax (each word's scores over its candidate heads sum to 1), for either decoder;
+- 'softmax': a proper row softmax (each word's scores over its candidate heads, every other node and ROOT, sum
+  to 1; the diagonal takes no mass), for either decoder;
 - 'none': F as it is.
 The plain conventions are root='cls' with normalization='softmax'. Eisner lets ROOT take several children.
 """
@@ -34,7 +35,10 @@ def released_softmax(matrix: np.ndarray) -> np.ndarray:
 
 
 def row_softmax(matrix: np.ndarray) -> np.ndarray:
-    e = np.exp(matrix - matrix.max(axis=1, keepdims=True))
+    """Each row's softmax over its candidate heads: every other node, ROOT included (a word is not its own head:
+    the diagonal takes no mass and stays 0)."""
+    scores = np.where(np.eye(len(matrix), dtype=bool), -np.inf, matrix)
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
@@ -79,15 +83,17 @@ def parse(impact: np.ndarray, decoder: str = 'eisner', root: str = 'gold', gold_
     raise ValueError(f'Unknown decoder {decoder!r}; choose one of {DECODERS}.')
 
 
-def attachment_scores(sentences: Sequence[Sentence], predicted: Sequence[np.ndarray]) -> dict:
-    """UAS, UUAS and NED over the dependents whose gold UPOS is not PUNCT (punctuation is parsed, not scored).
+def attachment_scores(sentences: Sequence[Sentence], predicted: Sequence[np.ndarray],
+                      punctuation: bool = False) -> dict:
+    """UAS, UUAS and NED over the dependents whose gold UPOS is not PUNCT (punctuation is parsed, not scored;
+    `punctuation=True` scores every word).
 
     UUAS counts a dependent m when {m, predicted head} is a gold arc in either direction; NED also when the
     predicted head is m's gold grandparent (Schwartz et al. 2011), as the released evaluation does."""
     correct = undirected = ned = total = 0
     for sentence, heads in zip(sentences, predicted):
         gold = sentence.gold_heads
-        for m in np.flatnonzero(sentence.scored):
+        for m in (np.arange(1, len(gold)) if punctuation else np.flatnonzero(sentence.scored)):
             h = int(heads[m])
             direct = h == gold[m]
             reverse = 0 < h < len(gold) and gold[h] == m

@@ -15,6 +15,10 @@ def test_released_softmax_divides_each_column_by_the_sum_of_the_row_with_its_ind
     np.testing.assert_allclose(dependency.released_softmax(matrix), expected, rtol=1e-15)
     rows = dependency.row_softmax(matrix)
     np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-15)
+    assert np.all(np.diag(rows) == 0)  # a word is not its own head
+    off = ~np.eye(5, dtype=bool)
+    expected = np.exp(matrix) * off / (np.exp(matrix) * off).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(rows, expected, rtol=1e-14)
 
 
 def test_gold_root_conventions():

@@ -59,7 +59,7 @@ def test_enumeration_counts_and_helpers():
         trees.is_projective([-1, 2, 1])
 
 
-@pytest.mark.parametrize('n', range(1, 7))
+@pytest.mark.parametrize('n', range(1, 8))
 def test_eisner_is_the_best_projective_tree(n):
     all_heads, projective = _all_trees(n)
     for scores in _matrices(n):
@@ -70,7 +70,7 @@ def test_eisner_is_the_best_projective_tree(n):
         assert math.isclose(value, trees.tree_score(scores, heads), rel_tol=1e-12, abs_tol=1e-12)
 
 
-@pytest.mark.parametrize('n', range(1, 7))
+@pytest.mark.parametrize('n', range(1, 8))
 def test_chu_liu_edmonds_is_the_best_tree(n):
     all_heads, _ = _all_trees(n)
     for scores in _matrices(n):

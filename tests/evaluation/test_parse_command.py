@@ -69,9 +69,10 @@ def test_parse_writes_trees_scores_and_plots_and_caches_the_matrices(checkpoint,
     results = json.loads((out / 'results.json').read_text())
     assert results['matrices_cached'] is False and results['root'] == 'gold'
     rows = results['results']
-    assert set(rows) == {'eisner+dist (root gold, released)', 'right_chain', 'left_chain', 'random'}
+    assert set(rows) == {'eisner+dist (root gold, released)', 'right_chain (root gold)', 'left_chain (root gold)',
+                         'random (root gold)'}
     assert all(r['dependents'] == 12 for r in rows.values())  # 13 words, 1 of them punctuation
-    assert '| right_chain |' in (out / 'results.md').read_text()
+    assert '| right_chain (root gold) |' in (out / 'results.md').read_text()
     assert '| method | UAS | UUAS | NED |' in capsys.readouterr().out
     for name in ('heatmap_0.png', 'tree_0.png', 'heatmap_1.png', 'tree_1.png'):
         assert (out / name).stat().st_size > 5000
