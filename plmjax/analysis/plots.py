@@ -32,23 +32,21 @@ def impact_heatmap(path: str, impact: np.ndarray, words: Sequence[str], title: s
 
 def tree_arcs(path: str, words: Sequence[str], predicted: np.ndarray, gold: Optional[np.ndarray] = None,
               title: str = '') -> None:
-    """Predicted arcs above the words (green where they match gold, red where not), gold arcs below."""
+    """The words on one line, predicted arcs above them (green where they match gold, red where not), gold arcs
+    below; an arc's height grows with its length, the arrowhead marks the dependent."""
     n = len(words)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * (n + 1)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * (n + 1)), 4.5))
+    for k, word in enumerate(['ROOT', *words]):
+        ax.text(k, 0, word, ha='center', va='center', fontsize=8, rotation=30 if n > 12 else 0)
     for m in range(1, n + 1):
         h = int(predicted[m])
         right = gold is None or h == int(gold[m])
-        _arc(ax, h, m, up=True, color='tab:green' if right else 'tab:red')
+        _arc(ax, h, m, n, up=True, color='tab:green' if right else 'tab:red')
         if gold is not None:
-            _arc(ax, int(gold[m]), m, up=False, color='tab:blue')
-    ax.set_xticks(range(n + 1), ['ROOT', *words], rotation=45, ha='right')
-    ax.axhline(0, color='0.8', linewidth=0.8)
-    reach = max(1, n) / 2 + 0.5
-    ax.set_ylim(-reach if gold is not None else -0.3, reach)
+            _arc(ax, int(gold[m]), m, n, up=False, color='tab:blue')
+    ax.set_ylim(-1.1 if gold is not None else -_BAND - 0.05, 1.1)
     ax.set_xlim(-0.7, n + 0.7)
-    ax.set_yticks([])
-    for side in ('top', 'right', 'left'):
-        ax.spines[side].set_visible(False)
+    ax.axis('off')
     label = 'above: predicted (green = gold arc, red = not)' + ('; below: gold' if gold is not None else '')
     ax.set_title(f'{title}\n{label}' if title else label, fontsize=9)
     fig.tight_layout()
@@ -56,8 +54,13 @@ def tree_arcs(path: str, words: Sequence[str], predicted: np.ndarray, gold: Opti
     plt.close(fig)
 
 
-def _arc(ax, head: int, dependent: int, up: bool, color: str) -> None:
+_BAND = 0.14  # half the height of the words' line, in the axes' y units (arcs reach at most 1)
+
+
+def _arc(ax, head: int, dependent: int, n: int, up: bool, color: str) -> None:
     centre, width = (head + dependent) / 2, abs(head - dependent)
+    base = _BAND if up else -_BAND
+    height = 2 * (0.12 + 0.8 * width / max(n, 1))  # the ellipse's full height: the arc rises half of it
     theta = (0, 180) if up else (180, 360)
-    ax.add_patch(Arc((centre, 0), width, width, theta1=theta[0], theta2=theta[1], color=color, linewidth=1.3))
-    ax.plot([dependent], [0], marker='v' if up else '^', color=color, markersize=5)
+    ax.add_patch(Arc((centre, base), width, height, theta1=theta[0], theta2=theta[1], color=color, linewidth=1.2))
+    ax.plot([dependent], [base], marker='v' if up else '^', color=color, markersize=4)

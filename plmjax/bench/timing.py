@@ -8,8 +8,17 @@ from typing import Callable, Sequence
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far: Linux's VmHWM, the high-water mark of this process's own
+    memory. (getrusage's ru_maxrss is no good in a worker: exec keeps the parent's resident size at fork as a
+    floor, so every worker smaller than the bench process reported the parent's size.)"""
+    try:
+        with open('/proc/self/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def current_rss_mb() -> float:

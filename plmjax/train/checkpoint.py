@@ -376,6 +376,17 @@ class Checkpointer:
         return self._partial_reader.restore(step, args=ocp.args.Composite(state=args)).state
 
 
+
+class _ReadOnlyNotice(logging.Filter):
+    """Orbax warns 'Given directory is read only' whenever a read-only manager opens (every partial restore, every
+    `plmjax parse` or `convert` load): nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
 def _never_committed(step_dir: epath.Path) -> bool:
     """Whether orbax began this step directory and never committed it (a crashed save, not a copy)."""
     try:

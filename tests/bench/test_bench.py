@@ -141,3 +141,14 @@ def test_tiny_parse_bench_measures_impact_matrices_in_both_frameworks(tmp_path, 
     _check_ratio(ours['vs_torch_eager_f32'], ours['sentences_per_s'], theirs['sentences_per_s'])
     assert 'impact matrices xla_f32' in record['targets']
     assert '### Perturbed Masking impact matrices' in capsys.readouterr().out
+
+
+def test_a_worker_reports_its_own_peak_memory_not_its_parents():
+    import subprocess
+    import sys
+    ballast = bytearray(400 * 2 ** 20)  # the parent resident at 400 MB more when it starts the worker
+    ballast[::4096] = b'\x01' * len(ballast[::4096])
+    code = 'from plmjax.bench import timing; print(timing.peak_rss_mb())'
+    child = float(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout)
+    assert child < 300, child  # getrusage's ru_maxrss reported the parent's ~400+ MB here
+    del ballast

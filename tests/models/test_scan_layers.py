@@ -133,10 +133,18 @@ def test_scanned_on_8_devices_equals_unrolled_on_1(family):
     lr * sign(g), so that noise on near-zero gradient entries moves parameters by up to 2 lr, and the second
     step's gradients then differ by ~1e-6 relative whether or not the layers are scanned (unrolled on 8 devices
     against unrolled on 1 shows the same). float64 takes the rounding out, so 1e-6 tests the partitioning and
-    the scan themselves; float32 scanned == unrolled is tested above on one device."""
+    the scan themselves. In float32, the first step's loss and gradients (before any update) are held to 1e-6
+    too, and float32 scanned == unrolled over several steps is tested above on one device."""
     no_dropout = {'dropout_rate': 0.0, 'attention_dropout_rate': 0.0, 'activation_dropout_rate': 0.0}
     one = sharding.create_mesh(devices=jax.devices()[:1])
     eight = sharding.create_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+    config = families.tiny_config(family, **no_dropout)
+    losses_1, grads_1, state_1, _ = families.train_steps(family, config, one, steps=1)
+    losses_8, grads_8, _, _ = families.train_steps(family, dataclasses.replace(config, scan_layers=True), eight,
+                                                   steps=1, initial_state=layout.scan_params(state_1))
+    assert jax.tree.leaves(grads_1)[0].dtype == np.float32
+    assert _relative_error(losses_1[0], losses_8[0]) <= RTOL
+    _assert_grads_equal(grads_1[0], grads_8[0], config)
     with jax.enable_x64(True):
         config = families.tiny_config(family, dtype='float64', param_dtype='float64', **no_dropout)
         losses_1, grads_1, state_1, _ = families.train_steps(family, config, one, steps=2)
