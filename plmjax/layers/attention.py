@@ -55,7 +55,7 @@ def make_attention_mask(*, key_mask: jax.Array | None = None, causal: bool = Fal
 
 class AttentionContext(NamedTuple):
     """What the layers of one stack share about self-attention: positions, mask, and the cache write index."""
-    positions: jax.Array  # [query] positions of the inputs
+    positions: jax.Array  # [query] positions of the inputs, or [batch, query] per-row positions (ragged prompts)
     key_positions: jax.Array  # [key]
     mask: jax.Array | None  # [batch or 1, 1, query, key] bool
     cache_index: jax.Array | None  # where this chunk's keys go in the cache (decoding only)
@@ -67,7 +67,14 @@ class SelfAttentionContext(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, input_mask: jax.Array | None = None,
-                 prefix_mask: jax.Array | None = None, decode: bool = False) -> AttentionContext:
+                 prefix_mask: jax.Array | None = None, positions: jax.Array | None = None,
+                 decode: bool = False) -> AttentionContext:
+        """positions: [batch, length] per-row position ids for the position embeddings (a left-padded prompt's
+        first real token at 0, as `transformers`' position_ids); the mask still follows the input (cache) order."""
+        context = self._context(input_ids, input_mask, prefix_mask, decode)
+        return context if positions is None else context._replace(positions=positions)
+
+    def _context(self, input_ids, input_mask, prefix_mask, decode) -> AttentionContext:
         batch, length = input_ids.shape
         if decode and self.has_variable('cache', 'cache_index'):
             return self._decode_step(batch, length, input_mask, prefix_mask)

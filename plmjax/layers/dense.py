@@ -27,7 +27,7 @@ class Projection(nn.Module):
     """Dense layer over the last `num_input_axes` axes to `features` ([emb] -> [heads, kv] or [heads, kv] -> [emb]);
     params 'kernel' [in..., out...] and 'bias' [out...] (as flax's nn.Dense for one input and one output axis).
 
-    Decoding's layout: when the 'decoding_weights' collection is mutable (`plmjax.decode.greedy.prepare`; not in
+    Decoding's layout: when the 'decoding_weights' collection is mutable (`plmjax.decode.weights.prepare`; not in
     `init`), the call stores `kernel_t`, the kernel as [out..., in...] in its product's dtype, its kernel's axis
     names permuted the same way; when that collection holds `kernel_t`, the call multiplies by it instead of the
     kernel (why: docs/performance.md, "Decoding"). Nothing is written to 'cache'.

@@ -28,13 +28,13 @@ def sinusoidal_embedding(positions: jax.Array, dim: int, max_timescale: float = 
 def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding (Su et al.), rotate-half layout as GPT-NeoX/LLaMA.
 
-    x: [batch, length, heads, kv]; positions: [length]. Feature pairs (i, i + kv/2) are rotated by the angle
+    x: [batch, length, heads, kv]; positions: [length] or [batch, length]. Feature pairs (i, i + kv/2) are rotated by the angle
     position * base^(-2i/kv), so q.k after rotation depends only on the positions' difference.
     """
     half = x.shape[-1] // 2
     inv_freq = base ** (-jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1])  # [kv/2]
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq  # [length, kv/2]
-    sin, cos = jnp.sin(angles)[:, None, :], jnp.cos(angles)[:, None, :]  # [length, 1, kv/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [(batch,) length, kv/2]
+    sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]  # [(batch,) length, 1, kv/2]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 

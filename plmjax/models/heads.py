@@ -87,7 +87,7 @@ class QueryLayer(nn.Module):
         query_embedder = embedding.table_embedder(
             cfg.max_length, cfg.emb_dim, embedding_init=transformer.embedding_init(cfg), dtype=cfg.compute_dtype,
             param_dtype=cfg.params_dtype, name='query_embedder')
-        query = jnp.broadcast_to(query_embedder(context.positions)[None], hidden.shape)  # [batch, length, emb]
+        query = jnp.broadcast_to(query_embedder(context.positions), hidden.shape)  # [batch, length, emb]
         return transformer.TransformerLayer(cfg, name='layer')(
             hidden, mask=context.mask, cache_index=context.cache_index, query=query, deterministic=deterministic,
             decode=decode)
