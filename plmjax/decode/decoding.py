@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from plmjax.decode import weights as weights_lib
 from plmjax.layers.dense import DECODING_WEIGHTS
 
-STRATEGIES = ('greedy', 'sample')
+STRATEGIES = ('greedy', 'sample', 'beam')
+EARLY_STOPPING = (False, True, 'never')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Options:
     min_new_tokens: int = 0
     eos_id: Optional[int] = None
     pad_id: int = 0
+    num_beams: int = 4  # beam search only
+    length_penalty: float = 1.0
+    early_stopping: object = False  # False | True | 'never', as transformers' generate
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -53,6 +57,10 @@ class Options:
                              f'{self.min_new_tokens}.')
         if self.temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {self.temperature} (greedy: strategy="greedy").')
+        if self.strategy == 'beam' and self.num_beams < 1:
+            raise ValueError(f'num_beams must be >= 1, got {self.num_beams}.')
+        if self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(f'early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}.')
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f'top_k must be >= 0 and top_p in (0, 1], got top_k={self.top_k}, top_p={self.top_p}.')
 
@@ -101,53 +109,25 @@ def generate(module: nn.Module, params, inputs: jax.Array, options: Options, *,
              decoder_start_id: int = 0) -> Generated:
     """inputs [batch, length] int32 (a decoder's left-padded prompts, or an encoder-decoder's inputs) -> Generated.
 
-    params: the model's params, or `weights_lib.prepare(module, params)` (kept across calls). rng: a PRNG key, needed
+    params: the model's params, or `plmjax.decode.weights.prepare(module, params)` (kept across calls). rng: a PRNG key, needed
     for strategy 'sample'. Jit it with `jit_generate`."""
     if options.strategy == 'sample' and rng is None:
         raise ValueError("strategy 'sample' needs rng (a jax.random key).")
-    weights = params if isinstance(params, weights_lib.DecodingWeights) else weights_lib.prepare(module, params)
-    weights_lib.check_layout(module, weights)
-    fixed = {'params': weights.params, DECODING_WEIGHTS: weights.kernels}
-    batch_size, length = inputs.shape
-    inputs = inputs.astype(jnp.int32)
+    if options.strategy == 'beam':
+        return beam_search(module, params, inputs, options, input_mask=input_mask, decoder_start_id=decoder_start_id)
+    batch_size = inputs.shape[0]
     new = options.max_new_tokens
-
-    if is_encoder_decoder(module):
-        mask = inputs != module.config.pad_id if input_mask is None else input_mask != 0
-        encoded = module.apply(fixed, inputs, encoder_mask=mask, method='encode')
-        cache = weights_lib.init_cache(module, batch_size, new, encoder_length=length)
-
-        def forward(cache, ids, unused_positions):  # ids [batch, 1] -> (cache, logits [batch, vocab])
-            outputs, variables = module.apply({**fixed, 'cache': cache}, encoded, ids, encoder_mask=mask,
-                                              decode=True, method='decode', mutable=['cache'])
-            return variables['cache'], outputs['logits'][:, -1]
-
-        start = jnp.full((batch_size, 1), decoder_start_id, jnp.int32)
-        cache, logits = forward(cache, start, None)
-        position = None
-    else:
-        mask = jnp.ones_like(inputs, jnp.bool_) if input_mask is None else input_mask != 0
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)  # [batch, length]
-        cache = weights_lib.init_cache(module, batch_size, length + new)
-
-        def forward(cache, ids, positions, input_mask=None):
-            outputs, variables = module.apply({**fixed, 'cache': cache}, ids, input_mask=input_mask,
-                                              positions=positions, decode=True, logits_to_keep=1,
-                                              mutable=['cache'])
-            return variables['cache'], outputs['logits'][:, -1]
-
-        cache, logits = forward(cache, inputs, positions, mask)
-        position = positions[:, -1] + 1  # [batch]
-
+    forward, cache, logits, position = _prefill(module, params, inputs, input_mask, new, decoder_start_id)
     eos, pad = options.eos_id, options.pad_id
 
-    def pick(step, logits, done, key):
+    def pick(step, raw, done, key):
+        logits = raw
         if eos is not None and options.min_new_tokens:
             logits = jnp.where((step < options.min_new_tokens) & (jnp.arange(logits.shape[-1]) == eos),
                                -jnp.inf, logits)
         token = choose(logits, options, None if key is None else jax.random.fold_in(key, step))
         token = jnp.where(done, pad, token)
-        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), token[:, None], axis=-1)[:, 0]
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(raw.astype(jnp.float32)), token[:, None], axis=-1)[:, 0]
         return token, jnp.where(done, 0.0, log_prob)
 
     def record(state, step, token, log_prob):
@@ -177,6 +157,136 @@ def generate(module: nn.Module, params, inputs: jax.Array, options: Options, *,
 
     *_, (tokens, _, lengths, scores) = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, token, position, state))
     return Generated(tokens, lengths, scores)
+
+
+NEG = -1.0e9  # transformers' "very large negative value" for beams that may not be chosen
+
+
+def beam_search(module: nn.Module, params, inputs: jax.Array, options: Options, *,
+                input_mask: Optional[jax.Array] = None, decoder_start_id: int = 0) -> Generated:
+    """Beam search as `transformers`' generate(num_beams=W, do_sample=False) (its vectorized `_beam_search`):
+
+    each step the W running beams of a row extend to their 2W best continuations by accumulated log-probability;
+    continuations that end in EOS among the first W are finished hypotheses, scored sum_logprobs / generated_length
+    ** length_penalty (generated_length counts the new tokens, EOS included); the W best unfinished continuations
+    run on; at max_new_tokens the W best continuations are finished as they are. A row stops improving once its W
+    finished slots are full and its best running beam, scored at the current length (early_stopping=False; at
+    max_new_tokens for 'never' with length_penalty > 0), cannot beat its worst finished one; early_stopping=True
+    stops a row as soon as W hypotheses are finished. The loop stops when no row can improve. Returns the best
+    hypothesis of each row, its length and its length-penalized score."""
+    beams, new, eos, pad = options.num_beams, options.max_new_tokens, options.eos_id, options.pad_id
+    batch_size = inputs.shape[0]
+    candidates = 2 * beams  # transformers: max(2, 1 + number of EOS ids) * num_beams
+    expand = lambda x: None if x is None else jnp.repeat(x, beams, axis=0)  # noqa: E731  [b, ...] -> [b * W, ...]
+    forward, cache, logits, position = _prefill(module, params, expand(inputs), expand(input_mask), new,
+                                                decoder_start_id)
+    vocab = logits.shape[-1]
+    scanned = bool(getattr(module.config, 'scan_layers', False))
+    penalty = options.length_penalty
+
+    def gather_cache(cache, rows):  # rows [b * W]: the flat source row of each new beam
+        def take(path, leaf):
+            if leaf.ndim == 0:  # cache_index
+                return leaf
+            axis = 1 if scanned and any(getattr(k, 'key', None) == 'layers' for k in path) else 0
+            return jnp.take(leaf, rows, axis=axis)
+        return jax.tree_util.tree_map_with_path(take, cache)
+
+    def step_fn(t, logits, state):
+        (running, running_scores, finished, finished_scores, finished_flag, unsatisfied) = state
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beams, vocab)
+        if eos is not None and options.min_new_tokens:
+            log_probs = jnp.where((t < options.min_new_tokens) & (jnp.arange(vocab) == eos), -jnp.inf, log_probs)
+        total = (log_probs + running_scores[:, :, None]).reshape(batch_size, beams * vocab)
+        cand_scores, flat = jax.lax.top_k(total, candidates)  # [b, 2W]
+        source, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        cand = jnp.take_along_axis(running, source[:, :, None], axis=1).at[:, :, t].set(token)  # [b, 2W, new]
+        hits = jnp.broadcast_to(t + 1 >= new, token.shape)
+        if eos is not None:
+            hits = hits | (token == eos)
+        # the W best unfinished continuations run on
+        run_scores = cand_scores + hits * NEG
+        run_scores, keep = jax.lax.top_k(run_scores, beams)  # [b, W]
+        running = jnp.take_along_axis(cand, keep[:, :, None], axis=1)
+        rows = (jnp.take_along_axis(source, keep, axis=1) + jnp.arange(batch_size)[:, None] * beams).reshape(-1)
+        # finished hypotheses: EOS (or the last step) among the first W continuations
+        eligible = hits & (jnp.arange(candidates) < beams)[None, :]
+        scored = cand_scores / ((t + 1.0) ** penalty)
+        full = jnp.all(finished_flag, axis=1, keepdims=True) & (options.early_stopping is True)
+        scored = scored + full * NEG + (~unsatisfied)[:, None] * NEG + (~eligible) * NEG
+        merged_scores = jnp.concatenate([finished_scores, scored], axis=1)
+        finished_scores, best = jax.lax.top_k(merged_scores, beams)
+        finished = jnp.take_along_axis(jnp.concatenate([finished, cand], axis=1), best[:, :, None], axis=1)
+        finished_flag = jnp.take_along_axis(jnp.concatenate([finished_flag, eligible], axis=1), best, axis=1)
+        # can a running beam still beat the worst finished one? (transformers' heuristic, at the new length)
+        length = float(new) if options.early_stopping == 'never' and penalty > 0 else t + 1.0
+        best_possible = run_scores[:, :1] / (length ** penalty)
+        worst = jnp.where(finished_flag, jnp.min(finished_scores, axis=1, keepdims=True), NEG)
+        unsatisfied = unsatisfied & jnp.any(best_possible > worst, axis=1)
+        go_on = jnp.any(unsatisfied) & ~(jnp.all(finished_flag) & (options.early_stopping is True)) & ~jnp.all(hits)
+        state = (running, run_scores, finished, finished_scores, finished_flag, unsatisfied)
+        return state, rows, running[:, :, t].reshape(-1), go_on
+
+    running = jnp.full((batch_size, beams, new), pad, jnp.int32)
+    state = (running, jnp.zeros((batch_size, beams)).at[:, 1:].set(NEG), running,
+             jnp.full((batch_size, beams), NEG), jnp.zeros((batch_size, beams), jnp.bool_),
+             jnp.ones((batch_size,), jnp.bool_))
+    state, rows, token, go_on = step_fn(0, logits, state)
+
+    def cond(carry):
+        return (carry[0] < new) & carry[-1]
+
+    def body(carry):
+        t, cache, rows, token, position, state, _ = carry
+        cache = gather_cache(cache, rows)
+        cache, logits = forward(cache, token[:, None], None if position is None else position[:, None])
+        state, rows, token, go_on = step_fn(t, logits, state)
+        return t + 1, cache, rows, token, None if position is None else position + 1, state, go_on
+
+    carry = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, rows, token, position, state, go_on))
+    _, _, finished, finished_scores, _, _ = carry[5]
+    tokens = finished[:, 0]  # [b, new]
+    if eos is None:
+        lengths = jnp.full((batch_size,), new, jnp.int32)
+    else:
+        is_eos = tokens == eos
+        lengths = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, new).astype(jnp.int32)
+    return Generated(tokens, lengths, finished_scores[:, 0])
+
+
+def _prefill(module, params, inputs, input_mask, new: int, decoder_start_id: int):
+    """The prompt's pass (a decoder) or the encoder's and the decoder start token's (an encoder-decoder):
+    (forward(cache, ids [rows, 1], positions [rows, 1] or None) -> (cache, logits [rows, vocab]), the cache, the
+    next token's logits [rows, vocab], the next positions [rows] or None)."""
+    weights = params if isinstance(params, weights_lib.DecodingWeights) else weights_lib.prepare(module, params)
+    weights_lib.check_layout(module, weights)
+    fixed = {'params': weights.params, DECODING_WEIGHTS: weights.kernels}
+    rows, length = inputs.shape
+    inputs = inputs.astype(jnp.int32)
+    if is_encoder_decoder(module):
+        mask = inputs != module.config.pad_id if input_mask is None else input_mask != 0
+        encoded = module.apply(fixed, inputs, encoder_mask=mask, method='encode')
+
+        def forward(cache, ids, unused_positions):
+            outputs, variables = module.apply({**fixed, 'cache': cache}, encoded, ids, encoder_mask=mask,
+                                              decode=True, method='decode', mutable=['cache'])
+            return variables['cache'], outputs['logits'][:, -1]
+
+        cache = weights_lib.init_cache(module, rows, new, encoder_length=length)
+        cache, logits = forward(cache, jnp.full((rows, 1), decoder_start_id, jnp.int32), None)
+        return forward, cache, logits, None
+
+    mask = jnp.ones_like(inputs, jnp.bool_) if input_mask is None else input_mask != 0
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)  # [rows, length]
+
+    def forward(cache, ids, positions, input_mask=None):
+        outputs, variables = module.apply({**fixed, 'cache': cache}, ids, input_mask=input_mask, positions=positions,
+                                          decode=True, logits_to_keep=1, mutable=['cache'])
+        return variables['cache'], outputs['logits'][:, -1]
+
+    cache = weights_lib.init_cache(module, rows, length + new)
+    cache, logits = forward(cache, inputs, positions, mask)
+    return forward, cache, logits, positions[:, -1] + 1
 
 
 def jit_generate(module: nn.Module, options: Options, decoder_start_id: int = 0):

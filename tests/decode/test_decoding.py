@@ -17,10 +17,17 @@ from plmjax.decode import decoding  # noqa: E402
 NEW = 10
 
 
-def _converted(name):
-    pytest.importorskip('torch')
+def _converted(name, eos_factor=None, eos=5):
+    """A tiny random transformers model and its conversion. The tiny models repeat one token forever; with
+    `eos_factor`, EOS's row of the output embedding is scaled by it, so that EOS is likely in some contexts and
+    hypotheses end at different steps."""
+    torch = pytest.importorskip('torch')
     from plmjax.convert import hf, parity
+    torch.manual_seed(0)  # transformers' own initialization, before the seeded perturbation
     hf_model = parity.tiny_hf_model(name)
+    if eos_factor is not None:
+        with torch.no_grad():
+            hf_model.get_output_embeddings().weight[eos] *= eos_factor
     state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
     converted = hf.from_hf(hf_model.config.to_dict(), state)
     family = 'encoder_decoder' if hf_model.config.is_encoder_decoder else 'decoder'
@@ -177,7 +184,8 @@ def test_decoding_on_8_devices_gives_the_1_device_tokens(family):
     module, params = _tiny(family, seed=4)
     ids, mask = _ragged(module.config.vocab_size, 0, left=family == 'decoder', seed=4, batch=4)
     options = {'greedy': decoding.Options(max_new_tokens=NEW),
-               'sample': decoding.Options(max_new_tokens=NEW, strategy='sample', top_p=0.9)}
+               'sample': decoding.Options(max_new_tokens=NEW, strategy='sample', top_p=0.9),
+               'beam': decoding.Options(max_new_tokens=NEW, strategy='beam', num_beams=3, eos_id=7)}
     expected = {k: decoding.jit_generate(module, o)(params, ids, mask, jax.random.key(1)).tokens
                 for k, o in options.items()}
     mesh = sharding.create_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
@@ -192,3 +200,48 @@ def test_decoding_on_8_devices_gives_the_1_device_tokens(family):
         for k, o in options.items():
             tokens = decoding.jit_generate(module, o)(sharded, ids_d, mask_d, jax.random.key(1)).tokens
             np.testing.assert_array_equal(np.asarray(tokens), np.asarray(expected[k]), err_msg=k)
+
+
+def _hf_beam(hf_model, ids, mask, new, eos_id, pad_id, beams, length_penalty, early_stopping=False):
+    import torch
+    config = hf_model.config
+    kwargs = dict(max_new_tokens=new, min_new_tokens=0, do_sample=False, num_beams=beams, eos_token_id=eos_id,
+                  pad_token_id=pad_id, forced_bos_token_id=None, forced_eos_token_id=None, no_repeat_ngram_size=0,
+                  repetition_penalty=1.0, length_penalty=length_penalty, early_stopping=early_stopping,
+                  output_scores=True, return_dict_in_generate=True)
+    if config.is_encoder_decoder:
+        kwargs['decoder_start_token_id'] = _start_id(hf_model)
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask), **kwargs)
+    sequences = out.sequences.numpy()
+    sequences = sequences[:, 1:] if config.is_encoder_decoder else sequences[:, ids.shape[1]:]
+    return sequences, out.sequences_scores.numpy()
+
+
+@pytest.mark.parametrize('name, length_penalty, early_stopping',
+                         [(name, lp, False) for name in ('gpt2', 't5', 't5_v1_1', 'bart') for lp in (0.6, 1.0)]
+                         + [('gpt2', 1.0, True), ('bart', 0.6, True), ('gpt2', 0.6, 'never'), ('t5', 1.0, 'never')])
+def test_beam_search_matches_transformers_generate_on_a_ragged_batch_with_eos(name, length_penalty, early_stopping):
+    eos = 5
+    for factor in (2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0):  # one where EOS ends some best hypotheses, not all at once
+        hf_model, module, params = _converted(name, eos_factor=factor, eos=eos)
+        config = hf_model.config
+        pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        ids, mask = _ragged(config.vocab_size, pad_id, left=not config.is_encoder_decoder, seed=1)
+        expected, expected_scores = _hf_beam(hf_model, ids, mask, NEW, eos, pad_id, 4, length_penalty,
+                                             early_stopping)
+        stops = [int(np.argmax(row == eos)) + 1 if (row == eos).any() else len(row) for row in expected]
+        if min(stops) < NEW and max(stops) > 1:
+            break
+    else:
+        pytest.fail(f'EOS never ends a hypothesis early: pick other inputs ({stops})')
+    start = _start_id(hf_model) if config.is_encoder_decoder else 0
+    options = decoding.Options(max_new_tokens=NEW, strategy='beam', num_beams=4, length_penalty=length_penalty,
+                               early_stopping=early_stopping, eos_id=eos, pad_id=pad_id)
+    out = decoding.jit_generate(module, options, decoder_start_id=start)(params, ids, mask)
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    assert lengths.tolist() == stops, (tokens, expected)
+    for row, stop in enumerate(stops):  # up to and with EOS (transformers fills the rest with its own fill value)
+        np.testing.assert_array_equal(tokens[row, :stop], expected[row, :stop])
+        assert (tokens[row, stop:] == pad_id).all()
+    np.testing.assert_allclose(np.asarray(out.scores), expected_scores, rtol=1e-4)
