@@ -9,6 +9,7 @@
     plmjax bench [--sizes full|tiny] [--out results.json]               # speed vs the PyTorch reference
     plmjax plan --gin_file=EXPERIMENT --topology=v5e:4x4 --mesh=data=16  # TPU memory/FLOPs by AOT compilation
     plmjax parse --checkpoint=DIR --conllu=FILE --out=DIR               # Perturbed Masking unsupervised parsing
+    plmjax infer --checkpoint=DIR --inputs=FILE --strategy=beam         # generation (greedy, sample, beam)
 
 A mistake a user can make (a bad gin binding, a missing file, a too-long sequence, a checkpoint of another
 model) ends in one line naming the problem and the fix, exit status 2; `--traceback` shows the whole story.
@@ -84,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                                      "submission file go (default: <model dir>/eval)")
     _add_convert_parser(sub)
     from plmjax.bench import command as bench_command
-    from plmjax.evaluation import perturbed_masking
+    from plmjax.evaluation import infer, perturbed_masking
     from plmjax.plan import command as plan_command
     bench_command.add_parser(sub)
     plan_command.add_parser(sub)
     perturbed_masking.add_parser(sub)
+    infer.add_parser(sub)
     argv, dotted_gin = launch.split_gin_flags(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if hasattr(args, "gin_param"):
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return plan_command.run(args)
         if args.command == "parse":
             return perturbed_masking.run(args)
+        if args.command == "infer":
+            return infer.run(args)
         if args.coordinator_address:
             _initialize_distributed(args)
         launch.parse_gin(args.gin_file, args.gin_param)
