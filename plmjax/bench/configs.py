@@ -76,13 +76,15 @@ MODELS = {m.name: m for m in (
 
 @dataclasses.dataclass(frozen=True)
 class DecodeBench:
-    """Greedy decoding with a KV cache: prompt length, new tokens, model (a decoder ModelBench)."""
+    """Decoding with a KV cache: prompt length, new tokens, model (a decoder ModelBench); each batch size greedy
+    (num_beams 1) and with beam search (num_beams > 1; no EOS, so every step runs on both sides)."""
     model: str = 'gpt2'
     prompt_length: int = 32
     new_tokens: int = 64
     tiny_prompt_length: int = 8
     tiny_new_tokens: int = 8
     batch_sizes: tuple[int, ...] = (1, 8)
+    num_beams: tuple[int, ...] = (1, 4)
 
     def shape(self, size: str) -> tuple[int, int]:
         return ((self.prompt_length, self.new_tokens) if size == 'full'

@@ -85,8 +85,9 @@ def train(spec: dict) -> dict:
 
 
 def decode(spec: dict) -> dict:
-    """Greedy decoding tokens/s at each batch size (one process: the peak RSS is the largest batch's)."""
-    from plmjax.decode import greedy
+    """Decoding tokens/s at each batch size, greedy and beam search (one process: the peak RSS is the largest
+    configuration's)."""
+    from plmjax.decode import decoding, weights as weights_lib
     bench = configs.MODELS[configs.DECODE.model]
     config, module = _model(bench, spec['size'], spec['variant'])
     prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
@@ -94,24 +95,28 @@ def decode(spec: dict) -> dict:
     # The decoding layout is made once and kept across calls, as a served model keeps its weights (`generate`'s
     # are in PyTorch's [out, in] layout already); the time it takes (compile and run) is reported on its own.
     start = time.perf_counter()
-    weights = jax.block_until_ready(jax.jit(functools.partial(greedy.prepare, module))(params))
+    weights = jax.block_until_ready(jax.jit(functools.partial(weights_lib.prepare, module))(params))
     prepare_s = time.perf_counter() - start
     by_batch = {}
-    for batch_size in spec['batch_sizes']:
-        prompt = np.random.default_rng(0).integers(batches.FIRST_ID, config.vocab_size,
-                                                   (batch_size, prompt_length)).astype(np.int32)
-        start = time.perf_counter()
-        compiled = greedy.jit_greedy_decode(module, new_tokens).lower(weights, prompt).compile()
-        compile_s = time.perf_counter() - start
+    for num_beams in spec.get('num_beams', (1,)):
+        for batch_size in spec['batch_sizes']:
+            prompt = np.random.default_rng(0).integers(batches.FIRST_ID, config.vocab_size,
+                                                       (batch_size, prompt_length)).astype(np.int32)
+            options = decoding.Options(max_new_tokens=new_tokens, strategy='greedy' if num_beams == 1 else 'beam',
+                                       num_beams=num_beams)
+            start = time.perf_counter()
+            compiled = decoding.jit_generate(module, options).lower(weights, prompt).compile()
+            compile_s = time.perf_counter() - start
 
-        def run_steps(steps):
-            for _ in range(steps):
-                tokens = compiled(weights, prompt)
-            tokens.block_until_ready()
+            def run_steps(steps):
+                for _ in range(steps):
+                    out = compiled(weights, prompt)
+                out.tokens.block_until_ready()
 
-        run_steps(1)
-        rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens)
-        by_batch[str(batch_size)] = {'tokens_per_s': rates, 'compile_s': compile_s, 'prepare_s': prepare_s}
+            run_steps(1)
+            rates = timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens)
+            by_batch[f'{batch_size}/{num_beams}'] = {'tokens_per_s': rates, 'compile_s': compile_s,
+                                                     'prepare_s': prepare_s}
     return {'by_batch': by_batch}
 
 

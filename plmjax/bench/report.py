@@ -120,8 +120,10 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
                                     'sentences_per_s': timing.summary(result['sentences_per_s']),
                                     'sentences': result['sentences'], 'first_s': result.get('first_s'), **memory})
         else:
-            for batch_size, measured in result['by_batch'].items():
-                record['decode'].append({'batch_size': int(batch_size), 'framework': spec['framework'],
+            for key, measured in result['by_batch'].items():
+                batch_size, _, num_beams = key.partition('/')
+                record['decode'].append({'batch_size': int(batch_size), 'num_beams': int(num_beams or 1),
+                                         'framework': spec['framework'],
                                          'variant': spec['variant'],
                                          'tokens_per_s': timing.summary(measured['tokens_per_s']),
                                          'compile_s': measured.get('compile_s'),
@@ -137,7 +139,7 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
         base = _find(record['train'], model=row['model'], framework='torch', variant='eager_f32')
         row['vs_torch_eager_f32'] = _ratio(row['tokens_per_s'], base and base['tokens_per_s'])
     for row in record['decode']:
-        base = _find(record['decode'], batch_size=row['batch_size'], framework='torch')
+        base = _find(record['decode'], batch_size=row['batch_size'], num_beams=row['num_beams'], framework='torch')
         row['vs_transformers_generate'] = _ratio(row['tokens_per_s'], base and base['tokens_per_s'])
     for row in record['parse']:
         base = _find(record['parse'], framework='torch')
@@ -178,7 +180,8 @@ def _targets(record: dict) -> dict:
         targets[f'{model} {row_name(ours).removeprefix("plmjax ")}'] = entry
     for row in record['decode']:
         if row['framework'] == 'plmjax' and row['vs_transformers_generate'] is not None:
-            targets[f'decode batch {row["batch_size"]} {row["variant"]}'] = {
+            search = 'greedy' if row['num_beams'] == 1 else f'beam {row["num_beams"]}'
+            targets[f'decode {search} batch {row["batch_size"]} {row["variant"]}'] = {
                 'vs_transformers_generate': row['vs_transformers_generate']}
     for row in record['parse']:
         if row['framework'] == 'plmjax' and row['vs_torch_eager_f32'] is not None:
@@ -240,10 +243,11 @@ def markdown(record: dict) -> str:
               _num(r['peak_rss_mb'], 0), _num(r['working_rss_mb'], 0), _rate(r['vs_torch_eager_f32'], digits=2)]
              for r in record['train']]))
     if record['decode']:
-        parts.append('### Greedy decoding (KV cache)\n' + _table(
-            ['batch', 'implementation', 'tokens/s', 'compile s', 'weights prepared once, s', 'peak RSS MB',
+        parts.append('### Decoding (KV cache): greedy and beam search\n' + _table(
+            ['batch', 'search', 'implementation', 'tokens/s', 'compile s', 'weights prepared once, s', 'peak RSS MB',
              'x transformers generate'],
-            [[r['batch_size'], f'{r["framework"]} {r["variant"]}', _rate(r['tokens_per_s'], digits=1),
+            [[r['batch_size'], 'greedy' if r['num_beams'] == 1 else f'{r["num_beams"]} beams',
+              f'{r["framework"]} {r["variant"]}', _rate(r['tokens_per_s'], digits=1),
               _num(r['compile_s']), _num(r.get('prepare_s')), _num(r['peak_rss_mb'], 0),
               _rate(r['vs_transformers_generate'], digits=2)]
              for r in record['decode']]))

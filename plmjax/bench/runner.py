@@ -88,7 +88,8 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
                     for v in torch_variants]
     if 'decode' in only:  # one process per framework for all batch sizes: peak RSS is the largest batch's
         decode = {**base, 'kind': 'decode', 'model': configs.DECODE.model,
-                  'batch_sizes': list(configs.DECODE.batch_sizes), 'steps': STEPS['decode', size]}
+                  'batch_sizes': list(configs.DECODE.batch_sizes), 'num_beams': list(configs.DECODE.num_beams),
+                  'steps': STEPS['decode', size]}
         out += [{**decode, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
         if torch:
             out.append({**decode, 'framework': 'torch', 'variant': 'generate',

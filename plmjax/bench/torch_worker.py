@@ -86,26 +86,28 @@ def train(spec: dict) -> dict:
 
 
 def decode(spec: dict) -> dict:
-    """`generate` tokens/s at each batch size (greedy, KV cache, no early stop)."""
+    """`generate` tokens/s at each batch size, greedy and beam search (KV cache, no EOS: no early stop)."""
     bench = configs.MODELS[configs.DECODE.model]
     prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
     model = _hf_model(spec, bench.hf_class).eval()
     by_batch = {}
-    for batch_size in spec['batch_sizes']:
-        prompt = torch.from_numpy(np.random.default_rng(0).integers(
-            batches.FIRST_ID, spec['hf_config']['vocab_size'], (batch_size, prompt_length)))
-        mask = torch.ones_like(prompt)
+    for num_beams in spec.get('num_beams', (1,)):
+        for batch_size in spec['batch_sizes']:
+            prompt = torch.from_numpy(np.random.default_rng(0).integers(
+                batches.FIRST_ID, spec['hf_config']['vocab_size'], (batch_size, prompt_length)))
+            mask = torch.ones_like(prompt)
 
-        def run_steps(steps):
-            with torch.inference_mode():
-                for _ in range(steps):
-                    out = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                         num_beams=1, eos_token_id=None, pad_token_id=0, use_cache=True)
-            assert out.shape[1] == prompt_length + new_tokens
+            def run_steps(steps):
+                with torch.inference_mode():
+                    for _ in range(steps):
+                        out = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                             num_beams=num_beams, eos_token_id=None, pad_token_id=0, use_cache=True,
+                                             length_penalty=1.0, early_stopping=False)
+                assert out.shape[1] == prompt_length + new_tokens
 
-        run_steps(1)
-        by_batch[str(batch_size)] = {'tokens_per_s': timing.repeat_rates(run_steps, spec['steps'], spec['repeats'],
-                                                                         batch_size * new_tokens)}
+            run_steps(1)
+            by_batch[f'{batch_size}/{num_beams}'] = {'tokens_per_s': timing.repeat_rates(
+                run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens)}
     return {'by_batch': by_batch}
 
 

@@ -83,17 +83,19 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     assert set(record['targets']) >= {f'bert {v}, logits at {w} positions' for v in ('xla_f32', 'xla_bf16_matmul')
                                       for w in ('all', 'predicted')}
 
-    decode = {(r['variant'], r['batch_size']): r for r in record['decode']}
-    assert set(decode) == {(v, b) for v in ('xla_f32', 'xla_bf16_matmul', 'generate')
-                           for b in configs.DECODE.batch_sizes}
-    for (variant, batch_size), r in decode.items():
+    decode = {(r['variant'], r['batch_size'], r['num_beams']): r for r in record['decode']}
+    assert set(decode) == {(v, b, w) for v in ('xla_f32', 'xla_bf16_matmul', 'generate')
+                           for b in configs.DECODE.batch_sizes for w in configs.DECODE.num_beams}
+    for (variant, batch_size, beams), r in decode.items():
         _positive_summary(r['tokens_per_s'])
-        _check_ratio(r['vs_transformers_generate'], r['tokens_per_s'], decode['generate', batch_size]['tokens_per_s'])
-    assert decode['xla_f32', 8]['compile_s'] > 0 and decode['xla_bf16_matmul', 8]['compile_s'] > 0
+        _check_ratio(r['vs_transformers_generate'], r['tokens_per_s'],
+                     decode['generate', batch_size, beams]['tokens_per_s'])
+    assert decode['xla_f32', 8, 1]['compile_s'] > 0 and decode['xla_bf16_matmul', 8, 4]['compile_s'] > 0
+    assert {'decode greedy batch 8 xla_f32', 'decode beam 4 batch 1 xla_f32'} <= set(record['targets'])
 
     ours = rows['plmjax', 'xla_f32', 'all']
     mfu = ours['mfu']
-    for text in ('Matmul ceiling', 'Training step', 'Greedy decoding', 'plmjax xla_f32, logits at all positions',
+    for text in ('Matmul ceiling', 'Training step', 'Decoding (KV cache)', '4 beams', 'plmjax xla_f32, logits at all positions',
                  'plmjax xla_bf16_matmul, logits at predicted positions', 'torch eager_f32',
                  report.machine_text(record['machine']),
                  f'{100 * mfu["median"]:.1f}% ({100 * mfu["min"]:.1f}–{100 * mfu["max"]:.1f}%)',
