@@ -43,13 +43,7 @@ def evaluate(out: pathlib.Path, limit=None, conllu=EWT_DEV, progress=True):
     out.mkdir(parents=True, exist_ok=True)
     sentences = treebank.read_conllu(str(conllu), max_words=20, limit=limit)
     encoder = perturbed_masking.load_encoder(str(minilm_checkpoint(out)))
-    key = perturbed_masking._cache_key(encoder, sentences, 'dist', None)
-    matrices, seconds = perturbed_masking.cached_matrices(str(out), key), None
-    if matrices is None:
-        start = time.perf_counter()
-        matrices = perturbed_masking.compute_matrices(encoder, sentences, progress=progress)
-        seconds = time.perf_counter() - start
-        perturbed_masking.save_matrices(str(out), key, matrices)
+    matrices, seconds = perturbed_masking.matrices_in(str(out), encoder, sentences, progress=progress)
     return perturbed_masking.conventions_table(matrices, sentences), sentences, seconds
 
 

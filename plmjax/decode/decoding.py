@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from plmjax.decode import weights as weights_lib
 from plmjax.layers.dense import DECODING_WEIGHTS
+from plmjax.models import layout
 
 STRATEGIES = ('greedy', 'sample', 'beam')
 EARLY_STOPPING = (False, True, 'never')
@@ -100,9 +101,13 @@ def choose(logits: jax.Array, options: Options, key: Optional[jax.Array]) -> jax
     return jax.random.categorical(key, warped, axis=-1).astype(jnp.int32)
 
 
-def is_encoder_decoder(module: nn.Module) -> bool:
-    return hasattr(module, 'encode')
 
+def _hold_eos(scores: jax.Array, step, options: Options) -> jax.Array:
+    """[..., vocab] logits or log-probabilities with EOS at -inf before `min_new_tokens` tokens."""
+    if options.eos_id is None or not options.min_new_tokens:
+        return scores
+    is_eos = jnp.arange(scores.shape[-1]) == options.eos_id
+    return jnp.where((step < options.min_new_tokens) & is_eos, -jnp.inf, scores)
 
 def generate(module: nn.Module, params, inputs: jax.Array, options: Options, *,
              input_mask: Optional[jax.Array] = None, rng: Optional[jax.Array] = None,
@@ -121,10 +126,7 @@ def generate(module: nn.Module, params, inputs: jax.Array, options: Options, *,
     eos, pad = options.eos_id, options.pad_id
 
     def pick(step, raw, done, key):
-        logits = raw
-        if eos is not None and options.min_new_tokens:
-            logits = jnp.where((step < options.min_new_tokens) & (jnp.arange(logits.shape[-1]) == eos),
-                               -jnp.inf, logits)
+        logits = _hold_eos(raw, step, options)
         token = choose(logits, options, None if key is None else jax.random.fold_in(key, step))
         token = jnp.where(done, pad, token)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(raw.astype(jnp.float32)), token[:, None], axis=-1)[:, 0]
@@ -188,15 +190,14 @@ def beam_search(module: nn.Module, params, inputs: jax.Array, options: Options, 
         def take(path, leaf):
             if leaf.ndim == 0:  # cache_index
                 return leaf
-            axis = 1 if scanned and any(getattr(k, 'key', None) == 'layers' for k in path) else 0
+            axis = 1 if scanned and any(getattr(k, 'key', None) == layout.LAYERS for k in path) else 0
             return jnp.take(leaf, rows, axis=axis)
         return jax.tree_util.tree_map_with_path(take, cache)
 
     def step_fn(t, logits, state):
         (running, running_scores, finished, finished_scores, finished_flag, unsatisfied) = state
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beams, vocab)
-        if eos is not None and options.min_new_tokens:
-            log_probs = jnp.where((t < options.min_new_tokens) & (jnp.arange(vocab) == eos), -jnp.inf, log_probs)
+        log_probs = _hold_eos(log_probs, t, options)
         total = (log_probs + running_scores[:, :, None]).reshape(batch_size, beams * vocab)
         cand_scores, flat = jax.lax.top_k(total, candidates)  # [b, 2W]
         source, token = flat // vocab, (flat % vocab).astype(jnp.int32)
@@ -263,7 +264,7 @@ def _prefill(module, params, inputs, input_mask, new: int, decoder_start_id: int
     fixed = {'params': weights.params, DECODING_WEIGHTS: weights.kernels}
     rows, length = inputs.shape
     inputs = inputs.astype(jnp.int32)
-    if is_encoder_decoder(module):
+    if weights_lib.is_encoder_decoder(module):
         mask = inputs != module.config.pad_id if input_mask is None else input_mask != 0
         encoded = module.apply(fixed, inputs, encoder_mask=mask, method='encode')
 

@@ -48,10 +48,14 @@ class DecodingWeights:
         return cls._bind(*children)
 
 
+def is_encoder_decoder(module: nn.Module) -> bool:
+    return hasattr(module, 'encode')
+
+
 def _dummy_inputs(module: nn.Module, batch_size: int, length: int, encoder_length: int | None = None):
     """The positional inputs of a call: decoder ids, or (encoder ids, decoder ids) for an encoder-decoder."""
     ids = jnp.ones((batch_size, length), jnp.int32)
-    if hasattr(module, 'encode'):
+    if is_encoder_decoder(module):
         return jnp.ones((batch_size, encoder_length or 1), jnp.int32), ids
     return (ids,)
 

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from plmjax.convert import checkpoint as convert_checkpoint
+from plmjax.evaluation import vocabulary as vocab_flags
 from plmjax.train import checkpoint as checkpoint_lib
 
 STRATEGIES = ('greedy', 'sample', 'beam', 'pmlm')
@@ -63,18 +64,7 @@ class Codec:
 
 def _codec(root: str, vocab: Optional[str], task: Optional[str]) -> Codec:
     if task or vocab:
-        if vocab and not os.path.isfile(vocab):
-            raise FileNotFoundError(f'--vocab {vocab}: no such file.')
-        import seqio
-        if task:
-            import plmjax.tasks  # noqa: F401  (registers the tasks)
-            features = seqio.get_mixture_or_task(task).output_features
-            vocabulary = features.get('inputs', features.get('targets')).vocabulary
-        elif vocab.endswith('.txt'):
-            from plmjax.data import vocabularies
-            vocabulary = vocabularies.WordPieceVocabulary(vocab)
-        else:
-            vocabulary = seqio.SentencePieceVocabulary(vocab)
+        vocabulary = vocab_flags.from_flags(vocab, task)
         return Codec(lambda text: list(vocabulary.encode(text)), lambda ids: vocabulary.decode(ids),
                      vocabulary.eos_id, vocabulary.pad_id or 0)
     path = os.path.join(root, 'tokenizer', 'tokenizer.json')

@@ -27,6 +27,7 @@ from plmjax import models, sharding
 from plmjax.analysis import constituency, dependency, impact, masking, pieces, plots, trees
 from plmjax.analysis import treebank as treebank_lib
 from plmjax.convert import checkpoint as convert_checkpoint
+from plmjax.evaluation import vocabulary
 from plmjax.train import checkpoint as checkpoint_lib
 
 DECODERS = (*dependency.DECODERS, 'mart')
@@ -99,20 +100,8 @@ def _initialized_params(module) -> dict:
 
 
 def _tokenizer(root: str, vocab: Optional[str], task: Optional[str]) -> pieces.WordTokenizer:
-    if task:
-        import seqio
-
-        import plmjax.tasks  # noqa: F401  (registers the tasks)
-        features = seqio.get_mixture_or_task(task).output_features
-        return pieces.from_vocabulary(features.get('inputs', features.get('targets')).vocabulary)
-    if vocab:
-        if not os.path.isfile(vocab):
-            raise FileNotFoundError(f'--vocab {vocab}: no such file.')
-        from plmjax.data import vocabularies
-        if vocab.endswith('.txt'):
-            return pieces.from_vocabulary(vocabularies.WordPieceVocabulary(vocab))
-        import seqio
-        return pieces.from_vocabulary(seqio.SentencePieceVocabulary(vocab))
+    if task or vocab:
+        return pieces.from_vocabulary(vocabulary.from_flags(vocab, task))
     tokenizer_dir = os.path.join(root, 'tokenizer')
     if not os.path.isdir(tokenizer_dir):
         raise FileNotFoundError(f'{root} has no tokenizer/ (a `plmjax train` run keeps its vocabulary in its task): '
@@ -232,6 +221,21 @@ def save_matrices(out: str, key: dict, matrices) -> None:
     os.replace(os.path.join(out, 'matrices.json.tmp'), os.path.join(out, 'matrices.json'))
 
 
+def matrices_in(out: str, encoder: Encoder, sentences, impact_name: str = 'dist', layer: Optional[int] = None,
+                batch_size: int = 64, progress: bool = True) -> tuple[list[np.ndarray], Optional[float]]:
+    """The impact matrices cached in `out` for this encoder, sentences, impact and layer, else computed and
+    cached: (matrices, seconds spent computing them, or None when they came from the cache)."""
+    key = _cache_key(encoder, sentences, impact_name, layer)
+    matrices = cached_matrices(out, key)
+    if matrices is not None:
+        return matrices, None
+    start = time.perf_counter()
+    matrices = compute_matrices(encoder, sentences, impact_name, layer, batch_size, progress)
+    seconds = time.perf_counter() - start
+    save_matrices(out, key, matrices)
+    return matrices, seconds
+
+
 def results_table(rows: dict[str, dict]) -> str:
     lines = ['| method | UAS | UUAS | NED |', '|---|---|---|---|']
     for name, r in rows.items():
@@ -251,12 +255,8 @@ def run(args: argparse.Namespace) -> int:
     read = treebank_lib.read_conllu if gold else treebank_lib.read_text
     sentences = read(args.conllu or args.text, max_words=args.max_words, limit=args.limit)
     encoder = load_encoder(args.checkpoint, args.vocab, args.task)
-    key = _cache_key(encoder, sentences, args.impact, args.layer)
-    matrices = cached_matrices(args.out, key)
-    cached = matrices is not None
-    if not cached:
-        matrices = compute_matrices(encoder, sentences, args.impact, args.layer, args.batch_size)
-        save_matrices(args.out, key, matrices)
+    matrices, seconds = matrices_in(args.out, encoder, sentences, args.impact, args.layer, args.batch_size)
+    cached = seconds is None
     predicted = decode(matrices, sentences, args.decoder, root, args.normalization, args.seed)
     if args.decoder == 'mart':
         with open(os.path.join(args.out, 'trees.txt'), 'w', encoding='utf-8') as f:
