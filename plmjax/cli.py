@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_command.add_parser(sub)
     perturbed_masking.add_parser(sub)
     infer.add_parser(sub)
+    launch.add_gin_flags(sub.choices["infer"], required=False)
     argv, dotted_gin = launch.split_gin_flags(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if hasattr(args, "gin_param"):
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "parse":
             return perturbed_masking.run(args)
         if args.command == "infer":
-            return infer.run(args)
+            if args.gin_file or args.gin_param:
+                launch.parse_gin(args.gin_file, args.gin_param)
+            return infer.run(args, launch.infer_settings)
         if args.coordinator_address:
             _initialize_distributed(args)
         launch.parse_gin(args.gin_file, args.gin_param)

@@ -92,7 +92,9 @@ def test_each_bad_input_gives_one_clear_message(tmp_path, capsys):
     cases = [(['--inputs', str(bad)], 'bad.jsonl:2'), (['--inputs', str(long)], 'input 2 is 60 tokens'),
              (['--inputs', str(long), '--strategy', 'telepathy'], "choose one of"),
              (['--inputs', str(tmp_path / 'missing.txt')], 'no such file'),
-             (['--inputs', str(long), '--strategy', 'pmlm'], 'not implemented')]
+             (['--inputs', str(long), '--strategy', 'pmlm'], "holds a 'decoder' model"),
+             (['--task', 'pydoc_lm'], 'no inputs'),
+             (['--inputs', str(long), '--gin_param', "infer.strategy = 'telepathy'"], 'choose one of')]
     for args, message in cases:
         assert cli.main(['infer', '--checkpoint', model, *args]) == 2
         err = capsys.readouterr().err
