@@ -182,3 +182,31 @@ def test_template_rejects_a_constraint_that_does_not_fit():
         pmlm.template([[5]], 3, mask_id=MASK, pad_id=PAD, fixed=[{2: [7, 8]}])
     with pytest.raises(ValueError, match='Unknown generation order'):
         pmlm.Options(mask_id=MASK, order='sideways')
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 fake CPU devices (tests/conftest.py)')
+def test_generation_on_8_devices_gives_the_1_device_tokens():
+    import flax.linen as nn
+    from plmjax import sharding
+    config = models.tiny_encoder(vocab_size=64, dropout_rate=0.0)
+    module = models.build_model('encoder', config)
+    init = lambda: module.init(jax.random.key(2), jnp.ones((1, 8), jnp.int32))  # noqa: E731
+    params = nn.meta.unbox(init()['params'])
+    ids, free, mask = pmlm.template([[5, 6], [7], [8, 9, 10], [11]], 6, mask_id=MASK, pad_id=PAD, cls_id=CLS,
+                                    sep_id=SEP, fixed=[{0: [20]}, {}, {3: [30]}, {}])
+    options = {'random': pmlm.Options(mask_id=MASK, order='random', strategy='sample', top_p=0.9),
+               'confident': pmlm.Options(mask_id=MASK, order='confident', tokens_per_step=2),
+               'mask_predict': pmlm.Options(mask_id=MASK, iterations=3)}
+    expected = {k: pmlm.jit_generate(module, o)(params, ids, free, mask, jax.random.key(1)) for k, o in
+                options.items()}
+    mesh = sharding.create_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+    rules = sharding.LOGICAL_AXIS_RULES
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = sharding.logical_to_sharding(nn.get_partition_spec(jax.eval_shape(init)), mesh, rules)
+        sharded = nn.meta.unbox(jax.jit(init, out_shardings=shardings)()['params'])
+        data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+        batch = [jax.device_put(x, data) for x in (ids, free, mask)]
+        for k, o in options.items():
+            got = pmlm.jit_generate(module, o)(sharded, *batch, jax.random.key(1))
+            np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected[k].tokens), err_msg=k)
+            np.testing.assert_array_equal(np.asarray(got.steps), np.asarray(expected[k].steps), err_msg=k)
