@@ -22,6 +22,7 @@ from plmjax.data import feature_converters, pipeline
 from plmjax.train import adapter as adapter_lib
 from plmjax.train import checkpoint as checkpoint_lib
 from plmjax.train import evaluate as evaluate_lib
+from plmjax.train import fill_mask_examples
 from plmjax.train import init as init_lib
 from plmjax.train import metrics as metrics_lib
 from plmjax.train import optim
@@ -250,9 +251,15 @@ def train(
         "loss_curve": curve,
     }
     summary = {key: value for key, value in summary.items() if value is not None}
+    examples = None if is_finetune_run(run) else fill_mask_examples.fill_mask_examples(run, state.params, task,
+                                                                                         eval_split)
+    if examples:
+        summary["fill_mask_examples"] = examples
     if jax.process_index() == 0:  # the files of the run (the adapter and checkpoints: Orbax, all processes)
         metrics_lib.plot_loss_curve(writer.jsonl_path, curve)
-        print(_format_summary(summary))
+        print(_format_summary({k: v for k, v in summary.items() if k != "fill_mask_examples"}))
+        if examples:
+            print(fill_mask_examples.format_examples(examples))
         with open(os.path.join(model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return final

@@ -49,6 +49,15 @@ def test_tiny_model_trains_and_loss_falls(family, tmp_path):
     for name in ("loss_curve.png", "summary.json", "config.gin", "checkpoints"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    examples = json.loads((tmp_path / "summary.json").read_text()).get("fill_mask_examples")
+    if family != "encoder":  # the summary's fill-mask examples are an MLM encoder's
+        assert examples is None
+        return
+    assert len(examples) == 3
+    for example in examples:
+        probs = [q for _, q in example["fills"]]
+        assert example["text"].count("[MASK]") == 1 and example["answer"].isalpha()
+        assert len(probs) == 3 and 1 > probs[0] >= probs[1] >= probs[2] > 0
 
 
 def _cli_train(model_dir, steps, crash_after=None, *extra):
