@@ -29,7 +29,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest", "pytest-xdist"],
+    # nbclient/nbformat/ipykernel: the test suite runs the notebooks headless (tests/notebooks)
+    "test": ["pytest", "pytest-xdist", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
+    # jupyter lab notebooks/; nbconvert: scripts/render_notebooks.py
+    "notebooks": ["jupyterlab==4.6.4", "nbconvert==7.17.1", "nbclient==0.11.0", "nbformat==5.11.1",
+                  "ipykernel==7.4.0"],
     "torch": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tiktoken==0.14.0"],
     "tpu": ["jax[tpu]==0.10.2"],
 }

@@ -84,9 +84,12 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, bindings
 
 
-def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str], clear: bool = False) -> None:
     """Registers every configurable (tasks, presets, the entry points above) and parses the files and bindings;
-    files are found relative to the working directory or the repository root."""
+    files are found relative to the working directory or the repository root. clear: forget earlier bindings
+    first (one process, several runs: a notebook)."""
+    if clear:
+        gin.clear_config()
     for path in (os.getcwd(), REPO_ROOT):
         gin.add_config_file_search_path(path)
     for path in gin_files:
@@ -122,6 +125,7 @@ def run_settings(gin_files: Sequence[str], gin_params: Sequence[str], mesh_axes:
 
     return {
         "model_config": setting("model_config", "MODEL_CONFIG"),
+        "task": setting("task", "TASK", None),
         "architecture": setting("architecture", "MODEL_ARCH"),
         "objective": setting("objective", "OBJECTIVE"),
         "task_feature_lengths": setting("task_feature_lengths", "TASK_FEATURE_LENGTHS"),

@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 #   <- {evaluation, prompting, convert} <- {plan, bench, launch} <- cli; data and tasks never import models or train.
 RANKS = {"layers": 0, "sharding": 0, "data": 0, "models": 1, "objectives": 2, "peft": 2, "decode": 2,
          "compression": 2, "analysis": 2, "train": 3, "evaluation": 4, "prompting": 4, "convert": 4,
-         "plan": 5, "bench": 5, "launch": 5, "cli": 6}
+         "plan": 5, "bench": 5, "launch": 5, "interactive": 5, "cli": 6}
 # tasks/ (installed as plmjax.tasks) registers seqio tasks from data and prompting's PET preprocessors.
 TASKS_MAY_IMPORT = {"data", "prompting", "tasks"}
 GIN_FILES = {"plmjax/cli.py", "plmjax/launch.py", "plmjax/models/config.py"}  # and everything under tasks/

@@ -106,12 +106,15 @@ class Codec:
 
 
 def _run_task(root: str) -> Optional[str]:
-    """The seqio task of a `plmjax train` run (its config.gin's `train.task`), if any."""
+    """The seqio task of a `plmjax train` run: its config.gin's `train.task` (a string, or a %MACRO bound to one)."""
     path = os.path.join(root, 'config.gin')
     if not os.path.isfile(path):
         return None
     with open(path, encoding='utf-8') as f:
-        match = re.search(r"^train\.task\s*=\s*['\"]([^'\"]+)['\"]", f.read(), re.MULTILINE)
+        text = f.read()
+    match = re.search(r"^train\.task\s*=\s*(?:['\"]([^'\"]+)['\"]|%(\w+))", text, re.MULTILINE)
+    if match and match.group(2):
+        match = re.search(rf"^{match.group(2)}\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
     return match.group(1) if match else None
 
 
