@@ -28,15 +28,17 @@ from plmjax.train import metrics as metrics_lib
 MASK_TEXT = '[MASK]'
 
 
-def _gin(gin_file: str | Sequence[str], bindings: dict[str, Any]) -> None:
+def _gin_args(gin_file: str | Sequence[str], gin_params: Sequence[str], bindings: dict[str, Any]):
+    """(files, bindings): gin_params as written ('MODEL_CONFIG = @tiny_encoder()'), then the keyword bindings'
+    Python values (`NUM_STEPS=300`, `**{'train.log_every': 10}`)."""
     files = [gin_file] if isinstance(gin_file, str) else list(gin_file)
-    launch.parse_gin(files, [f'{name} = {value!r}' for name, value in bindings.items()], clear=True)
+    return files, [*gin_params, *(f'{name} = {value!r}' for name, value in bindings.items())]
 
 
-def train(gin_file: str | Sequence[str], model_dir: str, **bindings) -> dict:
-    """`plmjax train --gin_file=... --model_dir=...` with gin bindings as keywords (`NUM_STEPS=300`,
-    `**{'train.log_every': 10}`); returns the run's summary (summary.json: metrics, paths, fill-mask examples)."""
-    _gin(gin_file, bindings)
+def train(gin_file: str | Sequence[str], model_dir: str, gin_params: Sequence[str] = (), **bindings) -> dict:
+    """`plmjax train --gin_file=... --model_dir=... --gin_param=...` with more bindings as keywords; returns the
+    run's summary (summary.json: metrics, paths, fill-mask examples)."""
+    launch.parse_gin(*_gin_args(gin_file, gin_params, bindings), clear=True)
     launch.train(model_dir)
     with open(os.path.join(model_dir, 'summary.json'), encoding='utf-8') as f:
         return json.load(f)
@@ -180,25 +182,28 @@ def pmlm_steps(model: Model, output: dict) -> list[str]:
 
 
 def evaluate(checkpoint: str, gin_file: str | Sequence[str], split: str = 'validation', batch_size: int = 32,
-             **bindings):
-    """A fine-tuned checkpoint on its task's split with the official metrics: (scores {metric: 0-100,
-    'num_examples'}, `plmjax.evaluation.Predictions` (example ids, predictions, targets), the task's TaskInfo)."""
-    import jax
-
-    from plmjax import evaluation, sharding
-    from plmjax.evaluation import predict as predict_lib
+             gin_params: Sequence[str] = (), **bindings):
+    """A fine-tuned checkpoint (full or PEFT) on its task's split, as `plmjax eval` scores it with the official
+    metrics: (scores {metric: 0-100, 'num_examples'}, `plmjax.evaluation.Predictions` (example ids, predictions,
+    targets, confidences), the task's TaskInfo). The eval files go to <model dir>/eval, as with `plmjax eval`."""
+    from plmjax import evaluation
     from plmjax.data.finetune.info import get_task_info
-    from plmjax.train import setup as setup_lib
-    settings = launch.run_settings([gin_file] if isinstance(gin_file, str) else list(gin_file),
-                                   [f'{k} = {v!r}' for k, v in bindings.items()], ())
-    task = settings['task']
-    mesh = sharding.create_mesh(devices=jax.devices()[:1])
-    run = setup_lib.setup(settings['model_config'], settings['architecture'], settings['objective'],
-                          settings['task_feature_lengths'], mesh, task=task)
-    params = convert_checkpoint.load_checkpoint(checkpoint).params
-    info = get_task_info(task)
-    predictions = predict_lib.predict(params, run, task, split, batch_size, task_info=info)
-    return {**evaluation.score(info, predictions), 'num_examples': len(predictions)}, predictions, info
+    from plmjax.evaluation import predict as predict_lib
+    captured = {}
+
+    def evaluator(params, run, task, split, *, batch_size=32, out_dir=None, checkpoint='', param_shardings=None):
+        info = get_task_info(task)
+        predictions = predict_lib.predict(params, run, task, split, batch_size, task_info=info,
+                                          param_shardings=param_shardings)
+        captured.update(predictions=predictions, info=info)
+        return {**evaluation.score(info, predictions), 'num_examples': len(predictions)}
+
+    launch.parse_gin(*_gin_args(gin_file, gin_params, bindings), clear=True)
+    scores = launch.evaluate(checkpoint, None, finetune_evaluator=evaluator, split=split, batch_size=batch_size)
+    if 'predictions' not in captured:
+        raise ValueError(f'{checkpoint}: evaluate() scores fine-tuning checkpoints; this run is pre-training '
+                         f'(its metrics: {scores}).')
+    return scores, captured['predictions'], captured['info']
 
 
 def parse(checkpoint: str, sentences, vocab: Optional[str] = None, task: Optional[str] = None,

@@ -52,10 +52,11 @@ def train(model_dir: str, **settings) -> dict[str, float]:
                   peft_options=_peft_options, **settings)
 
 
-def evaluate(checkpoint: str, out_dir: str | None = None, **settings) -> dict[str, float]:
-    """`plmjax eval`: `loop.evaluate` with the gin bindings of `evaluate.*` (explicit `settings` win)."""
-    return _evaluate(checkpoint, out_dir, finetune_evaluator=evaluation.evaluate_params, peft_options=_peft_options,
-                     **settings)
+def evaluate(checkpoint: str, out_dir: str | None = None, finetune_evaluator=None, **settings) -> dict[str, float]:
+    """`plmjax eval`: `loop.evaluate` with the gin bindings of `evaluate.*` (explicit `settings` win); a fine-tuning
+    checkpoint is scored by `finetune_evaluator` (default `plmjax.evaluation.evaluate_params`)."""
+    return _evaluate(checkpoint, out_dir, finetune_evaluator=finetune_evaluator or evaluation.evaluate_params,
+                     peft_options=_peft_options, **settings)
 
 
 # ------------------------------------------------------------------------------------------------ parsing

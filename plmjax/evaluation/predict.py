@@ -16,6 +16,7 @@ parameters' shardings) with the head's outputs turned into predictions inside th
 | multiple_choice | choice index: argmax of `choice_logits` | `labels` |
 | span_extraction | text of the best span: start <= end < start + max_answer_length, in the context | gold answers |
 | tagging | tag ids (argmax of `tag_logits`) at the positions where `tag_weights` > 0 | `tag_labels` there |
+Classification and multiple choice also give `confidences`: the softmax probability of each prediction.
 
 A target is None where the split is unlabeled (label -1, e.g. GLUE test). Span answers are cut out of the
 original context through the tokens' character offsets, and gold answers are every official answer, both from the
@@ -52,6 +53,7 @@ class Predictions:
     predictions: list  # label id (int) | value (float) | answer text (str) | tag ids (np.ndarray [num_words])
     targets: list  # the gold, same types (span: the list of gold answer strings); None where unlabeled
     official_ids: list | None = None  # the benchmark's own ids where they are not numbers (CMRC2018's strings)
+    confidences: list | None = None  # classification, multiple choice: softmax probability of each prediction
 
     def __len__(self) -> int:
         return len(self.example_ids)
@@ -88,11 +90,12 @@ def head_predictions(kind: str, batch, outputs, *, pad_id: int = 0, max_answer_l
     """The predictions of one batch from the model's outputs (inside the jitted step)."""
     if kind == "classification":
         scores = scores_fn(batch, outputs) if scores_fn is not None else outputs["classification_logits"]
-        return {"prediction": jnp.argmax(scores, axis=-1)}
+        return {"prediction": jnp.argmax(scores, axis=-1), "confidence": _confidence(scores)}
     if kind == "regression":
         return {"prediction": outputs["classification_logits"][:, 0].astype(jnp.float32)}
     if kind == "multiple_choice":
-        return {"prediction": jnp.argmax(outputs["choice_logits"], axis=-1)}
+        return {"prediction": jnp.argmax(outputs["choice_logits"], axis=-1),
+                "confidence": _confidence(outputs["choice_logits"])}
     if kind == "tagging":
         return {"prediction": jnp.argmax(outputs["tag_logits"], axis=-1)}  # [batch, length]
     if kind == "span_extraction":
@@ -100,6 +103,11 @@ def head_predictions(kind: str, batch, outputs, *, pad_id: int = 0, max_answer_l
         start, end = best_span(outputs["start_logits"], outputs["end_logits"], allowed, max_answer_length)
         return {"start": start, "end": end}
     raise ValueError(f"No prediction rule for task kind {kind!r}; plmjax.evaluation.predict handles {KINDS}.")
+
+
+def _confidence(scores: jax.Array) -> jax.Array:
+    """[batch, classes] scores -> [batch] the softmax probability of the predicted class."""
+    return jnp.max(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), axis=-1)
 
 
 def jit_predict_step(run, kind: str, param_shardings, *, max_answer_length: int = 30):
@@ -252,7 +260,7 @@ def predict(params, run, task: str, split: str, batch_size: int = 32, *, task_in
     raw_features = SPAN_TEXT_FEATURES if kind == "span_extraction" else ()
     converter_options = {"num_choices": task_info.num_choices} if kind == "multiple_choice" else {}
     converter = feature_converters.make_feature_converter(run.objective.feature_converter, **converter_options)
-    example_ids, predictions, targets = [], [], []
+    example_ids, predictions, targets, confidences = [], [], [], []
     for batch in batching.split_batches(task, split, run.task_feature_lengths, converter, batch_size,
                                         raw_features=raw_features):
         features = batch.features
@@ -262,10 +270,12 @@ def predict(params, run, task: str, split: str, batch_size: int = 32, *, task_in
         else:
             batch_ids = list(range(len(example_ids), len(example_ids) + batch.num_real))
         example_ids.extend(batch_ids)
+        if "confidence" in outputs:
+            confidences.extend(float(c) for c in outputs["confidence"][:batch.num_real])
         for prediction, target in _rows(kind, features, outputs, batch.extras, batch_ids, spans):
             predictions.append(prediction)
             targets.append(target)
     if not example_ids:
         raise ValueError(f"Split {split!r} of task {task!r} has no examples.")
     official = [spans.official_id(i) for i in example_ids] if spans and spans.examples is not None else None
-    return Predictions(np.asarray(example_ids, np.int64), predictions, targets, official)
+    return Predictions(np.asarray(example_ids, np.int64), predictions, targets, official, confidences or None)

@@ -28,6 +28,20 @@ def test_classification_covers_every_example_once(monkeypatch):
         assert example_id == examples[i]["example_ids"][0] and target == examples[i]["labels"][0]  # split order
         assert prediction == int(np.argmax(logits[i]))
     assert len(set(preds.predictions)) > 1  # the comparison is not against a constant
+    # one confidence per example (their values: test_confidence_is_the_softmax_probability_of_the_prediction)
+    assert len(preds.confidences) == NUM_EXAMPLES and all(1 / 3 <= c <= 1 for c in preds.confidences)
+
+
+def test_confidence_is_the_softmax_probability_of_the_prediction():
+    from plmjax.evaluation.predict import head_predictions
+    logits = np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32) * 3
+    z = logits.astype(np.float64)
+    softmax = np.exp(z - z.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    for kind, key in (("classification", "classification_logits"), ("multiple_choice", "choice_logits")):
+        out = head_predictions(kind, {}, {key: logits})
+        np.testing.assert_array_equal(np.asarray(out["prediction"]), softmax.argmax(-1))
+        np.testing.assert_allclose(np.asarray(out["confidence"]), softmax.max(-1), rtol=1e-6)
 
 
 def test_regression_values_equal_the_unsharded_model(monkeypatch):
