@@ -153,7 +153,7 @@ def test_mask_predict_matches_its_definition(model):
     np.testing.assert_array_equal(np.asarray(got.tokens), np.stack(expected))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(data=st.data())
 def test_positional_constraints_always_hold(model, data):
     module, params = model
@@ -184,6 +184,7 @@ def test_template_rejects_a_constraint_that_does_not_fit():
         pmlm.Options(mask_id=MASK, order='sideways')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 fake CPU devices (tests/conftest.py)')
 def test_generation_on_8_devices_gives_the_1_device_tokens():
     import flax.linen as nn

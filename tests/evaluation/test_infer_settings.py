@@ -78,6 +78,7 @@ def test_pmlm_infer_rejects_a_bad_order(encoder_dir, tmp_path, capsys, flags, me
     assert message in err and 'Traceback' not in err
 
 
+@pytest.mark.slow
 def test_gin_settings_and_flags_and_a_task_split(tmp_path, capsys):
     """A decoder checkpoint, inputs from pydoc_lm's validation split; gin binds the strategy and the length, the
     --max_new_tokens flag wins over gin's."""
