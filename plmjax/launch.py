@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import re
 from typing import Any, Sequence
@@ -100,7 +101,17 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str], clear: bool =
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # TensorFlow reads data; accelerators belong to JAX
     import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params), finalize_config=False)
+    quiet = _QuietSearchMisses()  # gin logs an ERROR for each search path a file is not in, even when found later
+    logging.getLogger().addFilter(quiet)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_params), finalize_config=False)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _QuietSearchMisses(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found:")
 
 
 def run_settings(gin_files: Sequence[str], gin_params: Sequence[str], mesh_axes: Sequence[str]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Runs every notebook in notebooks/ with its default parameters (the tiny recipes; slow: minutes each) and writes a
-rendered copy with outputs and images to docs/notebooks/<name>.md (+ <name>_files/); or strips the outputs of the
+rendered copy with outputs (stderr, i.e. progress bars and logs, left out) and images to docs/notebooks/<name>.md (+ <name>_files/); or strips the outputs of the
 committed notebooks. Needs the `notebooks` extra (pip install -e '.[notebooks]').
 
     python scripts/render_notebooks.py                    # every notebook -> docs/notebooks/
@@ -37,6 +37,9 @@ def render(path: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=3600, kernel_name='python3',
                    resources={'metadata': {'path': str(workdir)}}).execute()
+    for cell in notebook.cells:  # progress bars and logs (stderr) are not part of the rendered copy
+        if cell.cell_type == 'code':
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == 'stream' and o.name == 'stderr')]
     body, resources = MarkdownExporter().from_notebook_node(
         notebook, resources={'output_files_dir': f'{path.stem}_files'})
     FilesWriter(build_directory=str(OUT)).write(body, resources, notebook_name=path.stem)
