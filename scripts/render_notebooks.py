@@ -7,7 +7,6 @@ committed notebooks. Needs the `notebooks` extra (pip install -e '.[notebooks]')
     python scripts/render_notebooks.py --strip            # clear outputs in notebooks/*.ipynb (before committing)
 """
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -64,7 +63,6 @@ def main() -> int:
         return 0
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault('MPLBACKEND', 'Agg')
     for path in paths:
         start = time.perf_counter()
         out = render(path, workdir)
