@@ -7,7 +7,8 @@ from 0 at its first real token (as `transformers` derives `position_ids` from th
 padding is masked out of attention. Encoder-decoder inputs are padded either way (`input_mask`, default
 `inputs != pad_id`); the decoder starts from `decoder_start_id`.
 
-The loop: a prefill pass (the prompt, or the decoder start token after encoding) gives the first token's logits;
+The loop: a prefill pass (the prompt, or the decoder start token after encoding) gives the first token's logits
+(and an encoder-decoder's cross-attention keys/values, computed there once and kept in the cache for every step);
 each iteration chooses a token for every row and feeds it back; it stops when every row has produced EOS or after
 `max_new_tokens`. A row that has produced EOS continues with `pad_id`. Before `min_new_tokens` tokens EOS is
 never chosen (its logit is -inf, as `transformers`' MinNewTokensLengthLogitsProcessor). Sampling applies
@@ -30,6 +31,7 @@ from plmjax.layers.dense import DECODING_WEIGHTS
 from plmjax.models import layout
 
 STRATEGIES = ('greedy', 'sample', 'beam')
+CROSS_KV = ('cross_key', 'cross_value')  # the cache leaves of cross-attention keys/values (plmjax.layers.attention)
 EARLY_STOPPING = (False, True, 'never')
 
 
@@ -179,16 +181,17 @@ def beam_search(module: nn.Module, params, inputs: jax.Array, options: Options, 
     beams, new, eos, pad = options.num_beams, options.max_new_tokens, options.eos_id, options.pad_id
     batch_size = inputs.shape[0]
     candidates = 2 * beams  # transformers: max(2, 1 + number of EOS ids) * num_beams
-    expand = lambda x: None if x is None else jnp.repeat(x, beams, axis=0)  # noqa: E731  [b, ...] -> [b * W, ...]
-    forward, cache, logits, position = _prefill(module, params, expand(inputs), expand(input_mask), new,
-                                                decoder_start_id)
+    forward, cache, logits, position = _prefill(module, params, inputs, input_mask, new, decoder_start_id,
+                                                beams=beams)
     vocab = logits.shape[-1]
     scanned = bool(getattr(module.config, 'scan_layers', False))
     penalty = options.length_penalty
 
     def gather_cache(cache, rows):  # rows [b * W]: the flat source row of each new beam
         def take(path, leaf):
-            if leaf.ndim == 0:  # cache_index
+            # cache_index; and the cross-attention keys/values, the same in every beam of a row (a beam's source
+            # row is a beam of its own row), so reordering them would copy them for nothing
+            if leaf.ndim == 0 or getattr(path[-1], 'key', None) in CROSS_KV:
                 return leaf
             axis = 1 if scanned and any(getattr(k, 'key', None) == layout.LAYERS for k in path) else 0
             return jnp.take(leaf, rows, axis=axis)
@@ -255,28 +258,41 @@ def beam_search(module: nn.Module, params, inputs: jax.Array, options: Options, 
     return Generated(tokens, lengths, finished_scores[:, 0])
 
 
-def _prefill(module, params, inputs, input_mask, new: int, decoder_start_id: int):
+def _prefill(module, params, inputs, input_mask, new: int, decoder_start_id: int, beams: int = 1):
     """The prompt's pass (a decoder) or the encoder's and the decoder start token's (an encoder-decoder):
     (forward(cache, ids [rows, 1], positions [rows, 1] or None) -> (cache, logits [rows, vocab]), the cache, the
-    next token's logits [rows, vocab], the next positions [rows] or None)."""
+    next token's logits [rows, vocab], the next positions [rows] or None). rows = batch * beams: each input row
+    repeated `beams` times (beam search); an encoder-decoder encodes the batch once and repeats the encoder
+    output (as transformers' generate).
+
+    An encoder-decoder's cross-attention keys/values are computed here, once, from the encoder output, and kept
+    in the cache ('cross_key'/'cross_value'); `forward` passes no encoder output, so a step reads them and
+    projects nothing of the encoder's length."""
     weights = params if isinstance(params, weights_lib.DecodingWeights) else weights_lib.prepare(module, params)
     weights_lib.check_layout(module, weights)
     fixed = {'params': weights.params, DECODING_WEIGHTS: weights.kernels}
-    rows, length = inputs.shape
+    expand = lambda x: x if x is None or beams == 1 else jnp.repeat(x, beams, axis=0)  # noqa: E731  [b*W, ...]
     inputs = inputs.astype(jnp.int32)
     if weights_lib.is_encoder_decoder(module):
         mask = inputs != module.config.pad_id if input_mask is None else input_mask != 0
-        encoded = module.apply(fixed, inputs, encoder_mask=mask, method='encode')
+        encoded = expand(module.apply(fixed, inputs, encoder_mask=mask, method='encode'))
+        mask = expand(mask)
+        rows, length = mask.shape
 
-        def forward(cache, ids, unused_positions):
+        def run(cache, encoded, ids):
             outputs, variables = module.apply({**fixed, 'cache': cache}, encoded, ids, encoder_mask=mask,
                                               decode=True, method='decode', mutable=['cache'])
             return variables['cache'], outputs['logits'][:, -1]
 
+        def forward(cache, ids, unused_positions):
+            return run(cache, None, ids)
+
         cache = weights_lib.init_cache(module, rows, new, encoder_length=length)
-        cache, logits = forward(cache, jnp.full((rows, 1), decoder_start_id, jnp.int32), None)
+        cache, logits = run(cache, encoded, jnp.full((rows, 1), decoder_start_id, jnp.int32))
         return forward, cache, logits, None
 
+    inputs, input_mask = expand(inputs), expand(input_mask)
+    rows, length = inputs.shape
     mask = jnp.ones_like(inputs, jnp.bool_) if input_mask is None else input_mask != 0
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)  # [rows, length]
 

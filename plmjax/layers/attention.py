@@ -145,7 +145,7 @@ class MultiHeadAttention(nn.Module):
                  bias: jax.Array | None = None, relative_kv: jax.Array | None = None,
                  rotary_positions: jax.Array | None = None, cache_index: jax.Array | None = None,
                  decode: bool = False, deterministic: bool = True,
-                 extra_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                 extra_kv: tuple[jax.Array, jax.Array] | None = None, fixed_kv: bool = False) -> jax.Array:
         """inputs_q [batch, q, emb], inputs_kv [batch, k, emb] (None: self-attention) -> [batch, q, emb].
 
         mask: bool [batch or 1, 1 or heads, q, k]. bias: float [batch or 1, heads, q, k], added to the scores.
@@ -154,29 +154,46 @@ class MultiHeadAttention(nn.Module):
         decode: write this chunk's k/v into the cache at cache_index and attend to the whole cache.
         extra_kv: (keys, values) [batch or 1, n, heads, kv] put before the keys/values (after their projection,
           rotary and cache), visible to every query, with no bias or relative embedding: prefix tuning's prefixes.
+        fixed_kv: the keys/values do not change across decoding steps (cross-attention over the encoder output).
+          With decode=True they live in the cache as 'cross_key'/'cross_value' [batch, heads, k, kv]: computed from
+          inputs_kv and stored when inputs_kv is given (the prefill, or `init`), read back without any projection
+          when inputs_kv is None (every later step). Without decode, inputs_kv is required and nothing is cached.
         """
-        if inputs_kv is None:
-            inputs_kv = inputs_q
+        if fixed_kv and inputs_kv is None and not decode:
+            raise ValueError('fixed_kv attention needs inputs_kv, except in cached decoding (decode=True), where '
+                             'the keys/values stored in the cache at the prefill are read.')
+        if fixed_kv and rotary_positions is not None:
+            raise ValueError('fixed_kv (cross-attention) keys/values take no rotary positions.')
         qkv = functools.partial(Projection, features=(self.num_heads, self.head_dim),
                                 kernel_axes=('embed', 'heads', 'kv'), use_bias=self.use_bias, dtype=self.dtype,
                                 param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
-        query = qkv(kernel_init=self.query_kernel_init or self.kernel_init, name='query')(inputs_q)
-        key = qkv(kernel_init=self.kernel_init, name='key')(inputs_kv)
-        value = qkv(kernel_init=self.kernel_init, name='value')(inputs_kv)
         heads_axes = ('batch', 'length', 'heads', 'kv')
-        query, key, value = (nn.with_logical_constraint(x, heads_axes) for x in (query, key, value))
-        if rotary_positions is not None:
-            query = position.apply_rotary(query, rotary_positions, self.rotary_base)
-            key = position.apply_rotary(key, rotary_positions, self.rotary_base)
-        key, value = (jnp.swapaxes(x, 1, 2) for x in (key, value))  # [batch, heads, k, kv]
-        if decode:
-            key, value = self._update_cache(key, value, cache_index)
+        query = qkv(kernel_init=self.query_kernel_init or self.kernel_init, name='query')(inputs_q)
+        query = nn.with_logical_constraint(query, heads_axes)
+        if fixed_kv and decode and inputs_kv is None:  # a decoding step: the prefill's keys/values, as they are
+            key, value = self._read_fixed_cache()
+        else:
+            if inputs_kv is None:
+                inputs_kv = inputs_q
+            key = qkv(kernel_init=self.kernel_init, name='key')(inputs_kv)
+            value = qkv(kernel_init=self.kernel_init, name='value')(inputs_kv)
+            key, value = (nn.with_logical_constraint(x, heads_axes) for x in (key, value))
+            if rotary_positions is not None:
+                query = position.apply_rotary(query, rotary_positions, self.rotary_base)
+                key = position.apply_rotary(key, rotary_positions, self.rotary_base)
+            key, value = (jnp.swapaxes(x, 1, 2) for x in (key, value))  # [batch, heads, k, kv]
+            if decode and fixed_kv:
+                self._write_fixed_cache(key, value)
+            elif decode:
+                key, value = self._update_cache(key, value, cache_index)
         if extra_kv is not None:
             key, value, mask, bias, relative_kv = _prepend_kv(extra_kv, key, value, mask, bias, relative_kv)
 
-        # Decoding reads the cache in the compute dtype: rounding the whole cache for each step's small products
-        # would cost more than the products (and XLA:CPU updates a bf16 cache through float32, not in place).
-        einsum = functools.partial(matmul.einsum, matmul_dtype=None if decode else self.matmul_dtype)
+        # Decoding reads the self-attention cache in the compute dtype: rounding the whole cache for each step's
+        # small products would cost more than the products (and XLA:CPU updates a bf16 cache through float32, not
+        # in place). Cross-attention (fixed_kv) multiplies as without the cache, so its numbers do not change.
+        self_cache = decode and not fixed_kv
+        einsum = functools.partial(matmul.einsum, matmul_dtype=None if self_cache else self.matmul_dtype)
         scores = einsum('bqhd,bhkd->bhqk', query, key)  # [batch, heads, q, k]
         if relative_kv is not None:
             # NEZHA's relative products stay in the compute dtype: XLA:CPU folds their transposes into a bf16
@@ -217,3 +234,16 @@ class MultiHeadAttention(nn.Module):
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
                                                           start)
         return cached_key.value, cached_value.value
+
+    def _write_fixed_cache(self, key: jax.Array, value: jax.Array):
+        """Store the fixed [batch, heads, k, kv] keys/values (at `init` this creates the cache leaves)."""
+        for name, x in (('cross_key', key), ('cross_value', value)):
+            variable = self.variable('cache', name, jnp.zeros, x.shape, x.dtype)
+            variable.value = x.astype(variable.value.dtype)
+
+    def _read_fixed_cache(self):
+        if not self.has_variable('cache', 'cross_key'):
+            raise ValueError('This decoding step has no inputs_kv and the cache holds no cross_key/cross_value: '
+                             'make the cache with init(..., decode=True) and run the prefill with the encoder '
+                             'output first.')
+        return self.get_variable('cache', 'cross_key'), self.get_variable('cache', 'cross_value')

@@ -31,15 +31,21 @@ class EncoderDecoderModel(nn.Module):
         context = self.encoder_context(encoder_input_ids, input_mask=encoder_mask)
         return self.encoder(encoder_input_ids, context, deterministic=deterministic)
 
-    def decode(self, encoded: jax.Array, decoder_input_ids: jax.Array, *, encoder_mask: jax.Array | None,
+    def decode(self, encoded: jax.Array | None, decoder_input_ids: jax.Array, *, encoder_mask: jax.Array | None,
                decoder_mask: jax.Array | None = None, deterministic: bool = True,
                decode: bool = False) -> dict[str, jax.Array]:
         """Decoder over encoder states [batch, in_length, emb] -> {'hidden_states', 'logits' (float32)}.
 
         encoder_mask [batch, in_length]: 1 for real encoder tokens (None: all real). decoder_mask: 1 for real decoder
         tokens; default None (no padding mask: decoder inputs start with id 0 and a causal mask keeps right padding
-        away from real positions). decode: cached decoding, see `plmjax.layers.attention`.
+        away from real positions). decode: cached decoding, see `plmjax.layers.attention`; the cross-attention keys and
+        values of `encoded` are computed and stored in the cache by a call that passes `encoded` (the prefill), and
+        a call with encoded=None (a decoding step) reads them from there instead of projecting the encoder output
+        again (docs/interfaces.md). encoder_mask is still needed at every step (the cross-attention mask).
         """
+        if encoded is None and not decode:
+            raise ValueError('EncoderDecoderModel.decode needs `encoded` unless decode=True (a cached decoding step '
+                             'after the prefill, which stored the cross-attention keys/values).')
         transformer.check_length(decoder_input_ids.shape[1], self.config, 'decoder input')
         context = self.decoder_context(decoder_input_ids, input_mask=decoder_mask, decode=decode)
         cross_mask = attention.make_attention_mask(key_mask=encoder_mask)

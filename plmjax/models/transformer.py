@@ -119,7 +119,9 @@ class TransformerLayer(nn.Module):
     def __call__(self, x, *, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
                  cache_index=None, query=None, deterministic=True, decode=False):
         """x: [batch, length, emb] -> [batch, length, emb]. query: [batch, length, emb] replaces the self-attention's
-        query input (PanGu-α's query layer: queries from position embeddings, keys and values from x)."""
+        query input (PanGu-α's query layer: queries from position embeddings, keys and values from x).
+        encoded: [batch, in_length, emb] for cross-attention; with decode=True its keys/values are computed and
+        cached when it is given (the prefill) and read from the cache when it is None (the steps after)."""
         cfg = self.config
         attend = lambda name: attention.MultiHeadAttention(  # noqa: E731
             num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale_scores=cfg.scale_attention,
@@ -140,8 +142,13 @@ class TransformerLayer(nn.Module):
 
         x = residual(x, self_attention, 'self_attention_norm')
         if self.cross_attention:
-            def cross_attention(h):
-                return attend('cross_attention')(h, encoded, mask=cross_mask, deterministic=deterministic)
+            if encoded is None and not decode:
+                raise ValueError('A decoder layer with cross-attention needs `encoded` (only a cached decoding step, '
+                                 'decode=True, reads the keys/values stored in the cache at the prefill).')
+
+            def cross_attention(h):  # decoding: keys/values of `encoded` cached once, read when encoded is None
+                return attend('cross_attention')(h, encoded, mask=cross_mask, decode=decode, fixed_kv=True,
+                                                 deterministic=deterministic)
 
             x = residual(x, cross_attention, 'cross_attention_norm')
         feed_forward = mlp.Mlp(mlp_dim=cfg.mlp_dim, activation=cfg.activation, gated=cfg.gated_mlp,

@@ -13,6 +13,7 @@ from flax import linen as nn  # noqa: E402
 
 from plmjax import models, sharding  # noqa: E402
 from plmjax.decode import decoding  # noqa: E402
+from plmjax.decode import weights as weights_lib  # noqa: E402
 
 NEW = 10
 
@@ -245,3 +246,55 @@ def test_beam_search_matches_transformers_generate_on_a_ragged_batch_with_eos(na
         np.testing.assert_array_equal(tokens[row, :stop], expected[row, :stop])
         assert (tokens[row, stop:] == pad_id).all()
     np.testing.assert_allclose(np.asarray(out.scores), expected_scores, rtol=1e-4)
+
+
+def _dot_operand_shapes(jaxpr, in_loop=False):
+    """(in a while loop's body?, operand shapes) of every dot_general in a jaxpr and its sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == 'dot_general':
+            yield in_loop, tuple(tuple(v.aval.shape) for v in eqn.invars)
+        for name, param in eqn.params.items():
+            for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                sub = getattr(sub, 'jaxpr', sub)
+                if hasattr(sub, 'eqns'):
+                    loop = in_loop or (eqn.primitive.name == 'while' and name == 'body_jaxpr')
+                    yield from _dot_operand_shapes(sub, loop)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.parametrize('strategy', ['greedy', 'sample', 'beam'])
+def test_cross_attention_keys_values_are_computed_once_at_the_prefill(strategy, scan_layers):
+    """No decoding step multiplies anything of the encoder output's shape: the cross-attention key/value
+    projections run at the prefill only (old code: 2 per layer per step), and the cache holds their products."""
+    module, params = _tiny('encoder_decoder', seed=5, scan_layers=scan_layers)
+    cfg, enc_length = module.config, 11  # no other axis is 11 long
+    ids, mask = _ragged(cfg.vocab_size, 0, left=False, seed=5, length=enc_length)
+    options = decoding.Options(max_new_tokens=NEW, strategy=strategy, num_beams=3, eos_id=7)
+    run = lambda p, i, m: decoding.generate(module, p, i, options, input_mask=m, rng=jax.random.key(0))  # noqa
+    jaxpr = jax.make_jaxpr(run)(params, ids, mask).jaxpr
+    projections = [in_loop for in_loop, shapes in _dot_operand_shapes(jaxpr)
+                   if any(s[-2:] == (enc_length, cfg.emb_dim)  # or flattened to [rows * enc_length, emb]
+                          or (len(s) == 2 and s[1] == cfg.emb_dim and s[0] % enc_length == 0) for s in shapes)]
+    layer_calls = 1 if scan_layers else cfg.num_decoder_layers  # a scan body holds one layer's products
+    assert not any(projections), 'a decoding step projects the encoder output'
+    assert len(projections) >= 2 * layer_calls + cfg.num_encoder_layers  # encoder's and the prefill's, outside
+
+    # the cache after the prefill holds the key/value projections of the encoder output, and beam search's
+    # gather keeps them (identical across a row's beams)
+    weights = weights_lib.prepare(module, params)
+    beams = 3 if strategy == 'beam' else 1
+    _, cache, _, _ = decoding._prefill(module, weights, jnp.asarray(ids), jnp.asarray(mask), NEW, 0, beams=beams)
+    encoded = module.apply({'params': params}, jnp.asarray(ids), encoder_mask=jnp.asarray(mask) != 0,
+                           method='encode')
+    encoded = jnp.repeat(encoded, beams, axis=0)
+    stack = params['decoder']
+    for layer in range(cfg.num_decoder_layers):
+        for name in ('key', 'value'):
+            if scan_layers:
+                kernel = stack['layers']['cross_attention'][name]['kernel'][layer]
+                cached = cache['decoder']['layers']['cross_attention'][f'cross_{name}'][layer]
+            else:
+                kernel = stack[f'layers_{layer}']['cross_attention'][name]['kernel']
+                cached = cache['decoder'][f'layers_{layer}']['cross_attention'][f'cross_{name}']
+            expected = jnp.swapaxes(jnp.einsum('bke,ehd->bkhd', encoded, kernel), 1, 2)
+            np.testing.assert_allclose(np.asarray(cached), np.asarray(expected), rtol=1e-5, atol=1e-5)
