@@ -12,8 +12,10 @@ pip install -q -e '.[test,torch,tpu]'  # tpu: libtpu, for ahead-of-time TPU comp
 # would pull in other torch builds, so they come alone.
 pip install -q --no-deps -r requirements-nodeps.txt
 marks=(-m "not slow")
-if [ "${CI:-}" = "true" ]; then marks=(); fi
+workers=()
+# CI (every test, ~1 to 1.5 hours on 2 slow cores): two pytest-xdist workers, a test file's tests together
+if [ "${CI:-}" = "true" ]; then marks=(); workers=(-n 2 --dist loadfile); fi
 for arg in "$@"; do
   if [ "$arg" = "-m" ] || [[ "$arg" == -m?* ]]; then marks=(); fi
 done
-exec python -m pytest -q -ra --durations=20 "${marks[@]}" "$@" tests
+exec python -m pytest -q -ra --durations=20 "${workers[@]}" "${marks[@]}" "$@" tests
