@@ -74,11 +74,10 @@ def load(checkpoint: str, vocab: Optional[str] = None, task: Optional[str] = Non
     the converted checkpoint's tokenizer/, else `vocab` / `task`, else the task in the run's config.gin."""
     converted = convert_checkpoint.load_checkpoint(checkpoint)
     root = os.path.dirname(checkpoint_lib.checkpoint_root(checkpoint))
-    if not (vocab or task or os.path.isfile(os.path.join(root, 'tokenizer', 'tokenizer.json'))):
-        task = infer._run_task(root)
+    task = infer.vocabulary_task(root, vocab, task)
     return Model(checkpoint, converted.architecture, converted.config,
                  models.build_model(converted.architecture, converted.config), converted.params,
-                 infer._codec(root, vocab, task), converted.family, task)
+                 infer.make_codec(root, vocab, task), converted.family, task)
 
 
 def save(model: Model, out_dir: str) -> str:
@@ -152,7 +151,7 @@ def generate(model: Model, prompts: Sequence[str | dict], **settings) -> list[di
     if args.strategy == 'pmlm':
         batches = infer_pmlm.batches(model.module, converted, model.codec, examples, args)
     else:
-        batches = infer._autoregressive_batches(model.module, converted, model.codec, examples, args)
+        batches = infer.autoregressive_batches(model.module, converted, model.codec, examples, args)
     outputs = []
     for rows in batches:
         for example, row in rows:

@@ -118,9 +118,17 @@ def _run_task(root: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
-def _codec(root: str, vocab: Optional[str], task: Optional[str]) -> Codec:
+def vocabulary_task(root: str, vocab: Optional[str], task: Optional[str]) -> Optional[str]:
+    """The task whose vocabulary a checkpoint's text goes through: `task`, else (without --vocab and without a
+    tokenizer/) the task of the run that wrote it; None when a vocab file or tokenizer/ is used."""
+    if task or vocab or os.path.isfile(os.path.join(root, 'tokenizer', 'tokenizer.json')):
+        return task
+    return _run_task(root)
+
+
+def make_codec(root: str, vocab: Optional[str], task: Optional[str]) -> Codec:
     path = os.path.join(root, 'tokenizer', 'tokenizer.json')
-    task = task or (None if vocab or os.path.isfile(path) else _run_task(root))
+    task = vocabulary_task(root, vocab, task)
     if task or vocab:
         from plmjax.data import vocabularies
         vocabulary = vocab_flags.from_flags(vocab, task)
@@ -250,7 +258,7 @@ def run(args: argparse.Namespace, configured: Callable[[], dict] = settings) -> 
                          f'generates with {" or ".join(expected)} models' + (
                              '.' if args.strategy == 'pmlm' else '; an encoder (u-PMLM) takes --strategy pmlm.'))
     root = os.path.dirname(checkpoint_lib.checkpoint_root(args.checkpoint))
-    codec = _codec(root, args.vocab, args.task)
+    codec = make_codec(root, args.vocab, args.task)
     if args.inputs:
         examples = read_inputs(args.inputs)
         out_path = args.out or os.path.splitext(args.inputs)[0] + '.outputs.jsonl'
@@ -271,7 +279,7 @@ def run(args: argparse.Namespace, configured: Callable[[], dict] = settings) -> 
         from plmjax.evaluation import infer_pmlm
         batches = infer_pmlm.batches(module, converted, codec, examples, args)
     else:
-        batches = _autoregressive_batches(module, converted, codec, examples, args)
+        batches = autoregressive_batches(module, converted, codec, examples, args)
     from tqdm.auto import tqdm
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     start, new_tokens = time.perf_counter(), 0
@@ -292,7 +300,7 @@ def run(args: argparse.Namespace, configured: Callable[[], dict] = settings) -> 
     return 0
 
 
-def _autoregressive_batches(module, converted, codec: Codec, examples: list[Example], args):
+def autoregressive_batches(module, converted, codec: Codec, examples: list[Example], args):
     """Yields, batch by batch, [(example, output row)] from greedy / sample / beam decoding."""
     import jax
 
