@@ -180,6 +180,15 @@ def pmlm_steps(model: Model, output: dict) -> list[str]:
     return steps
 
 
+def plot_pmlm_order(model: Model, output: dict, path: str = 'pmlm_order.png', title: str = '') -> str:
+    """Draws a u-PMLM generation (an output of `generate(strategy='pmlm')`) step by step as a grid
+    (`plmjax.decode.plots.generation_order`); returns the path of the picture."""
+    from plmjax.decode import plots
+    pieces = [model.codec.decode([t]) for t in output['tokens']]
+    plots.generation_order(path, pieces, output['order'], title=title or f"after {output['input']!r}")
+    return path
+
+
 def evaluate(checkpoint: str, gin_file: str | Sequence[str], split: str = 'validation', batch_size: int = 32,
              gin_params: Sequence[str] = (), **bindings):
     """A fine-tuned checkpoint (full or PEFT) on its task's split, as `plmjax eval` scores it with the official

@@ -50,5 +50,7 @@ def test_save_and_load_round_trip_and_generate_is_infer(encoder_dir, tmp_path):
     expected = [json.loads(line) for line in (tmp_path / 'out.jsonl').read_text().splitlines()]
     assert [o['tokens'] for o in outputs] == [e['tokens'] for e in expected]
     assert outputs[1]['tokens'][1] == WORDS.index('w40') + 5 and len(pi.pmlm_steps(copy, outputs[0])) == 5
+    picture = pi.plot_pmlm_order(copy, outputs[0], str(tmp_path / 'order.png'))
+    assert open(picture, 'rb').read(4) == b'\x89PNG'
     with pytest.raises(ValueError, match='needs decoder or encoder_decoder'):
         pi.generate(copy, ['w5'], strategy='greedy')
