@@ -14,6 +14,8 @@ from typing import Optional
 import conllu
 import numpy as np
 
+from plmjax.data.finetune import readers
+
 PUNCT = 'PUNCT'
 
 
@@ -106,8 +108,10 @@ def write_conllu(path: str, sentences: Sequence[Sentence], heads: Sequence[np.nd
 def _read(path: str) -> str:
     if not os.path.isfile(path):
         raise TreebankError(f'{path}: no such file (pass an existing CoNLL-U file to --conllu or text to --text).')
-    with open(path, encoding='utf-8') as f:
-        return f.read()
+    try:
+        return readers.read_text(path)
+    except readers.DataFormatError as error:
+        raise TreebankError(str(error)) from None
 
 
 def _parse(text: str, path: str) -> Iterator[conllu.TokenList]:

@@ -7,13 +7,14 @@ document or paragraph) for one split, in a fixed order.
 import ast
 import functools
 import glob
-import json
 import os
 import pathlib
 import re
 import sysconfig
 import zlib
 from typing import Optional, Sequence
+
+from plmjax.data.finetune import readers
 
 SPLITS = ("train", "validation")
 
@@ -175,24 +176,29 @@ def read_json_lines_texts(files: Sequence[str], text_key: str) -> list[str]:
 def _read_json_lines_texts(files: tuple[str, ...], unused_versions, text_key: str) -> tuple[str, ...]:
     texts = []
     for path in files:
-        with open(path, encoding="utf-8") as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}, line {line_number}: malformed JSON ({e.msg} at column {e.colno}). "
-                                     "Fix the line or remove it; every line must be one JSON object.") from None
-                if not isinstance(record, dict) or text_key not in record:
-                    raise ValueError(f"{path}, line {line_number}: no field {text_key!r} in this JSON line. "
-                                     "Set the gin binding text_files_task.text_key to the field that holds the text.")
-                if not isinstance(record[text_key], str):
-                    raise ValueError(f"{path}, line {line_number}: field {text_key!r} is "
-                                     f"{type(record[text_key]).__name__}, not a string.")
-                if record[text_key].strip():
-                    texts.append(record[text_key])
+        for line_number, record in readers.read_json_lines(path):
+            if text_key not in record:
+                raise readers.format_error(path, line_number, f"no field {text_key!r} in this JSON line (it has "
+                                           f"{sorted(record)[:10]})", "Set the gin binding text_files_task.text_key "
+                                           "to the field that holds the text")
+            text = readers.field(record, text_key, path, line_number)
+            if text.strip():
+                texts.append(text)
     return tuple(texts)
+
+
+def check_utf8_text(files: Sequence[str]) -> list[str]:
+    """`files`, after checking that each is UTF-8 text (once per file version): a byte that is not UTF-8 raises
+    DataFormatError naming the file and line, here, instead of an error inside TensorFlow's input pipeline."""
+    for path in files:
+        _check_utf8(os.fspath(path), os.stat(path).st_mtime_ns, os.stat(path).st_size)
+    return list(files)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_utf8(path: str, unused_mtime: int, unused_size: int) -> None:
+    for _ in readers.text_lines(path):
+        pass
 
 
 def read_plain_texts(files: Sequence[str]) -> list[str]:

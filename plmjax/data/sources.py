@@ -89,4 +89,5 @@ def text_files_source(train_files: Sequence[str], validation_files: Sequence[str
     if text_key:
         return InMemoryTextSource(
             functools.partial(_json_lines_dataset, files=files, text_key=text_key), splits=corpora.SPLITS)
-    return seqio.FileDataSource(read_file_fn=_text_lines, split_to_filepattern=files)
+    return seqio.FileDataSource(read_file_fn=_text_lines,
+                                split_to_filepattern={k: corpora.check_utf8_text(v) for k, v in files.items()})

@@ -23,6 +23,8 @@ import sentencepiece as spm
 import tensorflow as tf
 import tokenizers
 
+from plmjax.data.finetune import readers
+
 BERT_CONTROL_SYMBOLS = ("[MASK]", "[CLS]", "[SEP]")
 DEFAULT_SPM_VOCAB_SIZE = 4000
 DEFAULT_EXTRA_IDS = 96  # 4000 + 96 = 4096 ids: a multiple of 128 for the embedding/softmax matmuls
@@ -308,7 +310,9 @@ class WordPieceVocabulary(TokenizersVocabulary):
 def _wordpiece_special_tokens(vocab_file: str, *key) -> SpecialTokens:
     vocab = _load_wordpiece(vocab_file, *key).get_vocab()
     if vocab.get("[PAD]") != 0:
-        raise ValueError(f"{vocab_file}: [PAD] must have id 0 (plmjax pads with 0), got {vocab.get('[PAD]')}.")
+        where = "missing" if "[PAD]" not in vocab else f"on line {vocab['[PAD]'] + 1}"
+        raise readers.format_error(vocab_file, None, f"[PAD] must have id 0 (the first line: plmjax pads with 0); "
+                                   f"it is {where}", "Use a BERT vocab.txt: [PAD] first, one token per line")
     # [PAD] [UNK] [CLS] [SEP] [MASK] and every [unusedN]: bracketed entries are BERT's reserved tokens.
     special = sorted(i for token, i in vocab.items() if token.startswith("[") and token.endswith("]"))
     return SpecialTokens(vocab.get("[MASK]"), vocab.get("[CLS]"), vocab.get("[SEP]"), tuple(special))
@@ -317,11 +321,13 @@ def _wordpiece_special_tokens(vocab_file: str, *key) -> SpecialTokens:
 @functools.lru_cache(maxsize=None)
 def _load_wordpiece(vocab_file: str, unused_mtime: int, unused_size: int, lower_case: bool,
                     strip_accents: Optional[bool]):
+    for _ in readers.text_lines(vocab_file):  # a byte that is not UTF-8: DataFormatError naming its line
+        pass
     try:
         return tokenizers.BertWordPieceTokenizer(vocab_file, lowercase=lower_case, strip_accents=strip_accents)
-    except TypeError as e:  # e.g. "sep_token not found in the vocabulary"
-        raise ValueError(
-            f"{vocab_file} is not a BERT vocab.txt: {e} (it needs [PAD] [UNK] [CLS] [SEP] [MASK]).") from None
+    except Exception as e:  # TypeError "sep_token not found in the vocabulary", the Rust side's own errors
+        raise readers.format_error(vocab_file, None, f"not a BERT vocab.txt ({e})",
+                                   "It needs one token per line, with [PAD] [UNK] [CLS] [SEP] [MASK]") from None
 
 
 def train_wordpiece(texts: Iterable[str], directory: str, vocab_size: int = 8000, lower_case: bool = True) -> str:

@@ -31,31 +31,58 @@ def check_file(path: str, what: str, setting: str) -> str:
     return os.fspath(path)
 
 
+NOT_UTF8_FIX = "Save the file as UTF-8 (e.g. iconv -f <its encoding> -t utf-8), as the benchmark distributes it"
+
+
+def text_lines(path: str, bom: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, line with its newline) of a UTF-8 text file; a byte that is not UTF-8 raises DataFormatError
+    naming the line (never a UnicodeDecodeError). bom: drop a leading byte-order mark (MRPC has one)."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                yield line_number, raw.decode("utf-8-sig" if bom and line_number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise format_error(path, line_number, f"not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                   f"{e.start + 1})", NOT_UTF8_FIX) from None
+
+
+def read_text(path: str) -> str:
+    """A whole UTF-8 text file; a byte that is not UTF-8 raises DataFormatError naming its line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise format_error(path, line, f"not UTF-8 text (byte {data[e.start]:#04x})", NOT_UTF8_FIX) from None
+
+
 def read_json_lines(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-empty line of a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise format_error(path, line_number, f"malformed JSON ({e.msg} at column {e.colno})",
-                                   "Fix or remove the line: every line must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise format_error(path, line_number, f"a JSON {type(record).__name__}, not an object",
-                                   "Every line must be one JSON object ({...})")
-            yield line_number, record
+    for line_number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise format_error(path, line_number, f"malformed JSON ({e.msg} at column {e.colno})",
+                               "Fix or remove the line: every line must be one JSON object") from None
+        if not isinstance(record, dict):
+            raise format_error(path, line_number, f"a JSON {type(record).__name__}, not an object",
+                               "Every line must be one JSON object ({...})")
+        yield line_number, record
 
 
 def read_json(path: str) -> Any:
     """A whole-file JSON document (CMRC2018, C3, CHID answers)."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise format_error(path, e.lineno, f"malformed JSON ({e.msg} at column {e.colno})",
-                               "The file must be one JSON document, as the benchmark distributes it") from None
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise format_error(path, e.lineno, f"malformed JSON ({e.msg} at column {e.colno})",
+                           "The file must be one JSON document, as the benchmark distributes it") from None
+    except RecursionError:
+        raise format_error(path, None, "JSON nested too deeply to read",
+                           "The file must be one JSON document, as the benchmark distributes it") from None
 
 
 def field(record: dict, key: str, path: str, line: Optional[int], types: type | tuple = str) -> Any:
@@ -100,8 +127,7 @@ def example_id(record: dict, keys: Sequence[str], default: int, path: str, line:
 
 def read_tsv(path: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of a tab-separated file, split on tabs only (GLUE quotes nothing; MRPC has a BOM)."""
-    with open(path, encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line:
-                yield line_number, line.split("\t")
+    for line_number, line in text_lines(path, bom=True):
+        line = line.rstrip("\r\n")
+        if line:
+            yield line_number, line.split("\t")

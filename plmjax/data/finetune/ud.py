@@ -30,17 +30,16 @@ def default_conllu_file() -> str:
 
 def _blocks(path: str):
     """(first line number, text) of each sentence block of a CoNLL-U file."""
-    with open(path, encoding="utf-8") as f:
-        lines, start = [], 1
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                lines.append(line)
-                continue
-            if lines:
-                yield start, "".join(lines)
-            lines, start = [], number + 1
+    lines, start = [], 1
+    for number, line in readers.text_lines(path):
+        if line.strip():
+            lines.append(line)
+            continue
         if lines:
             yield start, "".join(lines)
+        lines, start = [], number + 1
+    if lines:
+        yield start, "".join(lines)
 
 
 def read_sentences(path: str) -> list[dict]:
