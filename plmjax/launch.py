@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import logging
 import os
 import re
+import tokenize
 from typing import Any, Sequence
 
 import gin
@@ -103,10 +105,17 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str], clear: bool =
     import plmjax.tasks  # noqa: F401  registers the seqio tasks named in gin files
     quiet = _QuietSearchMisses()  # gin logs an ERROR for each search path a file is not in, even when found later
     logging.getLogger().addFilter(quiet)
+    macros = _check_bindings(gin_params)
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(gin_params), finalize_config=False)
+        for path in gin_files:  # gin.parse_config_files_and_bindings, one file at a time to name a bad one
+            try:
+                gin.parse_config_file(path)
+            except (SyntaxError, tokenize.TokenError) as error:
+                raise ValueError(_syntax_message(error, f"gin file {path} (or a file it includes)")) from None
+        gin.parse_config(list(gin_params))
     finally:
         logging.getLogger().removeFilter(quiet)
+    _check_macros_used(macros)
 
 
 class _QuietSearchMisses(logging.Filter):
@@ -147,3 +156,69 @@ def run_settings(gin_files: Sequence[str], gin_params: Sequence[str], mesh_axes:
         "rules": setting("logical_axis_rules", None, None),
         "mesh_shape": {**dict.fromkeys(mesh_axes, 1), "data": -1, **gin.get_bindings("create_mesh")},
     }
+
+
+def _syntax_message(error: Exception, what: str) -> str:
+    """what: the gin file or the --gin_param binding; a SyntaxError names the exact file and line."""
+    if isinstance(error, SyntaxError):
+        if error.filename and error.filename != "<string>":
+            what = f"gin file {error.filename}, line {error.lineno} ({(error.text or '').strip()!r})"
+        problem = error.msg
+    else:  # tokenize.TokenError
+        problem = f"{error.args[0]}: an unclosed bracket or quote"
+    return (f"{what}: gin syntax error ({problem}). Fix it: bindings read NAME = VALUE or "
+            "configurable.parameter = VALUE, with Python literals as values")
+
+
+def _check_bindings(gin_params: Sequence[str]) -> dict[str, str]:
+    """Parses each --gin_param alone, so a syntax error names that binding; returns the macros they bind
+    ({name: binding})."""
+    from gin import config_parser  # pylint: disable=import-outside-toplevel
+
+    class Delegate(config_parser.ParserDelegate):  # syntax only: references are not looked up here
+        def configurable_reference(self, scoped_name, evaluate):
+            return scoped_name
+
+        def macro(self, name):
+            return name
+
+    macros = {}
+    for binding in gin_params:
+        try:
+            statements = list(config_parser.ConfigParser(binding, Delegate()))
+        except (SyntaxError, tokenize.TokenError) as error:
+            raise ValueError(_syntax_message(error, f"--gin_param {binding!r}")) from None
+        for statement in statements:
+            if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+                macros[statement.selector] = binding
+    return macros
+
+
+def _macro_references(value, found: set[str]) -> set[str]:
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.configurable.wrapped is gin.config.macro:
+            found.add("/".join(value.scopes))
+    elif isinstance(value, dict):
+        for item in value.values():
+            _macro_references(item, found)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            _macro_references(item, found)
+    return found
+
+
+def _check_macros_used(macros: dict[str, str]) -> None:
+    """A --gin_param that binds a macro no gin file refers to (NUM_STEP for NUM_STEPS) would change nothing and
+    let the run go on with the file's value: one error naming it and the macros that exist."""
+    if not macros:
+        return
+    from plmjax.tasks import finetune  # pylint: disable=import-outside-toplevel
+    used = set(finetune.DATA_DIR_MACROS)
+    for bindings in gin.config._CONFIG.values():  # pylint: disable=protected-access  (gin has no public walk)
+        _macro_references(bindings, used)
+    for name, binding in macros.items():
+        if name not in used:
+            close = difflib.get_close_matches(name, sorted(used), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ValueError(f"--gin_param {binding!r} binds the macro {name}, which no gin file uses (%{name}): "
+                             f"{hint}The files use {', '.join(sorted(used))}.")

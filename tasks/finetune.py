@@ -137,6 +137,7 @@ def ud_pos_task(conllu_file: Optional[str] = None, name: str = "ud_en_pos",
                      read_fn=read_fn)
 
 
+DATA_DIR_MACROS = ("GLUE_DIR", "CLUE_DIR", "FEWCLUE_DIR")  # read by code (gin.query_parameter), not %NAME
 _glue_dir = functools.partial(_data_dir, "GLUE_DIR")
 _clue_dir = functools.partial(_data_dir, "CLUE_DIR")
 _fewclue_dir = functools.partial(_data_dir, "FEWCLUE_DIR")

@@ -29,6 +29,37 @@ def test_unknown_gin_binding(capsys, tmp_path):
     assert "num_stepz" in line and "train" in line
 
 
+@pytest.mark.parametrize("binding, expected", [
+    ("NUM_STEPS = ", "--gin_param 'NUM_STEPS = ': gin syntax error (Unable to parse value.)"),
+    ("NUM_STEPS = [1,", "--gin_param 'NUM_STEPS = [1,': gin syntax error (EOF in multi-line statement"),
+    ("NUM_STEP = 3", "binds the macro NUM_STEP, which no gin file uses (%NUM_STEP): did you mean NUM_STEPS"),
+])
+def test_bad_gin_param_names_the_binding(capsys, tmp_path, binding, expected):
+    code, _, err = _run(capsys, "train", TINY, f"--gin_param={binding}", f"--model_dir={tmp_path}")
+    assert code == 2
+    assert expected in _error_line(err)
+    assert not (tmp_path / "checkpoints").exists()  # nothing ran
+
+
+def test_data_folder_macros_are_not_unused(capsys, tmp_path):
+    """GLUE_DIR / CLUE_DIR / FEWCLUE_DIR are read by the tasks' code, not through %NAME: binding one is fine."""
+    _, _, err = _run(capsys, "train", TINY, "--gin_param=GLUE_DIR = '/nowhere'", "--gin_param=NUM_STEPS = 0",
+                        f"--model_dir={tmp_path}")
+    assert "GLUE_DIR" not in err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("NUM_STEPS = \n", "bad.gin, line 2 ('NUM_STEPS ='): gin syntax error (Unable to parse value.)"),
+    ("NUM_STEPS = [1\n", "gin file {path} (or a file it includes): gin syntax error (EOF in multi-line"),
+])
+def test_bad_gin_file_names_the_file_and_line(capsys, tmp_path, text, expected):
+    path = tmp_path / "bad.gin"
+    path.write_text("include 'gin_configs/experiments/tiny_bert_mlm.gin'\n" + text)
+    code, _, err = _run(capsys, "train", f"--gin_file={path}", f"--model_dir={tmp_path / 'run'}")
+    assert code == 2
+    assert expected.format(path=path) in _error_line(err)
+
+
 def test_missing_gin_file(capsys, tmp_path):
     code, _, err = _run(capsys, "train", "--gin_file=gin_configs/no_such.gin", f"--model_dir={tmp_path}")
     assert code == 2
