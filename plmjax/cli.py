@@ -13,6 +13,10 @@
 
 A mistake a user can make (a bad gin binding, a missing file, a too-long sequence, a checkpoint of another
 model) ends in one line naming the problem and the fix, exit status 2; `--traceback` shows the whole story.
+`plmjax train` exit statuses (docs/reliability.md): 0 done; 2 a user error; 3 stopped at a non-finite loss or
+gradient (train.nonfinite='stop'); 75 preempted (SIGTERM or Ctrl-C): the current step was checkpointed, run the
+same command again to resume; 76 the preemption grace period (train.preemption_grace_s) ran out before that
+checkpoint was written.
 """
 
 from __future__ import annotations
@@ -46,6 +50,22 @@ def _one_line(error: BaseException) -> str:
     # gin appends "In call to configurable ..." lines to errors raised inside configurables: not for users.
     message = "\n".join(line for line in message.splitlines() if not line.strip().startswith("In call to configurable"))
     return f"{type(error).__name__}: {message}"
+
+
+def _train(model_dir: str, args) -> int:
+    """`plmjax train`: a preemption or a non-finite stop is an expected end with its own exit status."""
+    from plmjax import launch
+    from plmjax.train import faults
+    try:
+        launch.train(model_dir)
+    except faults.Preempted:
+        return faults.PREEMPTED_EXIT_STATUS  # the loop printed where the checkpoint is
+    except faults.NonFiniteError as error:
+        if args.traceback:
+            raise
+        print(f"plmjax train: error: {_one_line(error)}", file=sys.stderr)
+        return faults.NONFINITE_STOPPED_EXIT_STATUS
+    return 0
 
 
 def _add_convert_parser(sub) -> None:
@@ -121,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             model_dir = args.model_dir or os.path.join(
                 "runs", os.path.splitext(os.path.basename(args.gin_file[-1]))[0])
-            launch.train(model_dir)
+            return _train(model_dir, args)
         else:
             launch.evaluate(args.checkpoint, args.out)
     except Exception as error:  # noqa: BLE001  user errors become one line; others keep their traceback

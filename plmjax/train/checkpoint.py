@@ -16,7 +16,11 @@
   directories that orbax began and never committed (their `_CHECKPOINT_METADATA` has no commit timestamp), so
   the resumed run writes those steps again. A step directory without the commit file whose metadata says it was
   committed is an interrupted copy of a finished step: it is refused, not deleted. (Not at construction: a
-  `Checkpointer` opened to evaluate must not delete the files of a run that is saving right now.)
+  `Checkpointer` opened to evaluate must not delete the files of a run that is saving right now.) The trainer,
+  resuming, first moves all of these aside instead (`move_unfinished_saves_aside`).
+* Damaged checkpoints: `restore_newest_good` restores the newest step that reads back whole, moving each one
+  that does not (truncated, missing or garbled files) to `<directory>.corrupt/` with one line; none readable:
+  `CheckpointCorruptError` naming the directory (docs/reliability.md).
 * The data item: `save(..., data_state=bytes)` stores this process's input iterator state (the trainer's
   `pipeline.DataIterator`); every process writes its own file inside the same atomic step.
 * Keep-N: orbax's preservation policy `LatestN(max_to_keep)` deletes the oldest steps in the directory after
@@ -57,6 +61,10 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 class CheckpointDirectoryInUseError(ValueError):
     """Saving would mix this run's checkpoints with (and let keep-N delete) checkpoints it did not write."""
+
+
+class CheckpointCorruptError(ValueError):
+    """No checkpoint of a run's directory could be read (each was moved aside)."""
 
 
 def tree_fingerprint(tree: Any) -> dict[str, list]:
@@ -262,6 +270,11 @@ class Checkpointer:
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes("plmjax_checkpointer_remove_crashed_saves")
 
+    def reached_preemption(self, step: int) -> bool:
+        """Orbax's (jax's) preemption sync point: True on every process at the same step after a preemption
+        notice reached any of them (False without `jax.distributed`'s preemption service)."""
+        return self._manager.reached_preemption(step)
+
     def wait(self) -> None:
         """Blocks until every started save is on disk; raises if a background save failed."""
         self._manager.wait_until_finished()
@@ -360,6 +373,70 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         self._owns_directory = True
         return restored.state, metadata
+
+    # ------------------------------------------------------------------------------------- damaged checkpoints
+
+    @property
+    def quarantine_directory(self) -> str:
+        """Where `restore_newest_good` moves damaged checkpoints: `<directory>.corrupt`, beside the directory
+        (inside it orbax would count, or delete, them)."""
+        return os.fspath(self._path) + ".corrupt"
+
+    def _move_aside(self, path: epath.Path) -> str:
+        target = epath.Path(self.quarantine_directory) / path.name
+        suffix = 1
+        while target.exists():
+            target, suffix = epath.Path(self.quarantine_directory) / f"{path.name}.{suffix}", suffix + 1
+        if jax.process_index() == 0:  # the others wait at the caller's sync
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+        return os.fspath(target)
+
+    def _sync(self, name: str) -> None:
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes(f"plmjax_checkpointer_{name}")
+
+    def move_unfinished_saves_aside(self) -> None:
+        """Moves what crashed saves left (`<step>.orbax-checkpoint-tmp`, step directories without the commit
+        file) to `quarantine_directory`, one line each: the run that owns the directory calls it on resuming."""
+        self._sync("list_unfinished")
+        unfinished = [] if not self._path.exists() else (
+            [tmp.get() for tmp in ocp.utils.tmp_checkpoints(self._path)] + self._incomplete_step_dirs())
+        for path in unfinished:
+            where = self._move_aside(path)
+            print(f"Checkpoint {path} is an unfinished save (no {COMMIT_FILE}): moved it to {where}.")
+        self._sync("moved_unfinished")
+
+    def restore_newest_good(self, *, abstract_state: Any) -> tuple[Any, dict, Optional[bytes]]:
+        """Restores the newest checkpoint that reads back whole: `(state, metadata, data_state)`.
+
+        A damaged one (a truncated, missing or garbled file; a leftover temporary or uncommitted directory) is
+        named in one line and moved to `quarantine_directory` (never deleted), and the next older one is tried.
+        Raises CheckpointCorruptError naming the directory when none is good, CheckpointNotFoundError when there
+        is none, and CheckpointMismatchError (another model config) as `restore` does.
+        """
+        self.move_unfinished_saves_aside()
+        self._manager.reload()
+        steps = self.all_steps()
+        if not steps:
+            self._resolve_step(None)  # raises CheckpointNotFoundError
+        for step in reversed(steps):
+            try:
+                state, metadata = self.restore(step, abstract_state=abstract_state)
+                return state, metadata, self.read_data_state(step)
+            except CheckpointMismatchError:
+                raise
+            except Exception as error:  # noqa: BLE001  orbax / tensorstore / JSON errors of a damaged file
+                first_line = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore")[0][:160]
+                where = self._move_aside(self._path / str(step))
+                self._sync(f"moved_damaged_{step}")
+                self._owns_directory = False
+                print(f"Checkpoint {self._path / str(step)} is damaged ({type(error).__name__}: {first_line}): "
+                      f"moved it to {where}; trying the previous one.")
+                self._manager.reload()
+        raise CheckpointCorruptError(
+            f"No readable checkpoint in {self.directory}: every one (steps {steps}) was damaged and moved to "
+            f"{self.quarantine_directory}. Restore a copy of the checkpoints, or start a fresh --model_dir.")
 
     def _restore_partial(self, step: int, abstract_state: Any) -> Any:
         # StandardRestore reads whole trees only; orbax's PyTree handler restores a subtree of the same files.

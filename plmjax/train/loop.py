@@ -22,6 +22,7 @@ from plmjax.data import feature_converters, pipeline
 from plmjax.train import adapter as adapter_lib
 from plmjax.train import checkpoint as checkpoint_lib
 from plmjax.train import evaluate as evaluate_lib
+from plmjax.train import faults
 from plmjax.train import fill_mask_examples
 from plmjax.train import init as init_lib
 from plmjax.train import metrics as metrics_lib
@@ -30,8 +31,10 @@ from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
 from plmjax.train.setup import ConfigError, RunSetup, check_vocabulary, is_finetune_run, setup
 
-# Kill this process (SIGKILL, no clean-up) right after this step: the kill-and-resume test's fault injection.
+# Fault injection for the tests: kill this process (SIGKILL, no clean-up) right after this step; make the float
+# features (loss weights) of these steps ('6' or '6,7,8') NaN.
 _CRASH_AFTER_STEP = int(os.environ.get("PLMJAX_TEST_CRASH_AFTER_STEP", "-1"))
+_NAN_AT_STEPS = {int(s) for s in os.environ.get("PLMJAX_TEST_NAN_AT_STEPS", "").split(",") if s.strip()}
 
 
 class _Required:
@@ -118,6 +121,9 @@ def train(
     logical_axis_rules: Optional[Sequence] = None,
     finetune_evaluator: Optional[FinetuneEvaluator] = None,
     operative_config: Optional[Callable[[], str]] = None,
+    nonfinite: str = "stop",
+    max_consecutive_skips: int = 10,
+    preemption_grace_s: float = 120.0,
 ) -> dict[str, float]:
     """Trains (or resumes) a model; returns the final evaluation metrics.
 
@@ -140,9 +146,17 @@ def train(
       `train.logical_axis_rules = @logical_axis_rules()`).
     finetune_evaluator: scores a fine-tuning run with the task's official metrics (plmjax.evaluation).
     operative_config: returns the run's configuration text, written to `model_dir/config.gin`.
+    nonfinite: a step whose loss or gradient norm is not finite is never applied; 'stop' (default) then raises
+      `faults.NonFiniteError` naming the step, at the next log or checkpoint step and before any checkpoint
+      after it; 'skip' goes on, counting `skipped_steps` (metrics, summary), and raises after more than
+      `max_consecutive_skips` in a row.
+    preemption_grace_s: SIGTERM or a first Ctrl-C ends the run after the current step with a synchronous
+      checkpoint of it (`faults.Preempted`; `plmjax train` exits with status 75); if that takes longer than
+      this, the process exits with status 76. docs/reliability.md.
     """
     _check_required("train", model_config=model_config, architecture=architecture, objective=objective, task=task,
                     task_feature_lengths=task_feature_lengths)
+    faults.check_settings(nonfinite, max_consecutive_skips, preemption_grace_s)
     if length_buckets and jax.process_count() > 1 and input_sharding != "slice":
         raise ConfigError("train.length_buckets with several processes needs train.input_sharding='slice' (with "
                           "'shard' each host would bucket its own examples and run different shapes).")
@@ -159,16 +173,16 @@ def train(
     if peft:
         from plmjax import peft as peft_lib
         tx = peft_lib.optimizer(tx)  # optax.multi_transform: set_to_zero on the frozen parameters
-    os.makedirs(model_dir, exist_ok=True)
+    faults.lock_model_dir(model_dir)  # creates it; a second run on it refuses (released at the end)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints)
 
     abstract, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths, mesh,
                                                     run.rules)
     data_position, data_state = 0, None
+    checkpointer.move_unfinished_saves_aside()  # a crashed save: one line each, kept aside
     if checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(abstract_state=abstract)
+        state, meta, data_state = checkpointer.restore_newest_good(abstract_state=abstract)
         data_position = int(meta["data_position"])
-        data_state = checkpointer.read_data_state(meta["step"])
         print(f"Resumed from {checkpointer.directory} at step {meta['step']} (batch {data_position}).")
     else:
         state, shardings = state_lib.create_train_state(run.module, tx, architecture, run.task_feature_lengths,
@@ -199,35 +213,49 @@ def train(
     totals = None
     last_log, tokens_since, examples_since = time.time(), 0, 0
     last_train: dict[str, float] = {}
-    while step < num_steps:
-        batch = next(batches)
-        if input_sharding == "slice":  # every host read the global batch: keep this host's rows
-            batch = sharding.host_rows(batch, mesh, run.rules)
-        data_position += 1
-        state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh, run.rules))
-        step += 1
-        totals = step_metrics if totals is None else metrics_lib.add_metrics(totals, step_metrics)
-        tokens_since += batch_size * max(value.shape[-1] for value in batch.values())  # global batch, this length
-        examples_since += batch_size
-        if step % log_every == 0 or step == num_steps:  # the only place the loop waits for the devices
-            last_train = metrics_lib.reduce_metrics(totals)
-            elapsed = time.time() - last_log
-            last_train["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
-            last_train["examples_per_second"] = examples_since / max(elapsed, 1e-9)
-            writer.write(step, "train", last_train)
-            bar.update(step, last_train)
-            totals, last_log, tokens_since, examples_since = None, time.time(), 0, 0
-        else:
-            bar.update(step)
-        if eval_every and step % eval_every == 0 and step != num_steps:
-            writer.write(step, eval_split, _evaluate_run(run, eval_fn, state.params, task, eval_split, eval_batches,
-                                                         model_dir, final=False, param_shardings=shardings.params,
-                                                         finetune_evaluator=finetune_evaluator))
-        if step % checkpoint_every == 0 or step == num_steps:
-            checkpointer.save(step, state, data_position=data_position, config=_config_dict(run, operative_config),
-                              data_state=batches.state())
-        if step == _CRASH_AFTER_STEP:  # fault injection for the kill-and-resume test
-            os.kill(os.getpid(), signal.SIGKILL)
+    monitor = faults.NonFiniteMonitor(nonfinite, max_consecutive_skips)
+    last_good = lambda: _last_checkpoint(checkpointer)  # noqa: E731
+    save = lambda: checkpointer.save(step, state, data_position=data_position,  # noqa: E731
+                                     config=_config_dict(run, operative_config), data_state=batches.state())
+    with faults.PreemptionWatcher(preemption_grace_s, checkpointer.reached_preemption) as watcher:
+        while step < num_steps:
+            batch = next(batches)
+            if input_sharding == "slice":  # every host read the global batch: keep this host's rows
+                batch = sharding.host_rows(batch, mesh, run.rules)
+            data_position += 1
+            if step + 1 in _NAN_AT_STEPS:  # fault injection for the non-finite tests
+                batch = faults.poison_batch(batch)
+            state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh, run.rules))
+            step += 1
+            monitor.add(step, step_metrics.pop("nonfinite"))
+            totals = step_metrics if totals is None else metrics_lib.add_metrics(totals, step_metrics)
+            tokens_since += batch_size * max(value.shape[-1] for value in batch.values())  # global batch
+            examples_since += batch_size
+            checkpoint_due = step % checkpoint_every == 0 or step == num_steps
+            if step % log_every == 0 or checkpoint_due:  # never a checkpoint after an unchecked step
+                monitor.check(last_good)
+            if step % log_every == 0 or step == num_steps:  # the only place the loop waits for the devices
+                last_train = metrics_lib.reduce_metrics(totals)
+                if nonfinite == "skip":
+                    last_train["skipped_steps"] = monitor.skipped
+                elapsed = time.time() - last_log
+                last_train["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
+                last_train["examples_per_second"] = examples_since / max(elapsed, 1e-9)
+                writer.write(step, "train", last_train)
+                bar.update(step, last_train)
+                totals, last_log, tokens_since, examples_since = None, time.time(), 0, 0
+            else:
+                bar.update(step)
+            if eval_every and step % eval_every == 0 and step != num_steps:
+                writer.write(step, eval_split, _evaluate_run(
+                    run, eval_fn, state.params, task, eval_split, eval_batches, model_dir, final=False,
+                    param_shardings=shardings.params, finetune_evaluator=finetune_evaluator))
+            if checkpoint_due:
+                save()
+            if step == _CRASH_AFTER_STEP:  # fault injection for the kill-and-resume test
+                os.kill(os.getpid(), signal.SIGKILL)
+            if watcher.should_stop(step):
+                _stop_preempted(step, monitor, last_good, watcher.signal_name, save, checkpointer, bar)
     bar.close()
     checkpointer.wait()
 
@@ -239,6 +267,7 @@ def train(
     curve = os.path.join(model_dir, "loss_curve.png")
     summary = {
         "steps": step,
+        "skipped_steps": monitor.skipped if nonfinite == "skip" else None,
         "wall_time_s": round(time.time() - start, 1),
         "train_loss": last_train.get("loss"),
         f"{eval_split}_loss": final.get("loss"),
@@ -262,7 +291,27 @@ def train(
             print(fill_mask_examples.format_examples(examples))
         with open(os.path.join(model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+    faults.unlock_model_dir(model_dir)
     return final
+
+
+def _last_checkpoint(checkpointer: checkpoint_lib.Checkpointer) -> str:
+    checkpointer.wait()
+    latest = checkpointer.latest_step()
+    return "(none yet)" if latest is None else os.path.join(checkpointer.directory, str(latest))
+
+
+def _stop_preempted(step, monitor, last_good, signal_name, save, checkpointer, bar) -> None:
+    """SIGTERM / Ctrl-C: checkpoint this step synchronously (when its steps were finite) and raise Preempted."""
+    bar.close()
+    monitor.check(last_good)
+    save()  # False when this step was just saved
+    checkpointer.wait()
+    where = os.path.join(checkpointer.directory, str(step))
+    if jax.process_index() == 0:
+        print(f"Preempted ({signal_name}) after step {step}: checkpoint {where} written; run the same command "
+              "again to resume from it.", flush=True)
+    raise faults.Preempted(step, where, signal_name)
 
 
 def evaluate(

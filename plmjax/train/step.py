@@ -74,13 +74,23 @@ def accumulated_grads(params, batch, rng, module, objective, grad_accum_steps: i
 
 def train_step(state: TrainState, batch, *, module, objective: Objective, tx: optax.GradientTransformation,
                schedule, grad_accum_steps: int = 1):
+    """One update. Not `optax.apply_if_finite`: that wraps the optimizer state (another checkpoint tree) and sees
+    only the gradients; here the loss is checked too and the state keeps its structure."""
     rng = jax.random.fold_in(state.rng, state.step)
     grads, metrics = accumulated_grads(state.params, batch, rng, module, objective, grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     one = jnp.ones((), jnp.float32)
+    grad_norm = optax.global_norm(grads).astype(jnp.float32)
     metrics = dict(metrics, learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one),
-                   grad_norm=(optax.global_norm(grads).astype(jnp.float32), one))
+                   grad_norm=(grad_norm, one))
+    # A step whose loss or gradient is not finite changes nothing but the step counter (the rng and the data
+    # position move on), and its metrics count for nothing; `nonfinite` tells the loop (plmjax.train.faults).
+    finite = jnp.isfinite(metrics["loss"][0]) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), metrics)
+    metrics["nonfinite"] = jnp.logical_not(finite)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
 
