@@ -128,14 +128,15 @@ def _in_run_layout(converted, model_config):
                               config=dataclasses.replace(converted.config, scan_layers=_scanned(model_config)))
 
 
-def _mapping(fresh: dict, converted, architecture: str, model_config, peft: Optional[str], where: str):
+def _mapping(fresh: dict, converted, architecture: str, model_config, peft: Optional[str], where: str,
+             under: tuple = ()):
     """(target path, source path, {flat path: fresh leaf}, {flat path: checkpoint leaf}, report) for putting the
     checkpoint's parameters (arrays or shape/dtype structs) into `fresh`, the checkpoint converted to the run's
     layer layout; raises on any mismatch."""
     converted = _in_run_layout(converted, model_config)
     relative, source_path = _target_and_source(converted.architecture, converted.params, architecture, where)
     source = _subtree(converted.params, source_path)
-    target_path = (('base',) if peft else ()) + relative
+    target_path = tuple(under) + (('base',) if peft else ()) + relative
     target = _subtree(fresh, target_path)
     flat_target, flat_source = traverse_util.flatten_dict(target), traverse_util.flatten_dict(source)
     differences = params_lib.config_differences(converted.config, model_config)
@@ -199,16 +200,18 @@ def _read_sharding(run_sharding, run_scanned: bool):
 
 
 def init_from_checkpoint(state, shardings, tx, path: str, *, architecture: str, model_config,
-                         peft: Optional[str] = None, log=print):
+                         peft: Optional[str] = None, under: tuple = (), log=print):
     """`state` with its parameters initialized from the checkpoint at `path` and a fresh optimizer state.
 
     Only the parameters the run uses are read, each straight into its sharding in the run (Orbax partial
     restore): no process holds the whole model in host memory. A checkpoint of the other layer layout is read
     layer by layer and stacked (or a stack read and split) on the devices.
+    under: the path of the model's subtree in the run's parameters (TinyBERT distillation: ('teacher',) and
+    ('student',), `plmjax.compression.distill`); architecture and model_config are that model's.
     """
     saved = saved_model.read_saved_model(path)
     target_path, source_path, flat_target, flat_source, report = _mapping(
-        state.params, saved, architecture, model_config, peft, path)
+        state.params, saved, architecture, model_config, peft, path, under)
     convert = _layout_converter(saved, model_config)
     target_shardings = traverse_util.flatten_dict(_subtree(shardings.params, target_path))
     wanted = {}  # the checkpoint leaves to read (in its layout), each with the sharding to read it into
