@@ -1,8 +1,9 @@
-"""`plmjax bench`: the matmul ceiling, the training steps of BERT-base / GPT-2 small / T5-small, greedy
-decoding and Perturbed Masking impact matrices, for plmjax and the PyTorch reference, each configuration in a
+"""`plmjax bench`: the matmul ceiling, the training steps of BERT-base / GPT-2 small / T5-small, greedy and
+beam-search decoding (GPT-2 small, T5-small) and Perturbed Masking impact matrices, for plmjax and the PyTorch reference, each configuration in a
 fresh process; a Markdown table on the terminal and a JSON record.
 
     plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode,parse] [--repeats 3] [--out results.json]
+                 [--decode_models gpt2,t5]
                  [--no_torch] [--torch_variants eager_f32,eager_bf16_autocast,compile]
                  [--plmjax_variants xla_f32,xla_bf16_matmul]
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 from plmjax.bench import configs, report, runner
 
@@ -38,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--plmjax_variants', default=','.join(runner.PLMJAX_VARIANTS),
                    help=f'comma-separated subset of {",".join(runner.PLMJAX_VARIANTS)} (xla_bf16_matmul: '
                         'matmul_dtype=bfloat16, every product on bf16 operands with float32 accumulation)')
+    p.add_argument('--decode_models', default=','.join(configs.DECODES),
+                   help=f'the models of the decode group: a comma-separated subset of {",".join(configs.DECODES)}')
     p.add_argument('--traceback', action='store_true', help='show the full traceback of an error')
 
 
@@ -57,10 +61,14 @@ def run(args) -> dict:
     variants = _split(args.torch_variants, runner.TORCH_VARIANTS, '--torch_variants')
     ours = _split(getattr(args, 'plmjax_variants', ','.join(runner.PLMJAX_VARIANTS)), runner.PLMJAX_VARIANTS,
                   '--plmjax_variants')
+    decode_models = _split(getattr(args, 'decode_models', ','.join(configs.DECODES)), tuple(configs.DECODES),
+                           '--decode_models')
     spec_list = runner.specs(args.sizes, args.repeats, only, torch=not args.no_torch, torch_variants=variants,
-                             plmjax_variants=ours)
+                             plmjax_variants=ours, decode_models=decode_models)
     counts = {m: runner.model_counts(m, args.sizes) for m in configs.MODELS if m in only}
-    results = runner.run_all(spec_list, args.sizes)
+    with tempfile.TemporaryDirectory(prefix='plmjax_bench_') as weights_root:
+        runner.write_decode_weights(spec_list, weights_root)
+        results = runner.run_all(spec_list, args.sizes)
     record = report.build(results, args.sizes, args.repeats, counts)
     print(report.markdown(record), file=sys.stdout)
     with open(args.out, 'w') as f:

@@ -76,8 +76,11 @@ MODELS = {m.name: m for m in (
 
 @dataclasses.dataclass(frozen=True)
 class DecodeBench:
-    """Decoding with a KV cache: prompt length, new tokens, model (a decoder ModelBench); each batch size greedy
-    (num_beams 1) and with beam search (num_beams > 1; no EOS, so every step runs on both sides)."""
+    """Decoding with a KV cache of one model (a ModelBench name: a decoder, or an encoder-decoder whose encoder
+    runs once on the `prompt_length` inputs): `new_tokens` at each batch size, greedy (num_beams 1) and with beam
+    search (num_beams > 1). Every step runs on both sides: a decoder has no EOS (`eos_id` None); an
+    encoder-decoder keeps its EOS (`eos_id`) and `min_new_tokens` = `new_tokens` holds it back on both sides.
+    Both sides decode the same weights (written once as a Hugging Face directory) and the same inputs."""
     model: str = 'gpt2'
     prompt_length: int = 32
     new_tokens: int = 64
@@ -85,13 +88,21 @@ class DecodeBench:
     tiny_new_tokens: int = 8
     batch_sizes: tuple[int, ...] = (1, 8)
     num_beams: tuple[int, ...] = (1, 4)
+    eos_id: int | None = None
 
     def shape(self, size: str) -> tuple[int, int]:
         return ((self.prompt_length, self.new_tokens) if size == 'full'
                 else (self.tiny_prompt_length, self.tiny_new_tokens))
 
+    @property
+    def min_new_tokens(self) -> bool:
+        """Whether EOS is held back until the last token (both sides: the same number of steps)."""
+        return self.eos_id is not None
 
-DECODE = DecodeBench()
+
+# GPT-2 small: a 32-token prompt; T5-small: 32 input tokens encoded once, EOS = 1 (T5's) held back for 64 steps.
+DECODES = {d.model: d for d in (DecodeBench('gpt2'), DecodeBench('t5', eos_id=1))}
+DECODE = DECODES['gpt2']
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,7 @@ def _point(value: float | None) -> dict | None:
 def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dict[str, configs.ModelCounts]) -> dict:
     record = {'machine': _machine(), 'size': size, 'repeats': repeats, 'formula': configs.FORMULA,
               'ceiling': {}, 'train': [], 'decode': [], 'parse': [], 'errors': [], 'targets': {}}
+    decoded = {}  # id(decode row) -> its tokens [batch, new tokens]: compared, not kept in the record
     for spec, result in results:
         if 'error' in result:
             record['errors'].append({**{k: spec.get(k) for k in ('kind', 'model', 'framework', 'variant', 'logits',
@@ -122,12 +123,14 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
         else:
             for key, measured in result['by_batch'].items():
                 batch_size, _, num_beams = key.partition('/')
-                record['decode'].append({'batch_size': int(batch_size), 'num_beams': int(num_beams or 1),
-                                         'framework': spec['framework'],
-                                         'variant': spec['variant'],
-                                         'tokens_per_s': timing.summary(measured['tokens_per_s']),
-                                         'compile_s': measured.get('compile_s'),
-                                         'prepare_s': measured.get('prepare_s'), **memory})
+                row = {'model': spec.get('model', configs.DECODE.model), 'batch_size': int(batch_size),
+                       'num_beams': int(num_beams or 1), 'framework': spec['framework'], 'variant': spec['variant'],
+                       'tokens_per_s': timing.summary(measured['tokens_per_s']),
+                       'compile_s': measured.get('compile_s'), 'prepare_s': measured.get('prepare_s'),
+                       'convert_s': measured.get('convert_s'), **memory}
+                if 'tokens' in measured:
+                    decoded[id(row)] = measured['tokens']
+                record['decode'].append(row)
     best = lambda name: record['ceiling'].get(name, {}).get('max')  # noqa: E731  the ceiling: the best repeat
     record['counts'] = {model: c.as_dict() for model, c in counts.items()}
     for row in record['train']:
@@ -139,13 +142,25 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
         base = _find(record['train'], model=row['model'], framework='torch', variant='eager_f32')
         row['vs_torch_eager_f32'] = _ratio(row['tokens_per_s'], base and base['tokens_per_s'])
     for row in record['decode']:
-        base = _find(record['decode'], batch_size=row['batch_size'], num_beams=row['num_beams'], framework='torch')
+        base = _find(record['decode'], model=row['model'], batch_size=row['batch_size'], num_beams=row['num_beams'],
+                     framework='torch')
         row['vs_transformers_generate'] = _ratio(row['tokens_per_s'], base and base['tokens_per_s'])
+        row.update(same_tokens(decoded.get(id(row)), base and base is not row and decoded.get(id(base))))
     for row in record['parse']:
         base = _find(record['parse'], framework='torch')
         row['vs_torch_eager_f32'] = _ratio(row['sentences_per_s'], base and base['sentences_per_s'])
     record['targets'] = _targets(record)
     return record
+
+
+def same_tokens(ours, theirs) -> dict:
+    """How far two decodings of the same inputs agree: the fraction of rows with identical tokens and the
+    fraction of all tokens before each row's first difference (None when either side is missing)."""
+    if not ours or not theirs:
+        return {'same_rows': None, 'same_prefix': None}
+    prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(ours, theirs)]
+    return {'same_rows': sum(p == len(x) for p, x in zip(prefix, ours)) / len(ours),
+            'same_prefix': sum(prefix) / sum(len(x) for x in ours)}
 
 
 def row_name(row: dict) -> str:
@@ -181,8 +196,8 @@ def _targets(record: dict) -> dict:
     for row in record['decode']:
         if row['framework'] == 'plmjax' and row['vs_transformers_generate'] is not None:
             search = 'greedy' if row['num_beams'] == 1 else f'beam {row["num_beams"]}'
-            targets[f'decode {search} batch {row["batch_size"]} {row["variant"]}'] = {
-                'vs_transformers_generate': row['vs_transformers_generate']}
+            targets[f'decode {row["model"]} {search} batch {row["batch_size"]} {row["variant"]}'] = {
+                'vs_transformers_generate': row['vs_transformers_generate'], 'same_rows': row['same_rows']}
     for row in record['parse']:
         if row['framework'] == 'plmjax' and row['vs_torch_eager_f32'] is not None:
             targets[f'impact matrices {row["variant"]}'] = {'vs_torch_eager_f32': row['vs_torch_eager_f32']}
@@ -243,13 +258,19 @@ def markdown(record: dict) -> str:
               _num(r['peak_rss_mb'], 0), _num(r['working_rss_mb'], 0), _rate(r['vs_torch_eager_f32'], digits=2)]
              for r in record['train']]))
     if record['decode']:
-        parts.append('### Decoding (KV cache): greedy and beam search\n' + _table(
-            ['batch', 'search', 'implementation', 'tokens/s', 'compile s', 'weights prepared once, s', 'peak RSS MB',
-             'x transformers generate'],
-            [[r['batch_size'], 'greedy' if r['num_beams'] == 1 else f'{r["num_beams"]} beams',
-              f'{r["framework"]} {r["variant"]}', _rate(r['tokens_per_s'], digits=1),
-              _num(r['compile_s']), _num(r.get('prepare_s')), _num(r['peak_rss_mb'], 0),
-              _rate(r['vs_transformers_generate'], digits=2)]
+        parts.append('### Decoding (KV cache): greedy and beam search, the same weights and inputs on both sides\n'
+                     'One-time costs apart from the per-token rate: "load s" reads the Hugging Face checkpoint '
+                     '(plmjax: and converts it), "prepare s" makes plmjax\'s decoding layout (once per process), '
+                     '"compile s" compiles the loop for that batch and search. "same rows": the fraction of rows '
+                     'whose tokens equal generate\'s.\n\n' + _table(
+            ['model', 'batch', 'search', 'implementation', 'tokens/s', 'load s', 'prepare s', 'compile s',
+             'peak RSS MB', 'x transformers generate', 'same rows'],
+            [[r.get('model', configs.DECODE.model), r['batch_size'],
+              'greedy' if r['num_beams'] == 1 else f'{r["num_beams"]} beams',
+              f'{r["framework"]} {r["variant"]}', _rate(r['tokens_per_s'], digits=1), _num(r.get('convert_s')),
+              _num(r.get('prepare_s')), _num(r['compile_s']), _num(r['peak_rss_mb'], 0),
+              _rate(r['vs_transformers_generate'], digits=2),
+              '-' if r.get('same_rows') is None else f'{r["same_rows"]:.2f}']
              for r in record['decode']]))
     if record.get('parse'):
         parts.append('### Perturbed Masking impact matrices (MiniLM-L6 size, Dist, sentences of 1-19 words)\n'

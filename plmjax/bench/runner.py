@@ -3,7 +3,8 @@ shared by nothing else of ours while a worker runs), and collects the raw result
 
 Configurations, in order: the matmul ceilings (XLA, then PyTorch), then per model plmjax and the PyTorch variants
 (for BERT, each plmjax variant twice: logits at all positions as the reference, and at the predicted positions
-only), then greedy decoding at each batch size (plmjax, then `transformers` generate), then Perturbed Masking impact
+only), then per decode model (GPT-2 small, T5-small) greedy and beam search decoding at each batch size (plmjax,
+then `transformers` generate, on the same weights), then Perturbed Masking impact
 matrices (plmjax, then `transformers`' BertModel).
 """
 from __future__ import annotations
@@ -63,12 +64,17 @@ def model_counts(model: str, size: str) -> configs.ModelCounts:
 
 def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = True,
           torch_variants: Iterable[str] = TORCH_VARIANTS,
-          plmjax_variants: Iterable[str] = PLMJAX_VARIANTS) -> list[dict]:
-    """The worker specs of one benchmark run."""
+          plmjax_variants: Iterable[str] = PLMJAX_VARIANTS,
+          decode_models: Iterable[str] = tuple(configs.DECODES)) -> list[dict]:
+    """The worker specs of one benchmark run (decode specs still need `write_decode_weights`)."""
     only = set(only)
     unknown = only - set(GROUPS)
     if unknown:
         raise ValueError(f'--only {",".join(sorted(unknown))}: unknown; choose from {",".join(GROUPS)}.')
+    unknown = set(decode_models) - set(configs.DECODES)
+    if unknown:
+        raise ValueError(f'--decode_models {",".join(sorted(unknown))}: unknown; choose from '
+                         f'{",".join(configs.DECODES)}.')
     frameworks = ('plmjax', 'torch') if torch else ('plmjax',)
     base = {'size': size, 'repeats': repeats}
     out = []
@@ -86,14 +92,14 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
             config_json = hf_config(model, size)
             out += [{**train, 'framework': 'torch', 'variant': v, 'logits': 'all', 'hf_config': config_json}
                     for v in torch_variants]
-    if 'decode' in only:  # one process per framework for all batch sizes: peak RSS is the largest batch's
-        decode = {**base, 'kind': 'decode', 'model': configs.DECODE.model,
-                  'batch_sizes': list(configs.DECODE.batch_sizes), 'num_beams': list(configs.DECODE.num_beams),
-                  'steps': STEPS['decode', size]}
-        out += [{**decode, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
-        if torch:
-            out.append({**decode, 'framework': 'torch', 'variant': 'generate',
-                        'hf_config': hf_config(configs.DECODE.model, size)})
+    if 'decode' in only:  # one process per model and framework for all batch sizes: peak RSS is the largest's
+        for model in decode_models:
+            bench = configs.DECODES[model]
+            decode = {**base, 'kind': 'decode', 'model': model, 'batch_sizes': list(bench.batch_sizes),
+                      'num_beams': list(bench.num_beams), 'steps': STEPS['decode', size]}
+            out += [{**decode, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
+            if torch:
+                out.append({**decode, 'framework': 'torch', 'variant': 'generate', 'hf_config': hf_config(model, size)})
     if 'parse' in only:
         parse = {**base, 'kind': 'parse', 'steps': STEPS['parse', size]}
         out += [{**parse, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
@@ -101,6 +107,24 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
             out.append({**parse, 'framework': 'torch', 'variant': 'eager_f32', 'hf_config': parse_hf_config(size)})
     return out
 
+
+
+def write_decode_weights(spec_list: list[dict], root: str) -> None:
+    """Writes each decode model's random weights (plmjax's initializer, seed 0) once as a Hugging Face
+    directory `<root>/<model>` (`plmjax.convert.save_hf`) and points its decode specs at it: the plmjax worker
+    reads it back with `plmjax.convert.load_hf`, `transformers` with `from_pretrained`, so both sides decode the
+    same weights and their tokens can be compared."""
+    from plmjax import models
+    from plmjax.convert import common, hf
+    for model in dict.fromkeys(s['model'] for s in spec_list if s['kind'] == 'decode'):
+        bench, size = configs.MODELS[model], next(s['size'] for s in spec_list if s.get('model') == model)
+        config = models.PRESETS[bench.preset](**bench.preset_overrides(size))
+        path = os.path.join(root, model)
+        hf.save_hf(path, config, common.init_params(bench.architecture, config), hf_class=bench.hf_class,
+                   architecture=bench.architecture)
+        for spec in spec_list:
+            if spec['kind'] == 'decode' and spec['model'] == model:
+                spec['weights_dir'] = path
 
 
 def worker_env() -> dict:

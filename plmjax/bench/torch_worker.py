@@ -86,28 +86,41 @@ def train(spec: dict) -> dict:
 
 
 def decode(spec: dict) -> dict:
-    """`generate` tokens/s at each batch size, greedy and beam search (KV cache, no EOS: no early stop)."""
-    bench = configs.MODELS[configs.DECODE.model]
-    prompt_length, new_tokens = configs.DECODE.shape(spec['size'])
-    model = _hf_model(spec, bench.hf_class).eval()
+    """`generate` tokens/s of one model at each batch size, greedy and beam search (KV cache; a decoder without
+    EOS, an encoder-decoder with EOS held back by min_new_tokens: every step runs), on the weights plmjax
+    decodes (`from_pretrained(spec['weights_dir'])`, timed as the one-time load)."""
+    bench = configs.DECODES[spec['model']]
+    prompt_length, new_tokens = bench.shape(spec['size'])
+    hf_class = getattr(transformers, configs.MODELS[bench.model].hf_class)
+    start = time.perf_counter()
+    model = hf_class.from_pretrained(spec['weights_dir']).eval()
+    load_s = time.perf_counter() - start
+    encoder_decoder = model.config.is_encoder_decoder
+    # generate's output: a decoder's prompt + new tokens; an encoder-decoder's decoder start token + new tokens.
+    skip = 1 if encoder_decoder else prompt_length
+    eos = {'eos_token_id': bench.eos_id, 'min_new_tokens': new_tokens} if bench.min_new_tokens else \
+        {'eos_token_id': None}
     by_batch = {}
     for num_beams in spec.get('num_beams', (1,)):
         for batch_size in spec['batch_sizes']:
             prompt = torch.from_numpy(np.random.default_rng(0).integers(
                 batches.FIRST_ID, spec['hf_config']['vocab_size'], (batch_size, prompt_length)))
             mask = torch.ones_like(prompt)
+            holder = {}
 
             def run_steps(steps):
                 with torch.inference_mode():
                     for _ in range(steps):
                         out = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                             num_beams=num_beams, eos_token_id=None, pad_token_id=0, use_cache=True,
-                                             length_penalty=1.0, early_stopping=False)
-                assert out.shape[1] == prompt_length + new_tokens
+                                             num_beams=num_beams, pad_token_id=0, use_cache=True,
+                                             length_penalty=1.0, early_stopping=False, **eos)
+                assert out.shape[1] == skip + new_tokens
+                holder['out'] = out
 
             run_steps(1)
-            by_batch[f'{batch_size}/{num_beams}'] = {'tokens_per_s': timing.repeat_rates(
-                run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens)}
+            by_batch[f'{batch_size}/{num_beams}'] = {
+                'tokens_per_s': timing.repeat_rates(run_steps, spec['steps'], spec['repeats'], batch_size * new_tokens),
+                'convert_s': load_s, 'tokens': holder['out'][:, skip:].tolist()}
     return {'by_batch': by_batch}
 
 

@@ -34,7 +34,7 @@ def _check_ratio(ratio, a, b):
 def test_tiny_bench_end_to_end(tmp_path, capsys):
     out = tmp_path / 'results.json'
     args = argparse.Namespace(sizes='tiny', only='matmul,bert,decode', repeats=2, out=str(out), no_torch=False,
-                              torch_variants='eager_f32', traceback=False)
+                              torch_variants='eager_f32', decode_models='gpt2', traceback=False)
     command.run(args)
     record = json.loads(out.read_text())
     table = capsys.readouterr().out
@@ -83,15 +83,8 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     assert set(record['targets']) >= {f'bert {v}, logits at {w} positions' for v in ('xla_f32', 'xla_bf16_matmul')
                                       for w in ('all', 'predicted')}
 
-    decode = {(r['variant'], r['batch_size'], r['num_beams']): r for r in record['decode']}
-    assert set(decode) == {(v, b, w) for v in ('xla_f32', 'xla_bf16_matmul', 'generate')
-                           for b in configs.DECODE.batch_sizes for w in configs.DECODE.num_beams}
-    for (variant, batch_size, beams), r in decode.items():
-        _positive_summary(r['tokens_per_s'])
-        _check_ratio(r['vs_transformers_generate'], r['tokens_per_s'],
-                     decode['generate', batch_size, beams]['tokens_per_s'])
-    assert decode['xla_f32', 8, 1]['compile_s'] > 0 and decode['xla_bf16_matmul', 8, 4]['compile_s'] > 0
-    assert {'decode greedy batch 8 xla_f32', 'decode beam 4 batch 1 xla_f32'} <= set(record['targets'])
+    decode = _check_decode_rows(record, 'gpt2', ('xla_f32', 'xla_bf16_matmul'))
+    assert decode['xla_bf16_matmul', 8, 4]['compile_s'] > 0
 
     ours = rows['plmjax', 'xla_f32', 'all']
     mfu = ours['mfu']
@@ -101,6 +94,67 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
                  f'{100 * mfu["median"]:.1f}% ({100 * mfu["min"]:.1f}–{100 * mfu["max"]:.1f}%)',
                  f'{ours["vs_torch_eager_f32"]["median"]:,.2f}'):
         assert text in table
+
+
+def _check_decode_rows(record, model, variants):
+    """Every (variant, batch, beams) row of `model`, measured, against generate's row of the same model, and
+    plmjax float32 decoding the same tokens as generate (the same weights and inputs)."""
+    bench = configs.DECODES[model]
+    rows = [r for r in record['decode'] if r['model'] == model]
+    decode = {(r['variant'], r['batch_size'], r['num_beams']): r for r in rows}
+    assert len(decode) == len(rows)
+    assert set(decode) == {(v, b, w) for v in (*variants, 'generate') for b in bench.batch_sizes
+                           for w in bench.num_beams}
+    for (variant, batch_size, beams), r in decode.items():
+        _positive_summary(r['tokens_per_s'])
+        assert r['peak_rss_mb'] > r['import_rss_mb'] > 0 and r['convert_s'] > 0
+        theirs = decode['generate', batch_size, beams]
+        _check_ratio(r['vs_transformers_generate'], r['tokens_per_s'], theirs['tokens_per_s'])
+        if variant == 'xla_f32':
+            assert r['compile_s'] > 0 and r['prepare_s'] > 0
+            assert r['same_rows'] == 1.0 and r['same_prefix'] == 1.0, (batch_size, beams)
+        if variant == 'generate':
+            assert r['same_rows'] is None and r['compile_s'] is None
+        search = 'greedy' if beams == 1 else f'beam {beams}'
+        if variant != 'generate':
+            target = record['targets'][f'decode {model} {search} batch {batch_size} {variant}']
+            assert target['vs_transformers_generate'] == r['vs_transformers_generate']
+    return decode
+
+
+@pytest.mark.slow  # two fresh worker processes (~40 s on a 2-core machine)
+def test_tiny_t5_decode_bench_matches_generate(tmp_path, capsys):
+    """T5 (encoder-decoder) rows beside generate's: the encoder runs once, EOS is held back on both sides
+    (min_new_tokens) so every row decodes all its tokens, and both sides produce the same tokens."""
+    out = tmp_path / 'decode.json'
+    command.run(argparse.Namespace(sizes='tiny', only='decode', repeats=1, out=str(out), no_torch=False,
+                                   torch_variants='eager_f32', plmjax_variants='xla_f32', decode_models='t5',
+                                   traceback=False))
+    record = json.loads(out.read_text())
+    assert record['errors'] == []
+    assert {r['model'] for r in record['decode']} == {'t5'}
+    _check_decode_rows(record, 't5', ('xla_f32',))
+    table = capsys.readouterr().out
+    assert '| t5 | 8 | 4 beams | plmjax xla_f32 |' in table and 'same rows' in table
+
+
+def test_same_tokens_counts_rows_and_prefixes():
+    ours = [[5, 6, 7, 8], [5, 6, 7, 8], [1, 2, 3, 4]]
+    theirs = [[5, 6, 7, 8], [5, 6, 9, 8], [0, 2, 3, 4]]
+    assert report.same_tokens(ours, theirs) == {'same_rows': 1 / 3, 'same_prefix': (4 + 2 + 0) / 12}
+    assert report.same_tokens(ours, None) == {'same_rows': None, 'same_prefix': None}
+
+
+def test_decode_specs_per_model():
+    specs = runner.specs('tiny', 1, ['decode'], decode_models=['gpt2', 't5'])
+    assert [(s['model'], s['framework'], s['variant']) for s in specs] == [
+        (m, f, v) for m in ('gpt2', 't5') for f, v in (('plmjax', 'xla_f32'), ('plmjax', 'xla_bf16_matmul'),
+                                                        ('torch', 'generate'))]
+    t5 = next(s for s in specs if s['model'] == 't5' and s['framework'] == 'torch')
+    assert t5['hf_config']['model_type'] == 't5' and configs.DECODES['t5'].min_new_tokens
+    assert not configs.DECODES['gpt2'].min_new_tokens  # GPT-2 has no EOS at all: every step runs
+    with pytest.raises(ValueError, match='--decode_models bart: unknown; choose from gpt2,t5'):
+        runner.specs('tiny', 1, ['decode'], decode_models=['bart'])
 
 
 def test_machine_names_the_matrix_units(tmp_path):
