@@ -40,5 +40,7 @@ def batch(seed=0, size=8):
 
 def init(module, seed=0):
     import flax.linen as nn
-    return nn.meta.unbox(module.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed)},
-                                     jnp.ones((1, LENGTH), jnp.int32), deterministic=True)["params"])
+    def params(key):
+        variables = module.init({"params": key, "dropout": key}, jnp.ones((1, LENGTH), jnp.int32), deterministic=True)
+        return nn.meta.unbox(variables["params"])
+    return jax.jit(params)(jax.random.key(seed))

@@ -95,9 +95,11 @@ def test_wrapper_outputs_are_the_mapped_layers_and_the_projection(separate):
     params = helpers.init(module)
     batch = helpers.batch()
     ids = jnp.asarray(batch["encoder_input_tokens"])
-    outputs = module.apply({"params": params}, ids, deterministic=True)
-    t_out, t_inter = intermediates.capture(module.teacher.module, {"params": params["teacher"]}, ids)
-    s_out, s_inter = intermediates.capture(module.student.module, {"params": params["student"]}, ids)
+    outputs = jax.jit(lambda p: module.apply({"params": p}, ids, deterministic=True))(params)
+    t_out, t_inter = jax.jit(lambda p: intermediates.capture(module.teacher.module, {"params": p}, ids))(
+        params["teacher"])
+    s_out, s_inter = jax.jit(lambda p: intermediates.capture(module.student.module, {"params": p}, ids))(
+        params["student"])
     (t_stack,), (s_stack,) = t_inter.values(), s_inter.values()
     np.testing.assert_array_equal(outputs["teacher_scores"], t_stack["attention_scores"][1:])  # top: g(1) = 2
     np.testing.assert_array_equal(outputs["teacher_hidden"], t_stack["hidden_states"][np.array([0, 2])])
