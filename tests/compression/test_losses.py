@@ -116,3 +116,20 @@ def test_wrapper_outputs_are_the_mapped_layers_and_the_projection(separate):
     # padded keys are finfo.min in the sown scores, and count as 0 in the loss
     masked = np.broadcast_to((np.asarray(ids) == 0)[None, :, None, None, :], outputs["teacher_scores"].shape)
     assert masked.any() and np.all(np.asarray(outputs["teacher_scores"])[masked] == MIN)
+
+
+def test_scanned_teacher_gives_the_same_losses():
+    """A teacher in the scanned layout (nn.scan over layers) distils exactly like the unrolled one."""
+    import dataclasses
+
+    from plmjax.models import layout
+    options = distill.DistillOptions()
+    unrolled = helpers.pair(options)
+    scanned = helpers.pair(options, teacher=dataclasses.replace(helpers.teacher_config(), scan_layers=True))
+    params = helpers.init(unrolled)
+    scanned_params = {**params, "teacher": layout.scan_params(params["teacher"])}
+    batch = helpers.batch()
+    ids = jnp.asarray(batch["encoder_input_tokens"])
+    run = lambda m, p: distill.loss_fn(batch, m.apply({"params": p}, ids), options=options)[0]  # noqa: E731
+    np.testing.assert_allclose(float(jax.jit(lambda p: run(scanned, p))(scanned_params)),
+                               float(jax.jit(lambda p: run(unrolled, p))(params)), rtol=1e-6)
