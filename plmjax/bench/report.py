@@ -8,7 +8,8 @@ peak; `vs_xla_f32_ceiling` = model FLOP/s / the best XLA float32 matmul, the sam
 row may exceed 1: it is a speed, not a utilization). Ratios of two measured rates: median / median, with min =
 min / other's max and max = max / other's min. Each training row's speed is relative to PyTorch eager float32
 of the same model (its logits at every position, as BERT rows say), each decoding row's to `transformers`'
-generate at the same batch size; memory (one measurement per process) as peak RSS and as peak RSS minus the RSS
+generate of the same model, batch size and beams (both decode the same weights and inputs; `same_tokens` says how
+far their tokens agree); memory (one measurement per process) as peak RSS and as peak RSS minus the RSS
 right after the imports. The record names the machine: CPU model and the matrix units the bf16 speed-ups depend
 on (AMX, AVX512-BF16).
 """
