@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from plmjax.data.finetune import readers
 from plmjax.convert import albert, bart, bert, common, electra, gpt2, nezha, roberta, t5
 from plmjax.models import layout
 from plmjax.models.config import TransformerConfig
@@ -71,7 +72,14 @@ def from_hf(hf_config: Mapping, state: Mapping[str, np.ndarray], *, seed: int = 
     state = _with_prefix(state, family.prefix)
     if family.prepare:
         state = family.prepare(hf_config, state)
-    config = family.config_from_hf(hf_config, frozenset(state))
+    try:
+        config = family.config_from_hf(hf_config, frozenset(state))
+    except KeyError as e:
+        raise ValueError(f'The {family.name} config.json lacks the field {e.args[0]!r}: save the config with '
+                         '`transformers` (config.save_pretrained) or add the field.') from None
+    except TypeError as e:
+        raise ValueError(f'The {family.name} config.json has a value of the wrong type ({e}): numbers must be JSON '
+                         'numbers, not strings.') from None
     config = dataclasses.replace(config, name=common.base_preset(config))
     if dtype:
         config = dataclasses.replace(config, dtype=dtype, param_dtype=dtype)
@@ -178,9 +186,20 @@ def read_hf_dir(model_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
     config_path = os.path.join(model_dir, 'config.json')
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f'{model_dir} is not a Hugging Face model directory: it has no config.json.')
-    with open(config_path) as f:
-        hf_config = json.load(f)
-    return hf_config, _read_weights(model_dir)
+    return _read_config(config_path), _read_weights(model_dir)
+
+
+def _read_config(config_path: str) -> dict:
+    text = readers.read_text(config_path)  # a byte that is not UTF-8: DataFormatError naming the line
+    try:
+        hf_config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise readers.format_error(config_path, e.lineno, f'malformed JSON ({e.msg} at column {e.colno})',
+                                   'Download or save the model again: config.json is one JSON object') from None
+    if not isinstance(hf_config, dict):
+        raise readers.format_error(config_path, None, f'a JSON {type(hf_config).__name__}, not an object',
+                                   'A Hugging Face config.json is one JSON object ({"model_type": ...})')
+    return hf_config
 
 
 def _read_weights(model_dir: str) -> dict[str, np.ndarray]:
@@ -191,17 +210,32 @@ def _read_weights(model_dir: str) -> dict[str, np.ndarray]:
         if os.path.isfile(single):
             files = [single]
         else:
-            with open(index) as f:
-                files = sorted({os.path.join(model_dir, name) for name in json.load(f)['weight_map'].values()})
+            try:
+                files = sorted({os.path.join(model_dir, name) for name in json.loads(
+                    readers.read_text(index))['weight_map'].values()})
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise readers.format_error(index, None, 'not a safetensors index (JSON with a "weight_map" of '
+                                           'tensor -> file)', 'Download or save the model again') from None
         state = {}
         for path in files:  # framework='flax' reads bfloat16 too (numpy has no bfloat16 of its own)
-            with safe_open(path, framework='flax') as f:
-                state.update({key: np.asarray(f.get_tensor(key)) for key in f.keys()})
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f'{path}, named by {index}, does not exist: the download is incomplete; '
+                                        'download the model again.')
+            try:
+                with safe_open(path, framework='flax') as f:
+                    state.update({key: np.asarray(f.get_tensor(key)) for key in f.keys()})
+            except Exception as e:  # safetensors' SafetensorError (a Rust exception type), OSError
+                raise ValueError(f'{path} is not a readable safetensors file ({e}): it is truncated or corrupted; '
+                                 'download or save the model again.') from None
         return state
     torch_file = os.path.join(model_dir, 'pytorch_model.bin')
     if os.path.isfile(torch_file):
         import torch
-        state = torch.load(torch_file, map_location='cpu', weights_only=True)
+        try:
+            state = torch.load(torch_file, map_location='cpu', weights_only=True)
+        except Exception as e:  # pickle / zip errors of a truncated or foreign file
+            raise ValueError(f'{torch_file} is not a readable PyTorch state dict ({type(e).__name__}: {e}): it is '
+                             'truncated or corrupted; download or save the model again.') from None
         return {key: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for key, t in state.items()}
     raise FileNotFoundError(f'{model_dir} holds no weights (model.safetensors, model.safetensors.index.json or '
                             'pytorch_model.bin).')

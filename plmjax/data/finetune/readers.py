@@ -31,7 +31,7 @@ def check_file(path: str, what: str, setting: str) -> str:
     return os.fspath(path)
 
 
-NOT_UTF8_FIX = "Save the file as UTF-8 (e.g. iconv -f <its encoding> -t utf-8), as the benchmark distributes it"
+NOT_UTF8_FIX = "Save the file as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)"
 
 
 def text_lines(path: str, bom: bool = False) -> Iterator[tuple[int, str]]:
