@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 # The environment (JAX_PLATFORMS without accelerators, TensorFlow quiet and off the GPU) is set when the package
@@ -43,12 +44,26 @@ def _user_error_types():
     return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, checkpoint.CheckpointMismatchError)
 
 
+_IN_CONFIGURABLE = re.compile(r"In call to configurable '([^']+)'")
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """The user error types, and a TypeError raised inside a gin configurable (a binding of the wrong type,
+    `bert_base.emb_dim = 'abc'`)."""
+    return isinstance(error, _user_error_types()) or (
+        isinstance(error, TypeError) and _IN_CONFIGURABLE.search(str(error)) is not None)
+
+
 def _one_line(error: BaseException) -> str:
     message = str(error).strip() or type(error).__name__
     if isinstance(error, KeyError) and error.args:
         message = str(error.args[0])
+    configurable = _IN_CONFIGURABLE.search(message) if isinstance(error, TypeError) else None
     # gin appends "In call to configurable ..." lines to errors raised inside configurables: not for users.
     message = "\n".join(line for line in message.splitlines() if not line.strip().startswith("In call to configurable"))
+    if configurable:
+        message = (f"a gin binding of {configurable.group(1)} has a value of the wrong type ({message}); check the "
+                   f"{configurable.group(1)}.* bindings and --gin_param values")
     return f"{type(error).__name__}: {message}"
 
 
@@ -145,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             launch.evaluate(args.checkpoint, args.out)
     except Exception as error:  # noqa: BLE001  user errors become one line; others keep their traceback
-        if args.traceback or not isinstance(error, _user_error_types()):
+        if args.traceback or not _is_user_error(error):
             raise
         print(f"plmjax {args.command}: error: {_one_line(error)}", file=sys.stderr)
         print("(run again with --traceback for the full traceback)", file=sys.stderr)

@@ -41,6 +41,12 @@ def test_bad_gin_param_names_the_binding(capsys, tmp_path, binding, expected):
     assert not (tmp_path / "checkpoints").exists()  # nothing ran
 
 
+def test_gin_binding_of_the_wrong_type(capsys, tmp_path):
+    code, _, err = _run(capsys, "train", TINY, "--gin_param=tiny_encoder.emb_dim = 'wide'", f"--model_dir={tmp_path}")
+    assert code == 2
+    assert "a gin binding of tiny_encoder has a value of the wrong type" in _error_line(err)
+
+
 def test_data_folder_macros_are_not_unused(capsys, tmp_path):
     """GLUE_DIR / CLUE_DIR / FEWCLUE_DIR are read by the tasks' code, not through %NAME: binding one is fine."""
     _, _, err = _run(capsys, "train", TINY, "--gin_param=GLUE_DIR = '/nowhere'", "--gin_param=NUM_STEPS = 0",
