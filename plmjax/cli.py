@@ -70,11 +70,16 @@ def _one_line(error: BaseException) -> str:
 def _train(model_dir: str, args) -> int:
     """`plmjax train`: a preemption or a non-finite stop is an expected end with its own exit status."""
     from plmjax import launch
-    from plmjax.train import faults
+    from plmjax.train import checkpoint, faults
     try:
         launch.train(model_dir)
     except faults.Preempted:
         return faults.PREEMPTED_EXIT_STATUS  # the loop printed where the checkpoint is
+    except checkpoint.CheckpointWriteError as error:
+        if args.traceback:
+            raise
+        print(f"plmjax train: error: {_one_line(error)}", file=sys.stderr)
+        return faults.CHECKPOINT_WRITE_FAILED_EXIT_STATUS
     except faults.NonFiniteError as error:
         if args.traceback:
             raise

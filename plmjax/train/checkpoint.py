@@ -37,9 +37,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -48,6 +50,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE  # 'commit_success.txt'
+# The layout of a step (items, metadata fields); a checkpoint of a newer format is refused with one error. Steps
+# written before the field existed are format 1.
+CHECKPOINT_FORMAT = 1
 _MAX_LISTED = 5  # differing paths named in a mismatch message
 
 
@@ -67,6 +72,14 @@ class CheckpointCorruptError(ValueError):
     """No checkpoint of a run's directory could be read (each was moved aside)."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a quota, a read-only or unwritable directory); the earlier
+    checkpoints are untouched and the unfinished one is never restored."""
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how TensorStore reports the errno of a failed write
+
+
 def tree_fingerprint(tree: Any) -> dict[str, list]:
     """`{path: [shape, dtype]}` for every leaf of a pytree of arrays or `jax.ShapeDtypeStruct`s.
 
@@ -75,6 +88,26 @@ def tree_fingerprint(tree: Any) -> dict[str, list]:
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     return {jax.tree_util.keystr(path, simple=True, separator="/"): [list(np.shape(leaf)), str(_dtype(leaf))]
             for path, leaf in leaves}
+
+
+def plmjax_version() -> str:
+    try:
+        return importlib.metadata.version("plmjax")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was not pip-installed
+        return "unknown"
+
+
+def config_differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Lines `field: saved X, now Y` for the fields of two JSON-like run configs (nested dicts) that differ; the
+    operative gin text is left out (it differs with every comment)."""
+    if isinstance(saved, dict) and isinstance(expected, dict):
+        lines = []
+        for key in list(expected) + [k for k in saved if k not in expected]:
+            if key != "operative_gin":
+                lines += config_differences(saved.get(key, "(absent)"), expected.get(key, "(absent)"),
+                                            f"{prefix}{key}.")
+        return lines
+    return [] if saved == expected else [f"{prefix.rstrip('.')}: saved {saved!r}, now {expected!r}"]
 
 
 def _dtype(leaf) -> Any:
@@ -170,6 +203,7 @@ class Checkpointer:
         self._owns_directory = owns_directory
         self._tmp_dirs_removed = False
         self._partial_reader = None  # a read-only manager for `restore(partial=True)`, made on first use
+        self._pending_step: Optional[int] = None  # the step of a save started and not yet waited for
         incomplete = self._incomplete_step_dirs()
         if incomplete:
             logging.warning("Ignoring unfinished checkpoint directories (no %s) in %s: %s", COMMIT_FILE,
@@ -218,6 +252,8 @@ class Checkpointer:
         if not force and not self._manager.should_save(step):
             return False
         metadata = {
+            "format": CHECKPOINT_FORMAT,
+            "plmjax_version": plmjax_version(),
             "step": step,
             "data_position": int(data_position),
             "config": json.loads(json.dumps(config, default=str)),
@@ -227,7 +263,11 @@ class Checkpointer:
         if data_state is not None:
             items["data"] = DataStateSave(bytes(data_state))
         args = ocp.args.Composite(**items)
-        saved = self._manager.save(step, args=args, force=force)
+        try:
+            saved = self._manager.save(step, args=args, force=force)  # also finishes the previous save
+        except Exception as error:  # noqa: BLE001  orbax / TensorStore errors of a failed write
+            raise self._write_error(self._pending_step if self._pending_step is not None else step, error) from error
+        self._pending_step = step if saved else self._pending_step
         self._owns_directory = self._owns_directory or saved
         return saved
 
@@ -276,9 +316,36 @@ class Checkpointer:
         return self._manager.reached_preemption(step)
 
     def wait(self) -> None:
-        """Blocks until every started save is on disk; raises if a background save failed."""
-        self._manager.wait_until_finished()
-        self._manager.check_for_errors()
+        """Blocks until every started save is on disk; raises CheckpointWriteError if a save failed."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001  orbax / TensorStore errors of a failed write
+            raise self._write_error(self._pending_step, error) from error
+        self._pending_step = None
+
+    def _write_error(self, step: Optional[int], error: BaseException) -> CheckpointWriteError:
+        """One message for a save that failed: what, where, why, what is safe, and the fix."""
+        code = error.errno if isinstance(error, OSError) and error.errno else None
+        found = _OS_ERROR_CODE.search(str(error))
+        code = code or (int(found.group(1)) if found else None)
+        reason = os.strerror(code) if code else (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        fix = {28: "Free space on that disk (or use a --model_dir on a larger one)",
+               122: "Free space within your quota (or use another --model_dir)",
+               30: "Use a writable --model_dir", 13: "Fix the directory's permissions (or use another --model_dir)"}
+        try:
+            self._manager.reload()
+            finished = self.all_steps()
+        except Exception:  # noqa: BLE001  the listing itself may fail on a broken disk
+            finished = []
+        newest = f"step {finished[-1]}" if finished else "none yet"
+        failure = CheckpointWriteError(
+            f"Could not write the checkpoint of step {step} to {self.directory}: {reason}. The earlier checkpoints "
+            f"are untouched (the newest finished one: {newest}); the unfinished one is never restored and is moved "
+            f"aside when the run resumes. {fix.get(code, 'Fix the cause')}, then run the same command again: it "
+            f"resumes from {newest if finished else 'the start'}.")
+        failure.errno = code
+        return failure
 
     def close(self) -> None:
         """Waits for pending saves, then releases orbax's threads."""
@@ -325,6 +392,12 @@ class Checkpointer:
                 f"{self._path / str(step)} has no plmjax metadata: it was not written by plmjax's Checkpointer. "
                 "Point --model_dir (or --checkpoint) at a plmjax run's checkpoints, or train from scratch with a "
                 "fresh --model_dir.")
+        written = metadata.get("format", 1)
+        if not isinstance(written, int) or written > CHECKPOINT_FORMAT:
+            raise CheckpointMismatchError(
+                f"{self._path / str(step)} was written by plmjax {metadata.get('plmjax_version', '(unknown)')} in "
+                f"checkpoint format {written!r}; this plmjax {plmjax_version()} reads format {CHECKPOINT_FORMAT} and "
+                "older. Upgrade plmjax (pip install -U plmjax), or read it with the version that wrote it.")
         return metadata
 
     def read_data_state(self, step: Optional[int] = None) -> Optional[bytes]:
@@ -335,8 +408,8 @@ class Checkpointer:
             return None
         return self._manager.restore(step, args=ocp.args.Composite(data=DataStateRestore())).data
 
-    def restore(self, step: Optional[int] = None, *, abstract_state: Any,
-                partial: bool = False) -> tuple[Any, dict]:
+    def restore(self, step: Optional[int] = None, *, abstract_state: Any, partial: bool = False,
+                config: Optional[dict] = None) -> tuple[Any, dict]:
         """Restores `step` (default: the latest) onto the shapes, dtypes and shardings of `abstract_state`.
 
         abstract_state: a pytree of `jax.ShapeDtypeStruct` (with `.sharding`; a leaf without one lands on the
@@ -345,6 +418,8 @@ class Checkpointer:
           state's top-level fields, e.g. `{'params': abstract_params}` to evaluate or to start fine-tuning
           without reading the optimizer state; the result has that structure. A partial restore does not make
           the directory this run's (see `save`).
+        config: the restoring run's config (as passed to `save`): a mismatch error then also names the model
+          config fields that differ from the saved run's.
         Returns `(state, metadata)`, metadata as in `read_metadata`. After a full restore, this run owns the
         directory: its saves continue there and keep-N may delete the older steps.
         """
@@ -362,9 +437,13 @@ class Checkpointer:
         if differences:
             listed = "\n  ".join(differences[:_MAX_LISTED])
             more = f"\n  ... and {len(differences) - _MAX_LISTED} more" if len(differences) > _MAX_LISTED else ""
+            fields = config_differences(metadata.get("config", {}), json.loads(json.dumps(config, default=str))
+                                        ) if config is not None else []
+            named = (f"The run that wrote it differs in {len(fields)} config field(s):\n  "
+                     + "\n  ".join(fields[:_MAX_LISTED]) + "\n") if fields else ""
             raise CheckpointMismatchError(
                 f"Checkpoint {self._path / str(step)} does not match the state being restored: "
-                f"{len(differences)} of its arrays differ in path, shape or dtype:\n  {listed}{more}\n"
+                f"{len(differences)} of its arrays differ in path, shape or dtype:\n  {listed}{more}\n{named}"
                 "It was written with another model (or optimizer) configuration. Use the same model gin file as "
                 "the run that wrote it, or start a fresh --model_dir.")
         if partial:
@@ -407,7 +486,8 @@ class Checkpointer:
             print(f"Checkpoint {path} is an unfinished save (no {COMMIT_FILE}): moved it to {where}.")
         self._sync("moved_unfinished")
 
-    def restore_newest_good(self, *, abstract_state: Any) -> tuple[Any, dict, Optional[bytes]]:
+    def restore_newest_good(self, *, abstract_state: Any,
+                            config: Optional[dict] = None) -> tuple[Any, dict, Optional[bytes]]:
         """Restores the newest checkpoint that reads back whole: `(state, metadata, data_state)`.
 
         A damaged one (a truncated, missing or garbled file; a leftover temporary or uncommitted directory) is
@@ -422,7 +502,7 @@ class Checkpointer:
             self._resolve_step(None)  # raises CheckpointNotFoundError
         for step in reversed(steps):
             try:
-                state, metadata = self.restore(step, abstract_state=abstract_state)
+                state, metadata = self.restore(step, abstract_state=abstract_state, config=config)
                 return state, metadata, self.read_data_state(step)
             except CheckpointMismatchError:
                 raise

@@ -35,6 +35,7 @@ import numpy as np
 NONFINITE_STOPPED_EXIT_STATUS = 3   # `plmjax train` stopped at a non-finite loss or gradient
 PREEMPTED_EXIT_STATUS = 75          # SIGTERM / Ctrl-C: the current step was checkpointed; rerun to resume
 GRACE_EXPIRED_EXIT_STATUS = 76      # the grace period ended before the preemption checkpoint was written
+CHECKPOINT_WRITE_FAILED_EXIT_STATUS = 74  # a checkpoint could not be written (disk full, ...): sysexits' EX_IOERR
 
 NONFINITE_MODES = ("stop", "skip")
 
@@ -107,6 +108,55 @@ def check_settings(nonfinite: str, max_consecutive_skips: int, preemption_grace_
         raise ConfigError(f"train.max_consecutive_skips={max_consecutive_skips!r}: use a non-negative integer.")
     if not preemption_grace_s > 0:
         raise ConfigError(f"train.preemption_grace_s={preemption_grace_s!r}: use a positive number of seconds.")
+
+
+class CrashPoint:
+    """Test-only fault injection: SIGKILL this process (no clean-up, as `kill -9`) at one point of the loop.
+
+    Read from the environment when the loop starts (`from_env`):
+      PLMJAX_TEST_CRASH_AFTER_STEP=10   right after step 10 (= PLMJAX_TEST_CRASH_AT='step:10')
+      PLMJAX_TEST_CRASH_AT='save:8'     right after the asynchronous save of step 8 began (its files are being
+                                        written by orbax's background thread)
+      PLMJAX_TEST_CRASH_AT='restore'    right after a resumed run restored its checkpoint, before its next step
+      PLMJAX_TEST_CRASH_AT='timer:5:120'  120 ms after step 5, wherever the run then is (a later step, a save)
+    """
+
+    PHASES = ("step", "save", "restore", "timer")
+
+    def __init__(self, phase: Optional[str] = None, step: int = -1, delay_ms: float = 0.0):
+        if phase is not None and phase not in self.PHASES:
+            raise ValueError(f"PLMJAX_TEST_CRASH_AT phase {phase!r}: use one of {self.PHASES}.")
+        self.phase, self.step, self.delay_ms = phase, int(step), float(delay_ms)
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "CrashPoint":
+        if environ.get("PLMJAX_TEST_CRASH_AFTER_STEP", "").strip():
+            return cls("step", int(environ["PLMJAX_TEST_CRASH_AFTER_STEP"]))
+        spec = environ.get("PLMJAX_TEST_CRASH_AT", "").strip()
+        if not spec:
+            return cls()
+        phase, *rest = spec.split(":")
+        return cls(phase, *(float(x) if i else int(x) for i, x in enumerate(rest)))
+
+    def at(self, phase: str, step: int) -> None:
+        """The loop passed `phase` of `step`: die now (or arm the timer) when this is the crash point."""
+        if self.phase is None or (phase != self.phase and not (self.phase == "timer" and phase == "step")):
+            return
+        if phase == "restore":
+            _kill_self()
+        elif step == self.step:
+            if self.phase == "timer":
+                timer = threading.Timer(self.delay_ms / 1000.0, _kill_self)
+                timer.daemon = True
+                timer.start()
+                self.phase = None  # armed once
+            else:
+                _kill_self()
+
+
+def _kill_self() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def poison_batch(batch: dict) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -31,9 +30,8 @@ from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
 from plmjax.train.setup import ConfigError, RunSetup, check_vocabulary, is_finetune_run, setup
 
-# Fault injection for the tests: kill this process (SIGKILL, no clean-up) right after this step; make the float
-# features (loss weights) of these steps ('6' or '6,7,8') NaN.
-_CRASH_AFTER_STEP = int(os.environ.get("PLMJAX_TEST_CRASH_AFTER_STEP", "-1"))
+# Fault injection for the tests: make the float features (loss weights) of these steps ('6' or '6,7,8') NaN; the
+# kill -9 points are `faults.CrashPoint`'s (PLMJAX_TEST_CRASH_AT, PLMJAX_TEST_CRASH_AFTER_STEP).
 _NAN_AT_STEPS = {int(s) for s in os.environ.get("PLMJAX_TEST_NAN_AT_STEPS", "").split(",") if s.strip()}
 
 
@@ -179,11 +177,14 @@ def train(
     abstract, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths, mesh,
                                                     run.rules)
     data_position, data_state = 0, None
+    crash = faults.CrashPoint.from_env()  # the tests' kill -9 points (none in a user's run)
     checkpointer.move_unfinished_saves_aside()  # a crashed save: one line each, kept aside
     if checkpointer.latest_step() is not None:
-        state, meta, data_state = checkpointer.restore_newest_good(abstract_state=abstract)
+        state, meta, data_state = checkpointer.restore_newest_good(
+            abstract_state=abstract, config=_config_dict(run, operative_config))
         data_position = int(meta["data_position"])
-        print(f"Resumed from {checkpointer.directory} at step {meta['step']} (batch {data_position}).")
+        print(f"Resumed from {checkpointer.directory} at step {meta['step']} (batch {data_position}).", flush=True)
+        crash.at("restore", int(meta["step"]))
     else:
         state, shardings = state_lib.create_train_state(run.module, tx, architecture, run.task_feature_lengths,
                                                         mesh, seed, run.rules)
@@ -250,10 +251,9 @@ def train(
                 writer.write(step, eval_split, _evaluate_run(
                     run, eval_fn, state.params, task, eval_split, eval_batches, model_dir, final=False,
                     param_shardings=shardings.params, finetune_evaluator=finetune_evaluator))
-            if checkpoint_due:
-                save()
-            if step == _CRASH_AFTER_STEP:  # fault injection for the kill-and-resume test
-                os.kill(os.getpid(), signal.SIGKILL)
+            if checkpoint_due and save():
+                crash.at("save", step)
+            crash.at("step", step)
             if watcher.should_stop(step):
                 _stop_preempted(step, monitor, last_good, watcher.signal_name, save, checkpointer, bar)
     bar.close()

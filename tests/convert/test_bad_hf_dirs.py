@@ -12,6 +12,7 @@ pytest.importorskip('transformers')
 
 from plmjax import cli  # noqa: E402
 from plmjax.convert import parity  # noqa: E402
+from tests import reliability  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -52,6 +53,7 @@ BREAKS = {
 
 
 @pytest.mark.parametrize('name', BREAKS)
+@reliability.fault_case('bad input file (hand-made)', lambda name, **_: f'Hugging Face dir: {name}')
 def test_broken_hf_directory_gives_one_line(good, tmp_path, capsys, name):
     form, breaks, expected = BREAKS[name]
     model_dir = tmp_path / form

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSh
 
 from plmjax.train import checkpoint as ckpt
 from plmjax.train import optim
+from tests import reliability
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = {"model_config": {"emb_dim": 16, "num_layers": 2, "dtype": "float32"}, "operative_gin": "train.seed = 3\n"}
@@ -207,6 +208,7 @@ def test_save_interval_and_force(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- crashes
 
+@reliability.fault_case("half-written save (Checkpointer)", "never restored")
 def test_half_written_steps_are_never_restored(tmp_path):
     directory = tmp_path / "ckpt"
     good = make_state(steps=1)
@@ -252,6 +254,7 @@ os._exit(1)  # the process dies mid-save
 """
 
 
+@reliability.fault_case("half-written save (Checkpointer)", "a process killed mid-save")
 def test_a_process_killed_mid_save_leaves_a_restorable_directory(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]),
                XLA_FLAGS="", JAX_PLATFORMS="cpu")
@@ -286,6 +289,40 @@ def test_other_model_config_raises_one_clear_mismatch_error(tmp_path):
     assert "params/wi/kernel: saved (4, 8) float32, expected (4, 16) float32" in message
     assert "... and " in message  # the optimizer moments differ too; only the first few are listed
     assert "Use the same model gin file as the run that wrote it, or start a fresh --model_dir" in message
+
+
+@reliability.fault_case("checkpoint of another config or version", "the error names the config fields")
+def test_mismatch_error_names_the_config_fields_that_differ(tmp_path):
+    with ckpt.Checkpointer(str(tmp_path)) as checkpointer:
+        checkpointer.save(2, make_state(hidden=8), data_position=2, config=CONFIG)
+    wider = dict(CONFIG, model_config=dict(CONFIG["model_config"], emb_dim=32), operative_gin="other text")
+    with pytest.raises(ckpt.CheckpointMismatchError) as info:
+        ckpt.Checkpointer(str(tmp_path)).restore(abstract_state=abstract_of(make_state(hidden=16)), config=wider)
+    message = str(info.value)
+    assert "differs in 1 config field(s):\n  model_config.emb_dim: saved 16, now 32\n" in message
+    assert "operative_gin" not in message  # the gin text is not a field
+    assert "params/wi/kernel: saved (4, 8) float32, expected (4, 16) float32" in message
+
+
+@reliability.fault_case("checkpoint of another config or version", "a newer checkpoint format")
+def test_a_checkpoint_of_a_newer_format_is_one_error_naming_the_versions(tmp_path):
+    with ckpt.Checkpointer(str(tmp_path)) as checkpointer:
+        checkpointer.save(2, make_state(), data_position=2, config=CONFIG)
+    path = tmp_path / "2" / "metadata" / "metadata"
+    metadata = json.loads(path.read_text())
+    assert metadata["format"] == ckpt.CHECKPOINT_FORMAT and metadata["plmjax_version"] == ckpt.plmjax_version()
+    metadata.update(format=ckpt.CHECKPOINT_FORMAT + 1, plmjax_version="9.0.0")
+    path.write_text(json.dumps(metadata))
+    for read in (lambda c: c.restore(abstract_state=abstract_of(make_state())), lambda c: c.read_metadata(),
+                 lambda c: c.restore_newest_good(abstract_state=abstract_of(make_state()))):
+        with pytest.raises(ckpt.CheckpointMismatchError, match=(
+                rf"{tmp_path / '2'} was written by plmjax 9\.0\.0 in checkpoint format {ckpt.CHECKPOINT_FORMAT + 1}; "
+                rf"this plmjax .* reads format {ckpt.CHECKPOINT_FORMAT} and older\. Upgrade plmjax")):
+            read(ckpt.Checkpointer(str(tmp_path)))
+    assert (tmp_path / "2" / ckpt.COMMIT_FILE).exists()  # a newer format is not "damaged": never moved aside
+    del metadata["format"], metadata["plmjax_version"]  # written before the fields existed: format 1
+    path.write_text(json.dumps(metadata))
+    ckpt.Checkpointer(str(tmp_path)).restore(abstract_state=abstract_of(make_state()))
 
 
 def test_missing_checkpoints_raise_clear_errors(tmp_path):

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import plmjax.tasks  # noqa: F401
 from plmjax import sharding
 from plmjax.data import pipeline
 from plmjax.train import faults, loop, optim
+from tests import reliability
 from tests.conftest import REPO_ROOT
 from tests.train import families
 from tests.train.saved_state import load_saved_state
@@ -56,6 +58,7 @@ def _steps(model_dir):
 # ---------------------------------------------------------------------------------------------- non-finite
 
 
+@reliability.fault_case("NaN loss", "default: stop at step 6, last checkpoint intact")
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     """NaN loss weights at step 6 (checkpoints at 4, 8): the default stops at the step-6 check with a message
     naming step 6 and the step-4 checkpoint; step 8 is never written and step 4's parameters are finite."""
@@ -67,6 +70,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     assert not (tmp_path / "summary.json").exists()
 
 
+@reliability.fault_case("NaN loss", "skip at steps 3 and 6, counted")
 def test_nan_loss_skip_goes_on_and_counts(tmp_path, monkeypatch):
     """nonfinite='skip': steps 3 and 6 are skipped (not applied, not averaged), counted in the metrics and the
     summary; every checkpoint is finite."""
@@ -84,6 +88,7 @@ def test_nan_loss_skip_goes_on_and_counts(tmp_path, monkeypatch):
         assert all(np.isfinite(x).all() for x in _leaves(tmp_path, step) if x.dtype.kind == "f")
 
 
+@reliability.fault_case("NaN loss", "skip, 3 in a row over a cap of 2: stop")
 def test_too_many_consecutive_skips_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "_NAN_AT_STEPS", {5, 6, 7})
     with pytest.raises(faults.NonFiniteError, match=r"3 consecutive non-finite steps \(to step 7\).*"
@@ -100,6 +105,7 @@ def test_bad_nonfinite_setting_is_one_config_error(tmp_path):
 # ---------------------------------------------------------------------------------------------- preemption
 
 
+@reliability.fault_case("Ctrl-C / SIGTERM (handlers)", "Ctrl-C once stops, twice aborts")
 def test_sigint_once_requests_a_stop_and_twice_aborts():
     with faults.PreemptionWatcher(5.0, reached_preemption=lambda step: False) as watcher:
         assert not watcher.should_stop(1)
@@ -112,6 +118,7 @@ def test_sigint_once_requests_a_stop_and_twice_aborts():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+@reliability.fault_case("Ctrl-C / SIGTERM (handlers)", "SIGTERM stops; handlers restored")
 def test_sigterm_requests_a_stop_and_handlers_are_restored():
     previous = signal.getsignal(signal.SIGTERM)
     with faults.PreemptionWatcher(5.0, reached_preemption=lambda step: False) as watcher:
@@ -131,6 +138,7 @@ def _cli(model_dir, steps, *extra):
 
 
 @pytest.mark.slow
+@reliability.fault_case("SIGTERM during a run", "1 process: status 75, resumed bitwise")
 def test_sigterm_checkpoints_the_current_step_and_resumes_bit_exactly(tmp_path):
     """SIGTERM once step 4's checkpoint exists: the run checkpoints the step it is on, exits with status 75,
     and the resumed run ends bit-identical to one never interrupted."""
@@ -152,6 +160,7 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_bit_exactly(tmp_path):
                                        out).group(1))
     assert 4 <= step < steps and _steps(stopped)[-1] == step, (step, _steps(stopped))
     assert not (stopped / "summary.json").exists()
+    before = reliability.committed(stopped)
 
     cmd, env = _cli(stopped, step + 4)
     resumed = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -161,33 +170,56 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_bit_exactly(tmp_path):
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_state(straight, stopped, step + 4)
+    reliability.current().data_lost = len(reliability.lost(before, stopped))
+    assert reliability.current().data_lost == 0
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
-    """jax's preemption sync point: SIGTERM to process 1 only; both processes checkpoint the same step (jax's
-    notifier tells process 0) and exit with status 75."""
-    import socket
+def _two_processes(model_dir, steps, *extra):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"localhost:{s.getsockname()[1]}"
     processes = []
     for i in range(2):
-        cmd, env = _cli(tmp_path, 400, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}")
+        cmd, env = _cli(model_dir, steps, f"--coordinator_address={address}", "--num_processes=2",
+                        f"--process_id={i}", *extra)
         processes.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
-    deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "4" / "commit_success.txt").exists():
-        assert all(p.poll() is None for p in processes) and time.time() < deadline, \
-            [p.communicate()[1][-2000:] for p in processes]
-        time.sleep(0.05)
-    processes[1].send_signal(signal.SIGTERM)
-    outputs = [p.communicate(timeout=180) for p in processes]
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == faults.PREEMPTED_EXIT_STATUS, (p.returncode, err[-3000:])
-    step = int(re.search(r"Preempted \(SIGTERM\) after step (\d+)", outputs[0][0]).group(1))
-    assert 4 <= step < 400 and _steps(tmp_path)[-1] == step
-    assert (tmp_path / "checkpoints" / str(step) / "data" / "process_1-of-2.bin").exists()
+    return processes
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """jax's preemption sync point: SIGTERM to process 1 only; both processes checkpoint the same step (jax's
+    notifier tells process 0) and exit with status 75; resumed by two processes, the run ends bit-identical to a
+    two-process run never interrupted (the schedule's length is fixed, so runs of any NUM_STEPS agree)."""
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    schedule = "--gin_param=make_optimizer.total_steps = 400"
+    with reliability.case("SIGTERM to one of two processes", "2 processes, resumed by 2") as case:
+        processes = _two_processes(stopped, 400, schedule)
+        deadline = time.time() + 300
+        while not (stopped / "checkpoints" / "4" / "commit_success.txt").exists():
+            assert all(p.poll() is None for p in processes) and time.time() < deadline, \
+                [p.communicate()[1][-2000:] for p in processes]
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=180) for p in processes]
+        for p, (_, err) in zip(processes, outputs):
+            assert p.returncode == faults.PREEMPTED_EXIT_STATUS, (p.returncode, err[-3000:])
+        step = int(re.search(r"Preempted \(SIGTERM\) after step (\d+)", outputs[0][0]).group(1))
+        assert 4 <= step < 400 and _steps(stopped)[-1] == step
+        assert (stopped / "checkpoints" / str(step) / "data" / "process_1-of-2.bin").exists()
+        before = reliability.committed(stopped)
+
+        for model_dir in (stopped, straight):
+            processes = _two_processes(model_dir, step + 4, schedule)
+            outputs = [p.communicate(timeout=600) for p in processes]
+            for p, (_, err) in zip(processes, outputs):
+                assert p.returncode == 0, err[-3000:]
+            if model_dir == stopped:
+                assert f"at step {step} (batch {step})" in outputs[0][0]
+        case.data_lost = len(reliability.lost(before, stopped))
+        assert case.data_lost == 0
+        _assert_same_state(straight, stopped, step + 4)
 
 
 # ------------------------------------------------------------------------------------- damaged checkpoints
@@ -233,10 +265,12 @@ def _uncommitted(step_dir):
 # One kind in the quick suite; the others (same path through restore_newest_good) are slow-marked.
 @pytest.mark.parametrize("damage", [_truncate, *(pytest.param(f, marks=pytest.mark.slow) for f in (
     _delete, _garble_metadata, _leftover_tmp, _uncommitted))], ids=lambda f: f.__name__.strip("_"))
+@reliability.fault_case("damaged latest checkpoint", lambda damage, **_: damage.__name__.strip("_"))
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(runs, tmp_path, damage, capsys):
     model_dir = tmp_path / "run"
     shutil.copytree(runs / "base", model_dir)
     damage(model_dir / "checkpoints" / "8")
+    before = reliability.committed(model_dir)  # the damaged step too, as the damage left it
     _train(model_dir, 12)
     out = capsys.readouterr().out
     assert "Resumed from" in out and "at step 4 (batch 4)" in out, out[-2000:]
@@ -244,22 +278,29 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(runs, tmp_path,
                for line in out.splitlines()), out[-2000:]
     aside = model_dir / "checkpoints.corrupt"
     assert len(os.listdir(aside)) == 1  # kept, not deleted
+    reliability.current().data_lost = len(reliability.lost(before, model_dir))
+    assert reliability.current().data_lost == 0
     _assert_same_state(runs / "straight", model_dir, 12)
 
 
+@reliability.fault_case("damaged latest checkpoint", "every checkpoint damaged: one error")
 def test_no_good_checkpoint_is_one_error_naming_the_directory(runs, tmp_path):
     model_dir = tmp_path / "run"
     shutil.copytree(runs / "base", model_dir)
     for step in (4, 8):
         _garble_metadata(model_dir / "checkpoints" / str(step))
+    before = reliability.committed(model_dir)
     with pytest.raises(ValueError, match=r"No readable checkpoint in .*run/checkpoints: every one \(steps \[4, 8\]\)"):
         _train(model_dir, 12)
     assert sorted(os.listdir(model_dir / "checkpoints.corrupt")) == ["4", "8"]
+    reliability.current().data_lost = len(reliability.lost(before, model_dir))
+    assert reliability.current().data_lost == 0
 
 
 # ------------------------------------------------------------------------------------------------ model dir
 
 
+@reliability.fault_case("two runs on one model dir", "the second refuses")
 def test_second_run_on_a_model_dir_in_use_refuses(tmp_path):
     """Another process holds the model dir's lock: the run refuses before touching its checkpoints."""
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -286,6 +327,7 @@ def test_the_lock_is_released_when_the_run_ends(tmp_path):
     assert check.returncode == 0
 
 
+@reliability.fault_case("model dir not writable", "cannot be created")
 def test_a_model_dir_that_cannot_be_created_is_one_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(faults.ModelDirNotWritableError, match=r"Cannot write to the model dir .*file/run"):

@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from plmjax.analysis import treebank
 from plmjax.data import corpora, sources, vocabularies
 from plmjax.data.finetune import clue, fewclue, glue, readers, ud
+from tests import reliability
 from tests.data.finetune import fixtures
+
+FUZZ = "bad input file (hypothesis)"
 
 CASES = settings(max_examples=200, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -55,6 +58,7 @@ def mutated(draw, valid: bytes) -> bytes:
 
 def check(read, path: pathlib.Path, content: bytes, errors=(readers.DataFormatError,)):
     """`read()` on `path` holding `content`: examples, or one of plmjax's errors that names the file."""
+    reliability.tick()
     path.write_bytes(content)
     try:
         out = read()
@@ -76,6 +80,7 @@ def glue_dir(tmp_path_factory):
                                                  ('cola', 'train', 'CoLA/train.tsv'),
                                                  ('stsb', 'train', 'STS-B/train.tsv'),
                                                  ('mnli', 'train', 'MNLI/train.tsv')])
+@reliability.fault_case(FUZZ, lambda file, **_: f"GLUE TSV {file}")
 def test_glue_tsv(glue_dir, prefix, split, file):
     path = pathlib.Path(glue_dir) / file
     valid = path.read_bytes()
@@ -102,6 +107,7 @@ def clue_dir(tmp_path_factory):
                                           ('cluewsc2020', 'cluewsc2020/train.json'), ('csl', 'csl/train.json'),
                                           ('cmrc2018', 'cmrc2018_public/train.json'), ('chid', 'chid/train.json'),
                                           ('chid', 'chid/train_answer.json'), ('c3', 'c3/d-train.json')])
+@reliability.fault_case(FUZZ, lambda file, **_: f"CLUE JSON {file}")
 def test_clue_json(clue_dir, prefix, file):
     path = pathlib.Path(clue_dir) / file
     valid = path.read_bytes()
@@ -121,6 +127,7 @@ def test_clue_json(clue_dir, prefix, file):
 
 @pytest.mark.parametrize('prefix', ['eprstmt', 'bustm', 'csldcp', 'tnews', 'iflytek', 'cluewsc', 'chid', 'ocnli',
                                     'csl'])
+@reliability.fault_case(FUZZ, lambda prefix, **_: f"FewCLUE JSON lines {prefix}")
 def test_fewclue_json_lines(shared_data, tmp_path, prefix):
     lines = (shared_data / 'fewclue' / prefix / fewclue.SPLIT_FILES['train']).read_bytes().split(b'\n')[:4]
     (tmp_path / prefix).mkdir()
@@ -145,6 +152,7 @@ CONLLU = ('# sent_id = 1\n# text = The cat sat.\n1\tThe\tthe\tDET\tDT\t_\t2\tdet
           'root\t_\t_\n2\tn\'t\tnot\tPART\tRB\t_\t1\tadvmod\t_\t_\n\n').encode()
 
 
+@reliability.fault_case(FUZZ, "CoNLL-U (fine-tuning)")
 def test_ud_conllu(tmp_path):
     path = tmp_path / 'ud.conllu'
 
@@ -157,6 +165,8 @@ def test_ud_conllu(tmp_path):
 
 
 @pytest.mark.parametrize('read', [treebank.read_conllu, functools.partial(treebank.read_conllu, max_words=3)])
+@reliability.fault_case(FUZZ, lambda read, **_: "CoNLL-U (Perturbed Masking{})".format(
+    ", max_words" if isinstance(read, functools.partial) else ""))
 def test_perturbed_masking_conllu(tmp_path, read):
     path = tmp_path / 'dev.conllu'
 
@@ -168,6 +178,7 @@ def test_perturbed_masking_conllu(tmp_path, read):
     run()
 
 
+@reliability.fault_case(FUZZ, "plain text (Perturbed Masking)")
 def test_perturbed_masking_text(tmp_path):
     path = tmp_path / 'sentences.txt'
 
@@ -179,6 +190,7 @@ def test_perturbed_masking_text(tmp_path):
     run()
 
 
+@reliability.fault_case(FUZZ, "WordPiece vocab.txt")
 def test_wordpiece_vocab_file(tmp_path):
     path = tmp_path / 'vocab.txt'
     valid = '\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'the', 'cat', '##s', 'sat', '.']).encode() + b'\n'
@@ -197,6 +209,7 @@ def test_wordpiece_vocab_file(tmp_path):
 
 # ------------------------------------------------------------------------------- pre-training text corpora
 
+@reliability.fault_case(FUZZ, "JSON-lines corpus")
 def test_json_lines_corpus(tmp_path):
     path = tmp_path / 'corpus.jsonl'
     valid = b'{"text": "The cat sat."}\n{"text": "A dog barked.", "id": 2}\n'
@@ -209,6 +222,7 @@ def test_json_lines_corpus(tmp_path):
     run()
 
 
+@reliability.fault_case(FUZZ, "plain-text corpus")
 def test_plain_text_corpus(tmp_path):
     path = tmp_path / 'corpus.txt'
 
