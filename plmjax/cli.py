@@ -97,6 +97,13 @@ def _add_convert_parser(sub) -> None:
                            "layers scanned (one 'layers' subtree stacked on axis 0, scan_layers=True) or unrolled")
     p.add_argument("--model_dir", required=True, help="the directory to convert (--from hf: config.json + weights; "
                    "--to hf: a plmjax model dir, its checkpoints/ dir or one step's dir)")
+    direction.add_argument("--grow", choices=["fpi", "aki"], help="bert2BERT: grow a plmjax encoder checkpoint into "
+                           "a wider/deeper one (function-preserving FPI, or AKI), sizes from --grow_to")
+    p.add_argument("--grow_to", default=None, help="--grow: the larger sizes, e.g. "
+                   "emb_dim=768,num_heads=12,mlp_dim=3072,num_encoder_layers=12 (head_dim stays)")
+    p.add_argument("--grow_mapping", choices=["random", "cyclic"], default="random", help="--grow: which unit each "
+                   "new unit copies: drawn uniformly (the paper's) or cyclic (j mod n: even copy counts)")
+    p.add_argument("--seed", type=int, default=0, help="--grow: the seed of the random unit map")
     p.add_argument("--out", required=True, help="where the converted model goes")
     p.add_argument("--family", default=None, help="--to hf: the Hugging Face model_type to write (default: the "
                    "one the checkpoint came from, else the first that represents its config)")

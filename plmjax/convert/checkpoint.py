@@ -81,3 +81,26 @@ def convert_layout(model_dir: str, out_dir: str, scan_layers: bool, step: Option
     root = os.path.dirname(checkpoint_lib.checkpoint_root(model_dir))
     hf.copy_tokenizer_files(os.path.join(root, 'tokenizer'), os.path.join(out_dir, 'tokenizer'))
     return converted
+
+
+def grow_checkpoint(model_dir: str, out_dir: str, sizes: dict, *, method: str = 'fpi', mapping: str = 'random',
+                    seed: int = 0, step: Optional[int] = None) -> Converted:
+    """bert2BERT: writes the encoder checkpoint `model_dir` grown to `sizes` (`emb_dim`, `num_heads`, `mlp_dim`,
+    `num_encoder_layers`; `plmjax.compression.grow`) as step 0 of `<out_dir>` with its config.gin and tokenizer.
+    A scanned checkpoint is unrolled first and written unrolled."""
+    from plmjax.compression import grow
+    saved = saved_model.load_saved_model(model_dir, step)
+    unknown = sorted(set(sizes) - {'emb_dim', 'num_heads', 'mlp_dim', 'num_encoder_layers'})
+    if unknown:
+        raise ValueError(f'--grow_to {", ".join(unknown)}: only emb_dim, num_heads, mlp_dim and num_encoder_layers '
+                         'grow (e.g. --grow_to emb_dim=768,num_heads=12,mlp_dim=3072,num_encoder_layers=12).')
+    small = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
+        'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers=False)
+    large = dataclasses.replace(small.config, **sizes)
+    params = grow.grow_params(small.params, small.config, large, method=method, mapping=mapping, seed=seed)
+    save_checkpoint(out_dir, small.architecture, large, params, hf_family=small.family, hf_class=small.hf_class,
+                    source=f'bert2BERT {method} growth of {os.path.abspath(model_dir)}',
+                    head_options=saved.metadata.get('head_options'))
+    hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
+                            os.path.join(out_dir, 'tokenizer'))
+    return Converted(small.architecture, large, params, small.family, [], [], small.hf_class)

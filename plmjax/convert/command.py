@@ -1,5 +1,6 @@
 """`plmjax convert`: a Hugging Face directory -> a plmjax checkpoint with its gin model file, and back; a plmjax
-checkpoint -> the same model with its layers scanned or unrolled (`--layout scanned|unrolled`).
+checkpoint -> the same model with its layers scanned or unrolled (`--layout scanned|unrolled`), or grown into a
+larger encoder by bert2BERT (`--grow fpi|aki --grow_to emb_dim=..,num_heads=..,mlp_dim=..,num_encoder_layers=..`).
 
 Both directions print what was converted (family, architecture, preset, parameter count) and what was not
 (heads the source lacked or plmjax lacks); `--verify` then runs transformers and plmjax on a sample batch and
@@ -55,6 +56,23 @@ def convert_layout(model_dir: str, out: str, layout: str) -> dict:
                     gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
 
 
+def grow(model_dir: str, out: str, method: str, grow_to: str, mapping: str = 'random', seed: int = 0) -> dict:
+    """bert2BERT growth (`--grow fpi|aki --grow_to emb_dim=..,num_heads=..`): writes `<out>/checkpoints/0` and
+    `<out>/config.gin`; returns a summary."""
+    sizes = {}
+    for item in filter(None, (grow_to or '').split(',')):
+        name, _, value = item.partition('=')
+        if not value.strip().isdigit():
+            raise ValueError(f'--grow_to {item!r}: write name=integer pairs separated by commas, e.g. '
+                             'emb_dim=768,num_heads=12,mlp_dim=3072,num_encoder_layers=12.')
+        sizes[name.strip()] = int(value)
+    if not sizes:
+        raise ValueError('--grow needs --grow_to, e.g. --grow_to emb_dim=768,num_heads=12,mlp_dim=3072.')
+    converted = checkpoint.grow_checkpoint(model_dir, out, sizes, method=method, mapping=mapping, seed=seed)
+    return _summary(converted, method=method, checkpoint=os.path.abspath(os.path.join(out, 'checkpoints', '0')),
+                    gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
+
+
 def _summary(converted: hf.Converted, **paths) -> dict:
     summary = {'family': converted.family, 'architecture': converted.architecture,
                'preset': converted.config.name, 'parameters': models.count_params(converted.params), **paths}
@@ -80,6 +98,8 @@ def _verify(hf_dir: str, converted: hf.Converted) -> dict[str, float]:
 def run(args) -> None:
     if getattr(args, 'layout', None):
         summary = convert_layout(args.model_dir, args.out, args.layout)
+    elif getattr(args, 'grow', None):
+        summary = grow(args.model_dir, args.out, args.grow, args.grow_to, args.grow_mapping, args.seed)
     elif args.from_format:
         summary = convert_from_hf(args.model_dir, args.out, verify=args.verify)
     else:
