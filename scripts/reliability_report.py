@@ -3,6 +3,8 @@
     python scripts/reliability_report.py                  # every fault test, slow ones included
     python scripts/reliability_report.py --quick          # without the tests marked slow
     python scripts/reliability_report.py --out report.md  # also write the table to a file
+    PLMJAX_RELIABILITY_LOG=/tmp/cases.jsonl bash scripts/test.sh ...; \
+        python scripts/reliability_report.py --from_log /tmp/cases.jsonl   # the table of a run made elsewhere
 
 Runs pytest on the fault tests with PLMJAX_RELIABILITY_LOG set (each case appends one JSON line through
 tests/reliability.py), then prints the table. "Tried" counts inputs (a fuzzing case tries 60-200 files);
@@ -52,7 +54,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="leave out the tests marked slow")
     parser.add_argument("--out", help="also write the table (Markdown) here")
+    parser.add_argument("--from_log", help="print the table of the cases recorded in this file; run no test")
     args, pytest_args = parser.parse_known_args()
+    if args.from_log:
+        return _report([json.loads(line) for line in open(args.from_log)], args.out, 0)
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "cases.jsonl")
         env = dict(os.environ, PLMJAX_RELIABILITY_LOG=log)
@@ -61,10 +66,14 @@ def main() -> int:
                    "not slow" if args.quick else "", *pytest_args, *files]
         status = subprocess.run(command, cwd=ROOT, env=env).returncode
         records = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
+    return _report(records, args.out, status)
+
+
+def _report(records: list[dict], out, status: int) -> int:
     report = table(records)
     print("\n" + report)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(report + "\n")
     return status
 

@@ -408,6 +408,14 @@ class Checkpointer:
             return None
         return self._manager.restore(step, args=ocp.args.Composite(data=DataStateRestore())).data
 
+    def data_writers(self, step: Optional[int] = None) -> Optional[int]:
+        """How many processes wrote the input iterator states of `step` (`data/process_<i>-of-<n>.bin`), or None
+        when it has none."""
+        data = self._path / str(self._resolve_step(step)) / "data"
+        counts = {int(m.group(1)) for p in (data.iterdir() if data.exists() else [])
+                  if (m := re.fullmatch(r"process_\d+-of-(\d+)\.bin", p.name))}
+        return max(counts) if counts else None
+
     def restore(self, step: Optional[int] = None, *, abstract_state: Any, partial: bool = False,
                 config: Optional[dict] = None) -> tuple[Any, dict]:
         """Restores `step` (default: the latest) onto the shapes, dtypes and shardings of `abstract_state`.

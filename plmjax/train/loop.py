@@ -56,11 +56,32 @@ def _check_required(entry_point: str, **settings) -> None:
 FinetuneEvaluator = Callable[..., dict]
 
 
-def _config_dict(run: RunSetup, operative_config: Optional[Callable[[], str]]) -> dict:
+def _config_dict(run: RunSetup, operative_config: Optional[Callable[[], str]], input_sharding: str) -> dict:
     config = run.model_config
     return {"model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else str(config),
             "architecture": run.architecture, "head_options": run.head_options, "peft": run.peft,
-            "operative_gin": operative_config() if operative_config else ""}
+            "input_sharding": input_sharding, "operative_gin": operative_config() if operative_config else ""}
+
+
+def _check_data_order(checkpointer, meta: dict, input_sharding: str, data_position: int, allow: bool) -> None:
+    """A resume on another process count (or input sharding) must not silently read another data stream: with
+    'shard' each process read its own shard, so the batches the run would see next depend on the process count
+    (with 'slice' they do not). Raises ConfigError, or with `allow` prints one line and goes on."""
+    step, count = int(meta["step"]), jax.process_count()
+    writers = checkpointer.data_writers(step)
+    mode = meta.get("config", {}).get("input_sharding", input_sharding)
+    if writers is None or max(writers, count) == 1 or (
+            writers == count and mode == input_sharding) or (mode == input_sharding == "slice"):
+        return
+    what = (f"Checkpoint {checkpointer.directory}/{step} was written by {writers} process(es) with "
+            f"train.input_sharding='{mode}'; resuming it with {count} process(es) and '{input_sharding}' reads "
+            f"another data order from batch {data_position + 1} on ('shard': each process reads its own shard of "
+            "the data)")
+    if not allow:
+        raise ConfigError(f"{what}, so the run would not continue as it began. Resume with {writers} processes and "
+                          f"'{mode}'; or accept the new data order with train.allow_data_order_change = True. "
+                          "(Runs started with train.input_sharding='slice' resume exactly on any process count.)")
+    print(f"{what}: going on (train.allow_data_order_change = True).", flush=True)
 
 
 def _finetune_scorer(run: RunSetup, finetune_evaluator: Optional[FinetuneEvaluator]) -> FinetuneEvaluator:
@@ -122,6 +143,7 @@ def train(
     nonfinite: str = "stop",
     max_consecutive_skips: int = 10,
     preemption_grace_s: float = 120.0,
+    allow_data_order_change: bool = False,
 ) -> dict[str, float]:
     """Trains (or resumes) a model; returns the final evaluation metrics.
 
@@ -151,6 +173,9 @@ def train(
     preemption_grace_s: SIGTERM or a first Ctrl-C ends the run after the current step with a synchronous
       checkpoint of it (`faults.Preempted`; `plmjax train` exits with status 75); if that takes longer than
       this, the process exits with status 76. docs/reliability.md.
+    allow_data_order_change: resuming a checkpoint written by another number of processes with
+      input_sharding='shard' (or with the other input_sharding) reads the data in another order from there on:
+      by default that is an error; True prints one line and goes on.
     """
     _check_required("train", model_config=model_config, architecture=architecture, objective=objective, task=task,
                     task_feature_lengths=task_feature_lengths)
@@ -181,8 +206,9 @@ def train(
     checkpointer.move_unfinished_saves_aside()  # a crashed save: one line each, kept aside
     if checkpointer.latest_step() is not None:
         state, meta, data_state = checkpointer.restore_newest_good(
-            abstract_state=abstract, config=_config_dict(run, operative_config))
+            abstract_state=abstract, config=_config_dict(run, operative_config, input_sharding))
         data_position = int(meta["data_position"])
+        _check_data_order(checkpointer, meta, input_sharding, data_position, allow_data_order_change)
         print(f"Resumed from {checkpointer.directory} at step {meta['step']} (batch {data_position}).", flush=True)
         crash.at("restore", int(meta["step"]))
     else:
@@ -217,7 +243,8 @@ def train(
     monitor = faults.NonFiniteMonitor(nonfinite, max_consecutive_skips)
     last_good = lambda: _last_checkpoint(checkpointer)  # noqa: E731
     save = lambda: checkpointer.save(step, state, data_position=data_position,  # noqa: E731
-                                     config=_config_dict(run, operative_config), data_state=batches.state())
+                                     config=_config_dict(run, operative_config, input_sharding),
+                                     data_state=batches.state())
     with faults.PreemptionWatcher(preemption_grace_s, checkpointer.reached_preemption) as watcher:
         while step < num_steps:
             batch = next(batches)

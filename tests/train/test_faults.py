@@ -297,6 +297,30 @@ def test_no_good_checkpoint_is_one_error_naming_the_directory(runs, tmp_path):
     assert reliability.current().data_lost == 0
 
 
+@pytest.mark.slow
+@reliability.fault_case("restore onto another topology", "2 'shard' processes -> 1: refused, or allowed")
+def test_resume_on_another_process_count_with_shard_input_is_one_error(tmp_path, capsys):
+    """A checkpoint whose data states were written by 2 processes reading their own shards ('shard'): one process
+    would read another data order (tests/train/test_restore_topology.py saw it happen silently), so the resume is
+    refused with one error naming both counts, unless train.allow_data_order_change says to go on."""
+    _train(tmp_path, 4)
+    data = tmp_path / "checkpoints" / "4" / "data"
+    state = (data / "process_0-of-1.bin").read_bytes()
+    (data / "process_0-of-1.bin").unlink()
+    for i in range(2):  # as two processes write them
+        (data / f"process_{i}-of-2.bin").write_bytes(state)
+    with pytest.raises(ValueError, match=(
+            r"checkpoints/4 was written by 2 process\(es\) with train.input_sharding='shard'; resuming it with 1 "
+            r"process\(es\) and 'shard' reads another data order from batch 5 on .* Resume with 2 processes and "
+            r"'shard'; or accept the new data order with train.allow_data_order_change = True")):
+        _train(tmp_path, 8)
+    assert _steps(tmp_path) == [4]
+    capsys.readouterr()
+    _train(tmp_path, 8, allow_data_order_change=True)
+    assert "going on (train.allow_data_order_change = True)" in capsys.readouterr().out
+    assert _steps(tmp_path) == [4, 8]
+
+
 # ------------------------------------------------------------------------------------------------ model dir
 
 

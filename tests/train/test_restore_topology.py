@@ -23,7 +23,11 @@ What is bitwise and what is not (measured on CPU, jax 0.10.2, the tiny BERT MLM 
   invariant to adding q.b to every score), so their values and moments are accumulated rounding noise (~1e-8,
   ~1e-13, ~1e-26) that no relative tolerance fits; they are checked to stay at rounding-noise size.
 * Two processes with one device each vs one process with two devices (the same (2, 1, 1) mesh): bitwise, so a
-  2-process run resumed by one process must end bit-identical to the uninterrupted 2-process run.
+  2-process run resumed by one process must end bit-identical to the uninterrupted 2-process run; it does with
+  train.input_sharding='slice'. With 'shard' (each process reads its own data shard) the resumed process would
+  read another data stream (this test found that it silently did: every batch after the resume differed); the
+  trainer now refuses such a resume unless train.allow_data_order_change = True
+  (tests/train/test_faults.py::test_resume_on_another_process_count_with_shard_input_is_one_error).
 """
 
 import json
@@ -39,6 +43,7 @@ import numpy as np
 import pytest
 
 from plmjax.train import checkpoint as checkpoint_lib
+from tests import reliability
 from tests.conftest import REPO_ROOT
 from tests.train.saved_state import load_saved_state
 
@@ -190,6 +195,7 @@ def _assert_close_across_meshes(moved, straight):
 
 
 @pytest.mark.slow
+@reliability.fault_case("restore onto another topology", "8 devices -> 1 device -> (2, 2, 2) mesh")
 def test_8_devices_to_1_device_to_222_mesh_continue_from_the_same_step_and_data(tmp_path):
     """8 devices (data=8) save at step 4; 1 device resumes from that checkpoint and saves at 8; a (2, 2, 2) mesh
     of 8 devices resumes from that one to step 12. At each switch: the resume line names the step and the
@@ -244,17 +250,9 @@ def test_8_devices_to_1_device_to_222_mesh_continue_from_the_same_step_and_data(
                                rtol=1e-6)
 
 
-_SHARD_XFAIL = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Silent data-order change: a 2-process run with train.input_sharding='shard' resumed by 1 process finds no "
-    "data/process_0-of-1.bin, so loop.train replays skip_batches=data_position over the UNSHARDED stream: "
-    "every batch after the resume step differs from the 2-process run's (none of the 2-process rows of "
-    "steps 5-8 are in them), and the final state differs. Proposed fix in loop.train: refuse (ConfigError) or "
-    "read the checkpoint writer's shards; see the issue 18 report."))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", ["slice", pytest.param("shard", marks=_SHARD_XFAIL)])
-def test_2_processes_to_1_process_continue_bitwise(tmp_path, sharding):
+@reliability.fault_case("restore onto another topology", "2 processes -> 1 process (input_sharding='slice')")
+def test_2_processes_to_1_process_continue_bitwise(tmp_path, sharding="slice"):
     """2 processes (1 device each, data=2) save at step 4; 1 process with 2 devices (the same mesh, the same
     reductions) resumes from that checkpoint: the restored state is the saved one, the batches are the
     2-process run's global batches of the same steps, and the end state is bit-identical to the uninterrupted
