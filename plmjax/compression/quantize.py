@@ -1,0 +1,200 @@
+"""Low-bit quantization of BERT weights and activations (TernaryBERT, Zhang et al., 2020; BinaryBERT's binary
+weights, Bai et al., 2021), as the released code computes it (huawei-noah/Pretrained-Language-Model,
+TernaryBERT/transformer/utils_quant.py), and real low-bit export.
+
+Fake quantization (float in, float out, straight-through gradients; the code's `autograd.Function`s):
+- `twn`: ternary weights (TWN). The weight is first clipped to [-clip, clip]; layer-wise (one scale per tensor,
+  every Transformer kernel) delta = 0.7 * mean|w|, alpha = mean |w| over |w| > delta, w_q = alpha * sign(w) where
+  |w| > delta, else 0; row-wise (the word embedding: one delta and alpha per vocabulary row).
+- `bwn`: binary weights, alpha * sign(w) with alpha = mean|w| (layer-wise) or per row.
+- `symmetric`: b-bit symmetric uniform quantization of activations (or of weights, the int8 baseline): clipped to
+  [-clip, clip], scale s = (2^(b-1) - 1) / max|x| over the tensor (the code's `layerwise=True`, dynamic: computed
+  from each batch), round(x * s) / s.
+- Straight-through estimator with clipping (every quantizer above): the gradient passes unchanged where the
+  full-precision input is strictly inside (-clip, clip) and is 0 elsewhere (the code zeroes it at >= clip and
+  <= -clip). The code's default clip is 2.5.
+- `quantize_weights`: the fake-quantized parameter tree (`WEIGHT_RULES`: which parameters, layer- or row-wise);
+  biases, norms, position and token-type embeddings stay float32, as in the code.
+
+Real export: `pack_weights` stores each quantized tensor as codes packed 2 bits (ternary), 1 bit (binary) or 8
+bits a value with its float32 scales, the rest as float32; `unpack_weights` rebuilds exactly the fake-quantized
+tree; `packed_bytes` gives the size those arrays take on disk.
+
+Not here yet: loss-aware ternarization (LAT), ternary weight splitting (BinaryBERT's TWS), the quantization-aware
+training interceptor and the distillation recipe (issue 15).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+CLIP = 2.5  # the released code's clip_val
+
+# Which parameters are quantized (the code's QuantizeLinear / QuantizeEmbedding), and how.
+WEIGHT_RULES = [
+    (r"self_attention/(query|key|value|out)/kernel$", "layerwise"),
+    (r"mlp/(wi|wo)(_0|_1)?/kernel$", "layerwise"),
+    (r"(^|/)token_embedder/embedding$", "rowwise"),
+]
+
+
+def _ste(quantizer):
+    """A quantizer with the clipped straight-through gradient."""
+    @jax.custom_vjp
+    def f(x, clip):
+        return quantizer(x, clip)
+
+    def forward(x, clip):
+        return quantizer(x, clip), (x, clip)
+
+    def backward(saved, g):
+        x, clip = saved
+        return jnp.where((x < clip) & (x > -clip), g, jnp.zeros_like(g)), None
+
+    f.defvjp(forward, backward)
+    return f
+
+
+def _ternary(x, clip, rowwise):
+    x = jnp.clip(x, -clip, clip)
+    axes = tuple(range(1, x.ndim)) if rowwise else None
+    delta = 0.7 * jnp.mean(jnp.abs(x), axis=axes, keepdims=rowwise)
+    mask = jnp.abs(x) > delta
+    alpha = jnp.sum(jnp.where(mask, jnp.abs(x), 0.0), axis=axes, keepdims=rowwise) / jnp.sum(
+        mask, axis=axes, keepdims=rowwise)
+    return alpha * jnp.where(mask, jnp.sign(x), 0.0)
+
+
+def _binary(x, clip, rowwise):
+    x = jnp.clip(x, -clip, clip)
+    axes = tuple(range(1, x.ndim)) if rowwise else None
+    return jnp.mean(jnp.abs(x), axis=axes, keepdims=rowwise) * jnp.where(x >= 0, 1.0, -1.0)
+
+
+def _symmetric_scale(x, bits):
+    """s = (2^(b-1) - 1) / max|x| of an already clipped tensor (one scale per tensor)."""
+    return (2 ** (bits - 1) - 1) / jnp.maximum(jnp.max(jnp.abs(x)), jnp.finfo(x.dtype).tiny)
+
+
+def _symmetric(x, clip, bits):
+    x = jnp.clip(x, -clip, clip)
+    scale = _symmetric_scale(x, bits)
+    return (jnp.round(x * scale) + 0.0) / scale  # + 0.0: a -0.0 code is +0.0, as the packed integer codes
+
+
+_twn = {rowwise: _ste(lambda x, clip, r=rowwise: _ternary(x, clip, r)) for rowwise in (False, True)}
+_bwn = {rowwise: _ste(lambda x, clip, r=rowwise: _binary(x, clip, r)) for rowwise in (False, True)}
+_sym = {bits: _ste(lambda x, clip, b=bits: _symmetric(x, clip, b)) for bits in (2, 4, 8)}
+
+
+def twn(w, clip: float = CLIP, rowwise: bool = False):
+    """Ternary (TWN) fake quantization with the clipped straight-through gradient; see the module docstring."""
+    return _twn[rowwise](w, jnp.asarray(clip, w.dtype))
+
+
+def bwn(w, clip: float = CLIP, rowwise: bool = False):
+    """Binary (alpha * sign) fake quantization with the clipped straight-through gradient."""
+    return _bwn[rowwise](w, jnp.asarray(clip, w.dtype))
+
+
+def symmetric(x, bits: int = 8, clip: float = CLIP):
+    """b-bit symmetric uniform fake quantization (one dynamic scale per tensor), straight-through gradient."""
+    return _sym[bits](x, jnp.asarray(clip, x.dtype))
+
+
+def _rule(path: str) -> Optional[str]:
+    return next((how for pattern, how in WEIGHT_RULES if re.search(pattern, path)), None)
+
+
+def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> Any:
+    """The parameter tree with the `WEIGHT_RULES` tensors fake-quantized ('ternary', 'binary' or 'int8')."""
+    def one(path, w):
+        how = _rule(jax.tree_util.keystr(path, simple=True, separator="/"))
+        if how is None:
+            return w
+        if method == "int8":
+            return symmetric(w, 8, clip)
+        return (twn if method == "ternary" else bwn)(w, clip, rowwise=how == "rowwise")
+    if method not in ("ternary", "binary", "int8"):
+        raise ValueError(f"method={method!r}: use 'ternary', 'binary' or 'int8'.")
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+# ------------------------------------------------------------------------------------------------ packing
+
+_BITS = {"ternary": 2, "binary": 1, "int8": 8}
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Non-negative integer codes < 2^bits -> uint8, 8 // bits codes a byte (the first code in the low bits)."""
+    per_byte = 8 // bits
+    flat = np.asarray(codes, np.uint8).reshape(-1)
+    flat = np.concatenate([flat, np.zeros((-len(flat)) % per_byte, np.uint8)]).reshape(-1, per_byte)
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8)
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    per_byte = 8 // bits
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    codes = (np.asarray(packed, np.uint8)[:, None] >> shifts) & np.uint8(2 ** bits - 1)
+    return codes.reshape(-1)[:count]
+
+
+def _pack_one(w, method: str, rowwise: bool, clip: float) -> dict:
+    """A full-precision tensor -> {'codes': packed uint8, 'scale': float32 (per tensor or per row), 'shape'}.
+
+    Ternary / binary: the codes of sign (and zero) and alpha, whose products with -1, 0, 1 are exact. int8: the
+    codes round(x * s) and s itself, unpacked as codes / s: the quantizer's own operations, so exact too."""
+    w = jnp.asarray(w, jnp.float32)
+    if method == "int8":
+        x = jnp.clip(w, -clip, clip)
+        scale = _symmetric_scale(x, 8)
+        codes = np.asarray(jnp.round(x * scale)).astype(np.int64).reshape(1, -1) + 128  # 0 .. 255
+        scale = np.asarray(scale, np.float32).reshape(1)
+    else:
+        q = np.asarray((twn if method == "ternary" else bwn)(w, clip, rowwise=rowwise))
+        rows = q.reshape(q.shape[0], -1) if rowwise else q.reshape(1, -1)
+        scale = np.abs(rows).max(axis=1).astype(np.float32)  # alpha: every nonzero value is +-alpha
+        signs = np.sign(rows).astype(np.int64)
+        codes = signs + 1 if method == "ternary" else (signs > 0).astype(np.int64)
+    return {"codes": pack_codes(codes, _BITS[method]), "scale": scale, "shape": np.asarray(w.shape, np.int64)}
+
+
+def _unpack_one(item: dict, method: str) -> np.ndarray:
+    shape = tuple(int(n) for n in item["shape"])
+    scale = np.asarray(item["scale"], np.float32)
+    codes = unpack_codes(item["codes"], _BITS[method], int(np.prod(shape))).astype(np.float32)
+    codes = codes.reshape(len(scale), -1)
+    if method == "int8":
+        return np.asarray(jnp.asarray(codes - 128) / jnp.asarray(scale[0])).reshape(shape)
+    values = codes - 1 if method == "ternary" else 2 * codes - 1
+    return (values * scale[:, None]).reshape(shape)
+
+
+def pack_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> dict:
+    """Full-precision parameters -> {path: packed item (the `WEIGHT_RULES` tensors) or float32 array}: the
+    model `quantize_weights(params, method, clip)` describes, in 2 (ternary), 1 (binary) or 8 bits a weight."""
+    if method not in _BITS:
+        raise ValueError(f"method={method!r}: use 'ternary', 'binary' or 'int8'.")
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    return {path: (_pack_one(w, method, _rule(path) == "rowwise", clip) if _rule(path) else w)
+            for path, w in flat.items()}
+
+
+def unpack_weights(packed: dict, method: str = "ternary") -> Any:
+    """`pack_weights`' output -> the fake-quantized parameter tree (float32), bit for bit."""
+    flat = {tuple(path.split("/")): (_unpack_one(item, method) if isinstance(item, dict) else item)
+            for path, item in packed.items()}
+    return traverse_util.unflatten_dict(flat)
+
+
+def packed_bytes(packed: dict) -> int:
+    """The bytes the packed arrays take (codes, scales, shapes and the float32 parameters)."""
+    return sum(sum(np.asarray(v).nbytes for v in item.values()) if isinstance(item, dict) else np.asarray(
+        item).nbytes for item in packed.values())

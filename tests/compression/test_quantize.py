@@ -1,0 +1,83 @@
+"""quantize.py: TWN / BWN / symmetric quantizers against closed forms (float64 by hand), their clipped
+straight-through gradients, bit packing, and the packed export that unpacks into the fake-quantized model."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from plmjax import models
+from plmjax.compression import quantize
+
+W = np.array([[0.1, -0.5, 0.9], [-1.3, 0.02, 3.0]], np.float32)
+
+
+def test_twn_layerwise_is_the_closed_form():
+    # clipped to 2.5: mean|w| = (0.1 + 0.5 + 0.9 + 1.3 + 0.02 + 2.5) / 6; delta = 0.7 of it = 0.6207;
+    # kept: 0.9, -1.3, 2.5 -> alpha = (0.9 + 1.3 + 2.5) / 3
+    alpha = (0.9 + 1.3 + 2.5) / 3
+    expected = np.array([[0, 0, alpha], [-alpha, 0, alpha]])
+    np.testing.assert_allclose(np.asarray(quantize.twn(jnp.asarray(W)), np.float64), expected, rtol=1e-6)
+
+
+def test_twn_rowwise_has_a_delta_and_alpha_per_row():
+    # row 0: delta = 0.7 * 1.5 / 3 = 0.35 -> kept -0.5, 0.9, alpha 0.7; row 1 (clipped): delta = 0.7 * 3.82 / 3
+    # = 0.8913 -> kept -1.3, 2.5, alpha 1.9
+    expected = np.array([[0, -0.7, 0.7], [-1.9, 0, 1.9]])
+    np.testing.assert_allclose(np.asarray(quantize.twn(jnp.asarray(W), rowwise=True), np.float64), expected,
+                               rtol=1e-6)
+
+
+def test_bwn_and_symmetric_are_the_closed_forms():
+    alpha = (0.1 + 0.5 + 0.9 + 1.3 + 0.02 + 2.5) / 6
+    np.testing.assert_allclose(np.asarray(quantize.bwn(jnp.asarray(W)), np.float64),
+                               alpha * np.sign(W), rtol=1e-6)
+    scale = 127 / 2.5  # max |clip(w)| = 2.5
+    expected = np.round(np.clip(W.astype(np.float64), -2.5, 2.5) * scale) / scale
+    np.testing.assert_allclose(np.asarray(quantize.symmetric(jnp.asarray(W), 8), np.float64), expected, rtol=1e-6)
+    two_bit = np.asarray(quantize.symmetric(jnp.asarray(W), 2))  # levels -2.5, 0, 2.5
+    assert set(np.round(two_bit.ravel(), 6)) <= {-2.5, 0.0, 2.5}
+
+
+@pytest.mark.parametrize("quantizer", [quantize.twn, quantize.bwn, lambda w: quantize.symmetric(w, 8)],
+                         ids=["twn", "bwn", "int8"])
+def test_straight_through_gradient_is_clipped(quantizer):
+    w = jnp.asarray([-3.0, -2.5, -1.0, 0.0, 0.3, 2.49, 2.5, 7.0], jnp.float32)
+    g = jnp.arange(1.0, 9.0)
+    grad = jax.grad(lambda x: jnp.sum(quantizer(x) * g))(w)
+    np.testing.assert_array_equal(np.asarray(grad), [0, 0, 3, 4, 5, 6, 0, 0])
+
+
+@pytest.mark.parametrize("bits", [1, 2, 8])
+def test_codes_pack_and_unpack(bits):
+    rng = np.random.default_rng(bits)
+    for count in (1, 7, 8, 33):
+        codes = rng.integers(0, 2 ** bits, count)
+        packed = quantize.pack_codes(codes, bits)
+        assert packed.dtype == np.uint8 and len(packed) == -(-count * bits // 8)
+        np.testing.assert_array_equal(quantize.unpack_codes(packed, bits, count), codes)
+
+
+@pytest.mark.parametrize("method", ["ternary", "binary", "int8"])
+def test_packed_model_unpacks_into_the_fake_quantized_one(method):
+    config = models.tiny_encoder(vocab_size=96, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                                 num_encoder_layers=2, dropout_rate=0.0, attention_dropout_rate=0.0)
+    model = models.build_model("encoder_classifier", config, num_labels=3)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(5, 96, (3, 8)), jnp.int32)
+    params = nn.meta.unbox(model.init({"params": jax.random.key(0)}, tokens, deterministic=True)["params"])
+    fake = quantize.quantize_weights(params, method)
+    packed = quantize.pack_weights(params, method)
+    unpacked = quantize.unpack_weights(packed, method)
+    for a, b in zip(jax.tree.leaves(fake), jax.tree.leaves(unpacked)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    outputs = [model.apply({"params": p}, tokens, deterministic=True)["classification_logits"]
+               for p in (fake, unpacked)]
+    np.testing.assert_array_equal(*outputs)
+    assert not np.array_equal(outputs[0], model.apply({"params": params}, tokens,
+                                                      deterministic=True)["classification_logits"])
+    # Size of the quantized tensors alone: 2 / 1 / 8 bits a weight plus their scales.
+    quantized = {path: item for path, item in packed.items() if isinstance(item, dict)}
+    weights = sum(int(np.prod(item["shape"])) for item in quantized.values())
+    ratio = quantize.packed_bytes(quantized) / (4 * weights)
+    assert ratio <= {"ternary": 1 / 12, "binary": 1 / 20, "int8": 1 / 3.5}[method], ratio
+    assert len(quantized) == 2 * 6 + 1  # q, k, v, out, wi, wo in each layer, and the word embedding
