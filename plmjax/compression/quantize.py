@@ -20,8 +20,11 @@ Real export: `pack_weights` stores each quantized tensor as codes packed 2 bits 
 bits a value with its float32 scales, the rest as float32; `unpack_weights` rebuilds exactly the fake-quantized
 tree; `packed_bytes` gives the size those arrays take on disk.
 
-Not here yet: loss-aware ternarization (LAT), ternary weight splitting (BinaryBERT's TWS), the quantization-aware
-training interceptor and the distillation recipe (issue 15).
+`tws_split`: BinaryBERT's ternary weight splitting (two latent weights whose binary quantizations sum to the
+ternary one).
+
+Not here yet: loss-aware ternarization (LAT), the quantization-aware training interceptor (a model whose products
+run on quantized weights and activations, and the split binary model) and the distillation recipe (issue 15).
 """
 from __future__ import annotations
 
@@ -123,6 +126,36 @@ def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -
     if method not in ("ternary", "binary", "int8"):
         raise ValueError(f"method={method!r}: use 'ternary', 'binary' or 'int8'.")
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+# ------------------------------------------------------------------------------------ ternary weight splitting
+
+
+def tws_split(w, rowwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """BinaryBERT's ternary weight splitting of a latent full-precision weight into two (w1, w2) whose binary
+    quantizations add up to its ternary one, BWN(w1) + BWN(w2) = TWN(w), as the released code computes them
+    (BinaryBERT/transformer/binary_model_init.py, in float64, without clipping): with delta = (alpha n -
+    sum|w|) / (2 #zeros), entries TWN keeps split as (m w, (1 - m) w) and zeroed ones as (w + delta, -delta) or
+    (delta, w - delta) by sign, with m chosen so that both binary scales are alpha / 2 (where the signs of w1 and
+    w2 agree the sum is +-alpha, where they differ 0); per tensor, or per row (rowwise: the word embedding). The
+    code splits a bias into halves, b / 2 each."""
+    with jax.enable_x64(True):
+        w = jnp.asarray(np.asarray(w, np.float64))
+        ternary = _ternary(w, jnp.inf, rowwise)
+        axes = tuple(range(1, w.ndim)) if rowwise else None
+        keep = dict(axis=axes, keepdims=rowwise)
+        zero = ternary == 0
+        n = w[0].size if rowwise else w.size
+        alpha = jnp.max(ternary, **keep)
+        delta = (alpha * n - jnp.sum(jnp.abs(w), **keep)) / (2.0 * jnp.sum(zero, **keep))
+        a11 = jnp.where(zero, 0.0, w)
+        a12 = jnp.where(zero, jnp.where(w > 0, w + delta, delta), 0.0)
+        a22 = jnp.where(zero, jnp.where(w < 0, w - delta, -delta), 0.0)
+        total = lambda x: jnp.sum(jnp.abs(x), **keep)  # noqa: E731
+        m = (total(a11) + total(a22) - total(a12)) / (2.0 * total(a11))
+        w1 = jnp.where(zero, jnp.where(w > 0, w + delta, delta), m * w)
+        w2 = jnp.where(zero, jnp.where(w < 0, w - delta, -delta), (1 - m) * w)
+        return np.asarray(w1), np.asarray(w2)
 
 
 # ------------------------------------------------------------------------------------------------ packing

@@ -81,3 +81,22 @@ def test_packed_model_unpacks_into_the_fake_quantized_one(method):
     ratio = quantize.packed_bytes(quantized) / (4 * weights)
     assert ratio <= {"ternary": 1 / 12, "binary": 1 / 20, "int8": 1 / 3.5}[method], ratio
     assert len(quantized) == 2 * 6 + 1  # q, k, v, out, wi, wo in each layer, and the word embedding
+
+
+@pytest.mark.parametrize("rowwise", [False, True], ids=["layerwise", "rowwise"])
+def test_ternary_weight_splitting_reproduces_the_ternary_weight(rowwise):
+    """BWN(w1) + BWN(w2) = TWN(w) (float64, the code's precision; no clipping, as its initialization)."""
+    w = np.random.default_rng(3).standard_normal((6, 40)) * 0.05
+    w1, w2 = quantize.tws_split(w, rowwise=rowwise)
+    axes = 1 if rowwise else None
+
+    def ternary(x):  # TWN by hand, float64
+        delta = 0.7 * np.abs(x).mean(axis=axes, keepdims=rowwise)
+        keep = np.abs(x) > delta
+        alpha = (np.abs(x) * keep).sum(axis=axes, keepdims=rowwise) / keep.sum(axis=axes, keepdims=rowwise)
+        return alpha * np.sign(x) * keep
+
+    def binary(x):  # BWN by hand, float64
+        return np.abs(x).mean(axis=axes, keepdims=rowwise) * np.sign(x)
+    np.testing.assert_allclose(binary(w1) + binary(w2), ternary(w), rtol=1e-10, atol=1e-12)
+    assert not np.allclose(w1, w2) and (ternary(w) == 0).any()
