@@ -23,8 +23,11 @@ tree; `packed_bytes` gives the size those arrays take on disk.
 `tws_split`: BinaryBERT's ternary weight splitting (two latent weights whose binary quantizations sum to the
 ternary one).
 
-Not here yet: loss-aware ternarization (LAT), the quantization-aware training interceptor (a model whose products
-run on quantized weights and activations, and the split binary model) and the distillation recipe (issue 15).
+`quantized_apply`: the quantization-aware forward pass, weights fake-quantized by `quantize_weights` and the input
+of every product (`Projection`) by `activation_interceptor` (flax's method interception: no forked model).
+
+Not here yet: loss-aware ternarization (LAT), the code's extra quantization of Q, K and the attention
+probabilities inside attention, the split binary model, and the distillation recipe (issue 15).
 """
 from __future__ import annotations
 
@@ -126,6 +129,35 @@ def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -
     if method not in ("ternary", "binary", "int8"):
         raise ValueError(f"method={method!r}: use 'ternary', 'binary' or 'int8'.")
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+# ------------------------------------------------------------------------------ quantization-aware forward
+
+
+def activation_interceptor(bits: int = 8, clip: float = CLIP):
+    """A flax method interceptor that quantizes the input of every `Projection` (every dense product of the
+    models: query/key/value, attention output, FFN, heads) with `symmetric(bits)`: the code's input
+    quantization of each QuantizeLinear, as an interceptor rather than a forked model."""
+    from plmjax.layers.dense import Projection
+
+    def intercept(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, Projection):
+            args = (symmetric(args[0], bits, clip), *args[1:])
+        return next_fun(*args, **kwargs)
+    return intercept
+
+
+def quantized_apply(model, params: Any, *args, method: str = "ternary", activation_bits: Optional[int] = 8,
+                    clip: float = CLIP, **kwargs):
+    """`model.apply` with the `WEIGHT_RULES` weights fake-quantized (`method`) and, unless activation_bits is
+    None, the inputs of every product quantized: the quantization-aware forward pass, whose gradient reaches the
+    full-precision (latent) parameters through the straight-through estimators."""
+    from flax import linen as nn
+    variables = {"params": quantize_weights(params, method, clip)}
+    if activation_bits is None:
+        return model.apply(variables, *args, **kwargs)
+    with nn.intercept_methods(activation_interceptor(activation_bits, clip)):
+        return model.apply(variables, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ ternary weight splitting

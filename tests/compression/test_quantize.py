@@ -100,3 +100,54 @@ def test_ternary_weight_splitting_reproduces_the_ternary_weight(rowwise):
         return np.abs(x).mean(axis=axes, keepdims=rowwise) * np.sign(x)
     np.testing.assert_allclose(binary(w1) + binary(w2), ternary(w), rtol=1e-10, atol=1e-12)
     assert not np.allclose(w1, w2) and (ternary(w) == 0).any()
+
+
+def test_quantized_forward_quantizes_each_product_and_trains_the_latent_weights():
+    """One Projection: quantized_apply equals the product of the 8-bit input and the ternary kernel, by hand in
+    float64; in a tiny BERT every product's input is quantized and the gradient reaches the latent weights."""
+    from plmjax.layers.dense import Projection
+    layer = Projection(features=(5,), kernel_axes=("embed", "mlp"))
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((3, 8)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda p: p + 0.1, nn.meta.unbox(params))
+    # a lone layer's kernel matches no WEIGHT_RULES path: quantized here as quantize_weights does for an FFN
+    with nn.intercept_methods(quantize.activation_interceptor(8)):
+        y = layer.apply({"params": {"kernel": quantize.twn(params["kernel"]), "bias": params["bias"]}}, x)
+    x64 = np.asarray(x, np.float64)
+    scale = 127 / np.abs(np.clip(x64, -2.5, 2.5)).max()
+    x_q = np.round(np.clip(x64, -2.5, 2.5) * scale) / scale
+    w = np.clip(np.asarray(params["kernel"], np.float64), -2.5, 2.5)
+    delta = 0.7 * np.abs(w).mean()
+    alpha = np.abs(w)[np.abs(w) > delta].mean()
+    expected = x_q @ (alpha * np.sign(w) * (np.abs(w) > delta)) + np.asarray(params["bias"], np.float64)
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=1e-5, atol=1e-6)
+
+    config = models.tiny_encoder(vocab_size=96, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                                 num_encoder_layers=2, dropout_rate=0.0, attention_dropout_rate=0.0)
+    model = models.build_model("encoder_classifier", config, num_labels=3)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(5, 96, (3, 8)), jnp.int32)
+    params = nn.meta.unbox(model.init({"params": jax.random.key(0)}, tokens, deterministic=True)["params"])
+    seen = []
+
+    def count(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, Projection):
+            seen.append(np.asarray(args[0]))
+        return next_fun(*args, **kwargs)
+    # the outer interceptor runs first and hands its (quantized) arguments to the inner one
+    with nn.intercept_methods(quantize.activation_interceptor(8)), nn.intercept_methods(count):
+        model.apply({"params": quantize.quantize_weights(params)}, tokens, deterministic=True)
+    assert len(seen) >= 2 * 6  # q, k, v, out, wi, wo in each layer (and the heads)
+    for inputs in seen:  # at most 255 levels of one scale: what each product received was quantized
+        levels = np.unique(np.abs(inputs))
+        assert len(np.unique(inputs)) <= 255
+        np.testing.assert_allclose(levels / levels.max() * 127, np.round(levels / levels.max() * 127), atol=1e-3)
+    reference = model.apply({"params": params}, tokens, deterministic=True)["classification_logits"]
+    quantized = quantize.quantized_apply(model, params, tokens, deterministic=True)["classification_logits"]
+    assert not np.allclose(quantized, reference, atol=1e-6)
+
+    def loss(p):
+        out = quantize.quantized_apply(model, p, tokens, deterministic=True)
+        return jnp.sum(out["classification_logits"] ** 2)
+    grads = jax.grad(loss)(params)
+    wi = grads["bert"]["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+    assert np.abs(np.asarray(wi)).max() > 0
