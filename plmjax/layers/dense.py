@@ -58,7 +58,7 @@ class Projection(nn.Module):
             kernel_t = nn.meta.unbox(self.get_variable(DECODING_WEIGHTS, 'kernel_t'))  # [out..., in...]
             return self._add_bias(matmul.dot_general(
                 x, kernel_t, ((x_axes, tuple(range(kernel.ndim - n, kernel.ndim))), ((), ())),
-                matmul_dtype=self.matmul_dtype))
+                matmul_dtype=self.matmul_dtype, weight_as_lhs=True))
         return self._add_bias(matmul.dot_general(x, kernel, ((x_axes, tuple(range(n))), ((), ())),
                                                  matmul_dtype=self.matmul_dtype))
 

@@ -28,8 +28,10 @@ def table_embedder(num_embeddings: int, features: int, *, embedding_init: Initia
                     embedding_init=nn.with_logical_partitioning(embedding_init, (None, 'embed')), name=name)
 
 
-def attend(embedder: nn.Embed, query: jax.Array, matmul_dtype=None) -> jax.Array:
+def attend(embedder: nn.Embed, query: jax.Array, matmul_dtype=None, decode: bool = False) -> jax.Array:
     """Tied output logits: query [..., embed] @ table^T -> [..., vocab], as `nn.Embed.attend` but through
-    `plmjax.layers.matmul.dot_general`."""
+    `plmjax.layers.matmul.dot_general`. decode: the few rows of a decoding step (`matmul.dot_general`'s
+    weight_as_lhs: the [vocab, embed] table as the left operand)."""
     query, table = nn.dtypes.promote_dtype(query, embedder.embedding, dtype=embedder.dtype)
-    return matmul.dot_general(query, table, (((query.ndim - 1,), (1,)), ((), ())), matmul_dtype=matmul_dtype)
+    return matmul.dot_general(query, table, (((query.ndim - 1,), (1,)), ((), ())), matmul_dtype=matmul_dtype,
+                              weight_as_lhs=decode)

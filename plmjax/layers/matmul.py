@@ -20,16 +20,27 @@ DimensionNumbers = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int
 MATMUL_DTYPES = (None, 'bfloat16')
 
 
+# Decoding's products with this many rows or fewer (and more than one) multiply a weight stored [n, k] as the
+# left operand (`_matrix_product`, weight_as_lhs): docs/performance.md, "T5-small float32 decoding".
+FEW_ROWS = 64
+
+
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, precision=None,
-                preferred_element_type=None, *, matmul_dtype: Any = None, **kwargs) -> jax.Array:
+                preferred_element_type=None, *, matmul_dtype: Any = None, weight_as_lhs: bool = False,
+                **kwargs) -> jax.Array:
     """`lax.dot_general` (same signature, so it plugs into `nn.Dense(dot_general=...)` and `jnp.einsum`), whose
     operands are rounded to `matmul_dtype` when it is set. The result has the operands' dtype (or
-    `preferred_element_type`), as without `matmul_dtype`: the setting changes the precision, not the types."""
+    `preferred_element_type`), as without `matmul_dtype`: the setting changes the precision, not the types.
+
+    weight_as_lhs (decoding only): a float32 product without batch axes whose rhs is a weight stored [n..., k...]
+    ([out..., in...]) and whose lhs has 2..FEW_ROWS rows is issued as weight @ lhs^T ([n, m]), then transposed
+    (`_matrix_product`); bf16 products (matmul_dtype) ignore it."""
     dims = _hashable(dimension_numbers)
     if matmul_dtype is None:
         if not dims[1][0]:  # no batch axes: a matrix product (see `_matrix_product`)
             return _matrix_product(lhs, rhs, dims, functools.partial(
-                lax.dot_general, precision=precision, preferred_element_type=preferred_element_type, **kwargs))
+                lax.dot_general, precision=precision, preferred_element_type=preferred_element_type, **kwargs),
+                weight_as_lhs=weight_as_lhs)
         return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type, **kwargs)
     out = _rounded_dot(lhs, rhs, dims, jnp.dtype(matmul_dtype).name)  # float32
@@ -53,14 +64,22 @@ def _hashable(dimension_numbers) -> tuple:
     return (tuple(map(int, lc)), tuple(map(int, rc))), (tuple(map(int, lb)), tuple(map(int, rb)))
 
 
-def _matrix_product(lhs, rhs, dims, dot):
+def _matrix_product(lhs, rhs, dims, dot, weight_as_lhs: bool = False):
     """A product without batch axes as one 2-D product: lhs [kept..., contracted...] -> [m, k], the rhs a bitcast to
     [k, n] or [n, k] in its own axis order (else transposed to [k, n]); the result reshaped to [lhs kept...,
     rhs kept...].
 
     XLA:CPU leaves a 2-D product's operands as they are, but it rewrote 3-D products into [m, k] x [k, n] with a
     transposed rhs of its choosing (for decoding's tied head, a hoisted [k, n] copy of the [n, k] table, which is
-    slower for a few rows: docs/performance.md, "Decoding")."""
+    slower for a few rows: docs/performance.md, "Decoding").
+
+    weight_as_lhs, with an [n, k] rhs and 1 < m <= FEW_ROWS: the product is [n, k] x [m, k]^T -> [n, m], transposed
+    to [m, n] after an optimization barrier (without it XLA folds the transpose back into [m, k] x [n, k]^T).
+    XLA:CPU's kernels (YNNPACK) multiply a few rows by an [n, k] right operand at a fraction of the memory rate
+    (T5-small's tied head, [8, 512] x [32128, 512]: best of 40 10.5 ms, as the left operand 7.1 ms on a shared
+    Zen 4; docs/performance.md);
+    a single row is a matrix-vector product either way and stays as it is. The sums are the same products of the
+    same k terms, summed in the kernel's order (float32 results may differ in the last bits)."""
     (lc, rc), _ = dims
     lhs_kept, rhs_kept = _remaining(lhs.ndim, lc), _remaining(rhs.ndim, rc)
     if lhs_kept + list(lc) != list(range(lhs.ndim)):
@@ -73,7 +92,11 @@ def _matrix_product(lhs, rhs, dims, dot):
     if contracted_order + rhs_kept == list(range(rhs.ndim)):  # [contracted..., kept...] -> [k, n]
         out = dot(lhs, rhs.reshape(k, -1), (((1,), (0,)), ((), ())))
     elif rhs_kept + contracted_order == list(range(rhs.ndim)):  # [kept..., contracted...] -> [n, k]
-        out = dot(lhs, rhs.reshape(-1, k), (((1,), (1,)), ((), ())))
+        if weight_as_lhs and 1 < lhs.shape[0] <= FEW_ROWS:
+            out_t = dot(rhs.reshape(-1, k), lhs, (((1,), (1,)), ((), ())))  # [n, m]
+            out = lax.optimization_barrier(out_t).T
+        else:
+            out = dot(lhs, rhs.reshape(-1, k), (((1,), (1,)), ((), ())))
     else:
         out = dot(lhs, lax.transpose(rhs, (*contracted_order, *rhs_kept)).reshape(k, -1), (((1,), (0,)), ((), ())))
     return out.reshape(*kept_shape, *out_kept)

@@ -39,4 +39,4 @@ class DecoderModel(nn.Module):
         if cfg.query_layer:
             hidden = heads.QueryLayer(cfg, name='query_layer')(hidden, context, deterministic, decode)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        return {'hidden_states': hidden, 'logits': heads.LmHead(cfg, name='lm_head')(kept, token_embedder)}
+        return {'hidden_states': hidden, 'logits': heads.LmHead(cfg, name='lm_head')(kept, token_embedder, decode=decode)}

@@ -51,7 +51,7 @@ class EncoderDecoderModel(nn.Module):
         cross_mask = attention.make_attention_mask(key_mask=encoder_mask)
         hidden = self.decoder(decoder_input_ids, context, encoded=encoded, cross_mask=cross_mask,
                               deterministic=deterministic, decode=decode)
-        return {'hidden_states': hidden, 'logits': self.lm_head(hidden, self.token_embedder)}
+        return {'hidden_states': hidden, 'logits': self.lm_head(hidden, self.token_embedder, decode=decode)}
 
     def __call__(self, encoder_input_ids: jax.Array, decoder_input_ids: jax.Array, *,
                  encoder_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,

@@ -18,9 +18,10 @@ def _vocab_logits(logits: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
-def _output_projection(config: TransformerConfig, hidden: jax.Array, token_embedder: nn.Module) -> jax.Array:
+def _output_projection(config: TransformerConfig, hidden: jax.Array, token_embedder: nn.Module,
+                       decode: bool = False) -> jax.Array:
     if config.tie_embeddings:
-        return embedding.attend(token_embedder, hidden, config.matmul_dtype)
+        return embedding.attend(token_embedder, hidden, config.matmul_dtype, decode=decode)
     return transformer.dense(config, config.vocab_size, ('embed', 'vocab'), use_bias=False, name='output')(hidden)
 
 
@@ -51,11 +52,12 @@ class LmHead(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, hidden: jax.Array, token_embedder: nn.Module) -> jax.Array:
+    def __call__(self, hidden: jax.Array, token_embedder: nn.Module, decode: bool = False) -> jax.Array:
+        """decode: a cached decoding call (the tied table multiplies as decoding's few rows want it)."""
         cfg = self.config
         if cfg.tie_embeddings and cfg.scale_tied_logits:
             hidden = hidden * jnp.asarray(cfg.emb_dim ** -0.5, hidden.dtype)
-        logits = _output_projection(cfg, hidden, token_embedder)
+        logits = _output_projection(cfg, hidden, token_embedder, decode=decode)
         if cfg.lm_head_bias:
             bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
                               (cfg.vocab_size,), cfg.params_dtype)

@@ -86,6 +86,28 @@ def test_float32_products_without_batch_axes_are_2d_and_equal_the_plain_product(
         assert all(v.aval.ndim == 2 for v in dots[0].invars)
 
 
+@pytest.mark.parametrize('rows', [1, 2, 8, matmul.FEW_ROWS, matmul.FEW_ROWS + 1])
+def test_weight_as_lhs_multiplies_the_out_in_weight_as_the_left_operand_for_a_few_rows(rows):
+    """Decoding's float32 products of 2..FEW_ROWS rows by an [out..., in...] weight (weight_as_lhs) are issued as
+    weight @ x^T, kept from being folded back, then transposed: the values of the plain product (to float32
+    summation order), the [out..., in...] weight as the left operand of the one 2-D product; other row counts,
+    and bf16 products, as without it."""
+    x = jax.random.normal(jax.random.key(0), (rows, 1, 4, 16))  # [batch, length, heads, kv] -> emb
+    weight = jax.random.normal(jax.random.key(1), (24, 4, 16))  # [emb, heads, kv]: [out, in...]
+    dims = (((2, 3), (1, 2)), ((), ()))
+    fn = jax.jit(lambda a, b: matmul.dot_general(a, b, dims, weight_as_lhs=True))
+    out = fn(x, weight)
+    want = jnp.einsum('blhd,ehd->ble', x, weight, precision='highest')
+    assert out.shape == (rows, 1, 24)
+    _assert_within(out, want, 1e-5 * float(jnp.einsum('blhd,ehd->ble', jnp.abs(x), jnp.abs(weight)).max()))
+    dots = [e for e in jax.make_jaxpr(fn)(x, weight).jaxpr.eqns[0].params['jaxpr'].eqns
+            if e.primitive.name == 'dot_general']
+    few = 1 < rows <= matmul.FEW_ROWS
+    assert len(dots) == 1 and dots[0].invars[0].aval.shape == ((24, 64) if few else (rows, 64))
+    bf16 = matmul.dot_general(x, weight, dims, matmul_dtype='bfloat16', weight_as_lhs=True)
+    np.testing.assert_array_equal(bf16, matmul.dot_general(x, weight, dims, matmul_dtype='bfloat16'))
+
+
 def test_result_keeps_the_operand_dtype_and_none_is_the_plain_product():
     a = jax.random.normal(jax.random.key(0), (3, 4))
     b = jax.random.normal(jax.random.key(1), (4, 5))
