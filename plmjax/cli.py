@@ -99,6 +99,11 @@ def _add_convert_parser(sub) -> None:
                    "--to hf: a plmjax model dir, its checkpoints/ dir or one step's dir)")
     direction.add_argument("--grow", choices=["fpi", "aki"], help="bert2BERT: grow a plmjax encoder checkpoint into "
                            "a wider/deeper one (function-preserving FPI, or AKI), sizes from --grow_to")
+    direction.add_argument("--extract", action="store_true", help="DynaBERT: write the sub-network of "
+                           "--width_mult and --depth_mult of a plmjax encoder checkpoint as a smaller one")
+    p.add_argument("--width_mult", type=float, default=1.0, help="--extract: the share of heads and FFN neurons kept")
+    p.add_argument("--depth_mult", type=float, default=1.0, help="--extract: the share of layers kept (DynaBERT's "
+                   "rule: layer floor(i / d))")
     p.add_argument("--grow_to", default=None, help="--grow: the larger sizes, e.g. "
                    "emb_dim=768,num_heads=12,mlp_dim=3072,num_encoder_layers=12 (head_dim stays)")
     p.add_argument("--grow_mapping", choices=["random", "cyclic"], default="random", help="--grow: which unit each "

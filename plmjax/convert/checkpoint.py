@@ -104,3 +104,21 @@ def grow_checkpoint(model_dir: str, out_dir: str, sizes: dict, *, method: str = 
     hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
                             os.path.join(out_dir, 'tokenizer'))
     return Converted(small.architecture, large, params, small.family, [], [], small.hf_class)
+
+
+def extract_checkpoint(model_dir: str, out_dir: str, width_mult: float, depth_mult: float = 1.0,
+                       step: Optional[int] = None) -> Converted:
+    """DynaBERT: writes the (width, depth) sub-network of the encoder checkpoint `model_dir`
+    (`plmjax.compression.dynabert.extract`; rewire the model first to keep its most important heads and neurons)
+    as a standalone, smaller checkpoint: step 0 of `<out_dir>` with its config.gin and tokenizer."""
+    from plmjax.compression import dynabert
+    saved = saved_model.load_saved_model(model_dir, step)
+    model = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
+        'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers=False)
+    config, params = dynabert.extract(model.params, model.config, width_mult, depth_mult)
+    save_checkpoint(out_dir, model.architecture, config, params, hf_family=model.family, hf_class=model.hf_class,
+                    source=f'DynaBERT sub-network (width {width_mult}, depth {depth_mult}) of '
+                           f'{os.path.abspath(model_dir)}', head_options=saved.metadata.get('head_options'))
+    hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
+                            os.path.join(out_dir, 'tokenizer'))
+    return Converted(model.architecture, config, params, model.family, [], [], model.hf_class)

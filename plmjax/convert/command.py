@@ -1,6 +1,7 @@
 """`plmjax convert`: a Hugging Face directory -> a plmjax checkpoint with its gin model file, and back; a plmjax
 checkpoint -> the same model with its layers scanned or unrolled (`--layout scanned|unrolled`), or grown into a
-larger encoder by bert2BERT (`--grow fpi|aki --grow_to emb_dim=..,num_heads=..,mlp_dim=..,num_encoder_layers=..`).
+larger encoder by bert2BERT (`--grow fpi|aki --grow_to emb_dim=..,num_heads=..,mlp_dim=..,num_encoder_layers=..`),
+or cut to a DynaBERT sub-network (`--extract --width_mult 0.5 --depth_mult 0.75`).
 
 Both directions print what was converted (family, architecture, preset, parameter count) and what was not
 (heads the source lacked or plmjax lacks); `--verify` then runs transformers and plmjax on a sample batch and
@@ -73,6 +74,15 @@ def grow(model_dir: str, out: str, method: str, grow_to: str, mapping: str = 'ra
                     gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
 
 
+def extract(model_dir: str, out: str, width_mult: float, depth_mult: float) -> dict:
+    """DynaBERT (`--extract --width_mult W --depth_mult D`): writes the sub-network as `<out>/checkpoints/0` and
+    `<out>/config.gin`; returns a summary."""
+    converted = checkpoint.extract_checkpoint(model_dir, out, width_mult, depth_mult)
+    return _summary(converted, width_mult=width_mult, depth_mult=depth_mult,
+                    checkpoint=os.path.abspath(os.path.join(out, 'checkpoints', '0')),
+                    gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
+
+
 def _summary(converted: hf.Converted, **paths) -> dict:
     summary = {'family': converted.family, 'architecture': converted.architecture,
                'preset': converted.config.name, 'parameters': models.count_params(converted.params), **paths}
@@ -98,6 +108,8 @@ def _verify(hf_dir: str, converted: hf.Converted) -> dict[str, float]:
 def run(args) -> None:
     if getattr(args, 'layout', None):
         summary = convert_layout(args.model_dir, args.out, args.layout)
+    elif getattr(args, 'extract', False):
+        summary = extract(args.model_dir, args.out, args.width_mult, args.depth_mult)
     elif getattr(args, 'grow', None):
         summary = grow(args.model_dir, args.out, args.grow, args.grow_to, args.grow_mapping, args.seed)
     elif args.from_format:

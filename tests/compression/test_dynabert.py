@@ -131,3 +131,20 @@ def test_depth_extraction_keeps_the_rule_s_layers():
     small_model = models.build_model("encoder_classifier", small_config, num_labels=3)
     hidden, _ = _hidden(small_model, small_params)
     assert np.isfinite(hidden).all()
+
+
+def test_plmjax_convert_extract_writes_a_smaller_checkpoint(tmp_path):
+    from plmjax import cli
+    from plmjax.convert import checkpoint
+    config = dataclasses.replace(CONFIG, num_encoder_layers=4)
+    model, params = _model(config)
+    checkpoint.save_checkpoint(str(tmp_path / "full"), "encoder_classifier", config, params,
+                               head_options={"num_labels": 3})
+    assert cli.main(["convert", "--extract", "--width_mult", "0.5", "--depth_mult", "0.5",
+                     f"--model_dir={tmp_path / 'full'}", f"--out={tmp_path / 'sub'}"]) == 0
+    sub = checkpoint.load_checkpoint(str(tmp_path / "sub"))
+    expected_config, expected = dynabert.extract(params, config, 0.5, 0.5)
+    assert (sub.config.num_heads, sub.config.mlp_dim, sub.config.num_encoder_layers) == (2, 8, 2)
+    jax.tree.map(np.testing.assert_array_equal, sub.params, expected)
+    small_model = models.build_model(sub.architecture, sub.config, num_labels=3)
+    assert np.isfinite(_hidden(small_model, sub.params)[0]).all()
