@@ -83,27 +83,35 @@ def convert_layout(model_dir: str, out_dir: str, scan_layers: bool, step: Option
     return converted
 
 
+def _rewrite(model_dir: str, out_dir: str, step: Optional[int], transform, source: str) -> Converted:
+    """Reads a plmjax checkpoint unrolled, applies `transform(config, params) -> (config, params)` and writes the
+    result as step 0 of `<out_dir>` with its config.gin and the source's tokenizer (growth, sub-networks)."""
+    saved = saved_model.load_saved_model(model_dir, step)
+    model = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
+        'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers=False)
+    config, params = transform(model.config, model.params)
+    save_checkpoint(out_dir, model.architecture, config, params, hf_family=model.family, hf_class=model.hf_class,
+                    source=f'{source} of {os.path.abspath(model_dir)}', head_options=saved.metadata.get('head_options'))
+    hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
+                            os.path.join(out_dir, 'tokenizer'))
+    return Converted(model.architecture, config, params, model.family, [], [], model.hf_class)
+
+
 def grow_checkpoint(model_dir: str, out_dir: str, sizes: dict, *, method: str = 'fpi', mapping: str = 'random',
                     seed: int = 0, step: Optional[int] = None) -> Converted:
     """bert2BERT: writes the encoder checkpoint `model_dir` grown to `sizes` (`emb_dim`, `num_heads`, `mlp_dim`,
     `num_encoder_layers`; `plmjax.compression.grow`) as step 0 of `<out_dir>` with its config.gin and tokenizer.
     A scanned checkpoint is unrolled first and written unrolled."""
     from plmjax.compression import grow
-    saved = saved_model.load_saved_model(model_dir, step)
     unknown = sorted(set(sizes) - {'emb_dim', 'num_heads', 'mlp_dim', 'num_encoder_layers'})
     if unknown:
         raise ValueError(f'--grow_to {", ".join(unknown)}: only emb_dim, num_heads, mlp_dim and num_encoder_layers '
                          'grow (e.g. --grow_to emb_dim=768,num_heads=12,mlp_dim=3072,num_encoder_layers=12).')
-    small = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
-        'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers=False)
-    large = dataclasses.replace(small.config, **sizes)
-    params = grow.grow_params(small.params, small.config, large, method=method, mapping=mapping, seed=seed)
-    save_checkpoint(out_dir, small.architecture, large, params, hf_family=small.family, hf_class=small.hf_class,
-                    source=f'bert2BERT {method} growth of {os.path.abspath(model_dir)}',
-                    head_options=saved.metadata.get('head_options'))
-    hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
-                            os.path.join(out_dir, 'tokenizer'))
-    return Converted(small.architecture, large, params, small.family, [], [], small.hf_class)
+
+    def transform(config, params):
+        large = dataclasses.replace(config, **sizes)
+        return large, grow.grow_params(params, config, large, method=method, mapping=mapping, seed=seed)
+    return _rewrite(model_dir, out_dir, step, transform, f'bert2BERT {method} growth')
 
 
 def extract_checkpoint(model_dir: str, out_dir: str, width_mult: float, depth_mult: float = 1.0,
@@ -112,13 +120,6 @@ def extract_checkpoint(model_dir: str, out_dir: str, width_mult: float, depth_mu
     (`plmjax.compression.dynabert.extract`; rewire the model first to keep its most important heads and neurons)
     as a standalone, smaller checkpoint: step 0 of `<out_dir>` with its config.gin and tokenizer."""
     from plmjax.compression import dynabert
-    saved = saved_model.load_saved_model(model_dir, step)
-    model = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
-        'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers=False)
-    config, params = dynabert.extract(model.params, model.config, width_mult, depth_mult)
-    save_checkpoint(out_dir, model.architecture, config, params, hf_family=model.family, hf_class=model.hf_class,
-                    source=f'DynaBERT sub-network (width {width_mult}, depth {depth_mult}) of '
-                           f'{os.path.abspath(model_dir)}', head_options=saved.metadata.get('head_options'))
-    hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
-                            os.path.join(out_dir, 'tokenizer'))
-    return Converted(model.architecture, config, params, model.family, [], [], model.hf_class)
+    return _rewrite(model_dir, out_dir, step,
+                    lambda config, params: dynabert.extract(params, config, width_mult, depth_mult),
+                    f'DynaBERT sub-network (width {width_mult}, depth {depth_mult})')

@@ -36,8 +36,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
@@ -49,10 +47,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from plmjax.train.checkpoint_data import DataStateHandler, DataStateRestore, DataStateSave
+from plmjax.train.checkpoint_metadata import (  # noqa: F401  (part of this module's interface)
+    CHECKPOINT_FORMAT, _dtype, config_differences, fingerprint_differences, plmjax_version, tree_fingerprint)
+
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE  # 'commit_success.txt'
-# The layout of a step (items, metadata fields); a checkpoint of a newer format is refused with one error. Steps
-# written before the field existed are format 1.
-CHECKPOINT_FORMAT = 1
 _MAX_LISTED = 5  # differing paths named in a mismatch message
 
 
@@ -80,89 +79,7 @@ class CheckpointWriteError(OSError):
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how TensorStore reports the errno of a failed write
 
 
-def tree_fingerprint(tree: Any) -> dict[str, list]:
-    """`{path: [shape, dtype]}` for every leaf of a pytree of arrays or `jax.ShapeDtypeStruct`s.
-
-    Paths are '/'-joined keys (`params/encoder/layer_0/mlp/wi/kernel`, `opt_state/1/0/mu/...`).
-    """
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): [list(np.shape(leaf)), str(_dtype(leaf))]
-            for path, leaf in leaves}
-
-
-def plmjax_version() -> str:
-    try:
-        return importlib.metadata.version("plmjax")
-    except importlib.metadata.PackageNotFoundError:  # a source tree that was not pip-installed
-        return "unknown"
-
-
-def config_differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
-    """Lines `field: saved X, now Y` for the fields of two JSON-like run configs (nested dicts) that differ; the
-    operative gin text is left out (it differs with every comment)."""
-    if isinstance(saved, dict) and isinstance(expected, dict):
-        lines = []
-        for key in list(expected) + [k for k in saved if k not in expected]:
-            if key != "operative_gin":
-                lines += config_differences(saved.get(key, "(absent)"), expected.get(key, "(absent)"),
-                                            f"{prefix}{key}.")
-        return lines
-    return [] if saved == expected else [f"{prefix.rstrip('.')}: saved {saved!r}, now {expected!r}"]
-
-
-def _dtype(leaf) -> Any:
-    return leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-
-
-def _describe(entry: Optional[list]) -> str:
-    return "(absent)" if entry is None else f"{tuple(entry[0])} {entry[1]}"
-
-
-def fingerprint_differences(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
-    """Lines `path: saved <shape dtype>, expected <shape dtype>` for every leaf that differs.
-
-    In the order of the expected tree (a TrainState lists params before optimizer moments), then the paths only
-    the checkpoint has.
-    """
-    lines = []
-    for path in list(expected) + [path for path in saved if path not in expected]:
-        old, new = saved.get(path), expected.get(path)
-        if old is None or new is None or [list(old[0]), old[1]] != [list(new[0]), new[1]]:
-            lines.append(f"{path}: saved {_describe(old)}, expected {_describe(new)}")
-    return lines
-
-
 _STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step file; `commit_timestamp_nsecs` set when committed
-
-
-def _process_file() -> str:
-    return f"process_{jax.process_index()}-of-{jax.process_count()}.bin"
-
-
-class DataStateHandler(ocp.CheckpointHandler):
-    """Each process's input iterator state (bytes) as its own file in the step's `data` item."""
-
-    def save(self, directory: epath.Path, args: "DataStateSave") -> None:
-        (directory / _process_file()).write_bytes(args.state)
-
-    def restore(self, directory: epath.Path, args: "DataStateRestore" = None) -> Optional[bytes]:
-        path = directory / _process_file()
-        return path.read_bytes() if path.exists() else None  # another process count wrote it: replay instead
-
-    def metadata(self, directory: epath.Path) -> None:
-        return None
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-    state: bytes
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-    pass
 
 
 class Checkpointer:
