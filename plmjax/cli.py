@@ -104,6 +104,8 @@ def _add_convert_parser(sub) -> None:
     p.add_argument("--width_mult", type=float, default=1.0, help="--extract: the share of heads and FFN neurons kept")
     p.add_argument("--depth_mult", type=float, default=1.0, help="--extract: the share of layers kept (DynaBERT's "
                    "rule: layer floor(i / d))")
+    p.add_argument("--keep_layers", default=None, help="--extract: keep these layers (1-based, e.g. 1,2,3: a TinyBERT "
+                   "student initialized from its teacher's first three layers) instead of --depth_mult's rule")
     p.add_argument("--grow_to", default=None, help="--grow: the larger sizes, e.g. "
                    "emb_dim=768,num_heads=12,mlp_dim=3072,num_encoder_layers=12 (head_dim stays)")
     p.add_argument("--grow_mapping", choices=["random", "cyclic"], default="random", help="--grow: which unit each "

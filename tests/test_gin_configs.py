@@ -15,7 +15,8 @@ from plmjax.train import setup as setup_lib
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 GIN_FILES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "gin_configs").rglob("*.gin"))
-RUNNABLE = [f for f in GIN_FILES if f.startswith("gin_configs/experiments/") or f == "gin_configs/quickstart.gin"]
+RUNNABLE = [f for f in GIN_FILES if f.startswith(("gin_configs/experiments/", "gin_configs/compression/minilm"))
+            or f == "gin_configs/quickstart.gin"]
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +52,12 @@ def test_experiment_is_complete(path):
     assert not unbound, f"{path} leaves {unbound} %gin.REQUIRED"
     config = bindings["model_config"]
     run = setup_lib.setup(config, bindings["architecture"], bindings["objective"], bindings["task_feature_lengths"],
-                     mesh=None, task=bindings["task"], peft=bindings.get("peft"))
-    assert run.objective.name == bindings["objective"]
+                          mesh=None, task=bindings["task"], peft=bindings.get("peft"), distill=bindings.get("distill"))
+    if run.distill is not None:  # a TinyBERT run: the pair, trained on the stage's loss; the student keeps the task's
+        assert run.objective.name == f"tinybert_{run.distill.stage}" and run.student.objective.name == bindings[
+            "objective"]
+    else:
+        assert run.objective.name == bindings["objective"]
     task = bindings["task"]
     if any(corpus in task for corpus in ("wikitext2", "fewclue")) and not SHARED_DATA.is_dir():
         pytest.skip(f"{task}'s vocabulary is trained on {SHARED_DATA}, which is absent")

@@ -39,7 +39,7 @@ required, as the code asserts); 'top' g(m) = N - M + m; 'bottom' g(m) = m; or an
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -71,6 +71,39 @@ class DistillOptions:
     layer_map: Union[str, Sequence[int]] = 'uniform'
     separate_projections: bool = False
     temperature: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillRun:
+    """A TinyBERT run of `plmjax train` (gin: `train.distill = @distill()`, `distill.stage = ...`): the run's
+    MODEL_CONFIG is the student's, `train.init_checkpoint` the student's first parameters (a general-distilled
+    student, or the teacher's layers cut out by `plmjax convert --extract --keep_layers`); the teacher is
+    `teacher_config` (same architecture as the run) read from `teacher_checkpoint`.
+    The other fields are `DistillOptions`'."""
+    teacher_config: Any = None
+    teacher_checkpoint: Optional[str] = None
+    stage: str = 'intermediate'
+    layer_map: Union[str, Sequence[int]] = 'uniform'
+    separate_projections: bool = False
+    temperature: float = 1.0
+
+    @property
+    def options(self) -> DistillOptions:
+        layers = self.layer_map if isinstance(self.layer_map, str) else tuple(self.layer_map)
+        return DistillOptions(self.stage, layers, self.separate_projections, self.temperature)
+
+    def check(self) -> None:
+        """One error naming the gin binding that is missing or wrong."""
+        if self.teacher_config is None:
+            raise DistillationConfigError("distill.teacher_config is not set: bind the teacher's model config, e.g. "
+                                          "distill.teacher_config = @teacher/bert_base() with the teacher's sizes "
+                                          "under the 'teacher' scope (gin_configs/compression/).")
+        if not self.teacher_checkpoint:
+            raise DistillationConfigError("distill.teacher_checkpoint is not set: give the fine-tuned (task "
+                                          "distillation) or pre-trained (general distillation) teacher's "
+                                          "`plmjax train` / `plmjax convert` output directory.")
+        if self.stage not in STAGES:
+            raise DistillationConfigError(f'distill.stage={self.stage!r}: use one of {STAGES}.')
 
 
 def layer_map(teacher_layers: int, student_layers: int, kind: Union[str, Sequence[int]] = 'uniform') -> tuple:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,22 +112,36 @@ def kept_layers(num_layers: int, depth_mult: float) -> list[int]:
     return [math.floor(i / depth_mult) for i in range(round(depth_mult * num_layers))]
 
 
-def sub_config(config: TransformerConfig, width_mult: float, depth_mult: float = 1.0) -> TransformerConfig:
+def _chosen_layers(config: TransformerConfig, depth_mult: float, layers: Optional[Sequence[int]]) -> list[int]:
+    """0-based layers kept: DynaBERT's depth rule, or `layers` (1-based, e.g. TinyBERT's student initialized from
+    the teacher's layers 1, 2, 3 or 2, 4, 6)."""
+    if layers is None:
+        return kept_layers(config.num_encoder_layers, depth_mult)
+    chosen = [int(layer) - 1 for layer in layers]
+    if not chosen or not all(0 <= i < config.num_encoder_layers for i in chosen):
+        raise ValueError(f"keep_layers={tuple(layers)}: give layers in 1..{config.num_encoder_layers} "
+                         "(1-based, e.g. 1,2,3).")
+    return chosen
+
+
+def sub_config(config: TransformerConfig, width_mult: float, depth_mult: float = 1.0,
+               layers: Optional[Sequence[int]] = None) -> TransformerConfig:
     if not 0 < width_mult <= 1:
         raise ValueError(f"width_mult={width_mult}: use a value in (0, 1].")
     return dataclasses.replace(config, num_heads=round(width_mult * config.num_heads),
                                mlp_dim=round(width_mult * config.mlp_dim),
-                               num_encoder_layers=len(kept_layers(config.num_encoder_layers, depth_mult)))
+                               num_encoder_layers=len(_chosen_layers(config, depth_mult, layers)))
 
 
-def extract(params: Any, config: TransformerConfig, width_mult: float,
-            depth_mult: float = 1.0) -> tuple[TransformerConfig, Any]:
-    """The (width, depth) sub-network as a standalone model: (its config, its parameters)."""
-    small = sub_config(config, width_mult, depth_mult)
+def extract(params: Any, config: TransformerConfig, width_mult: float, depth_mult: float = 1.0,
+            layers: Optional[Sequence[int]] = None) -> tuple[TransformerConfig, Any]:
+    """The (width, depth) sub-network as a standalone model: (its config, its parameters). `layers` (1-based)
+    replaces the depth rule by an explicit choice of layers."""
+    small = sub_config(config, width_mult, depth_mult, layers)
     heads, neurons = np.arange(small.num_heads), np.arange(small.mlp_dim)
-    layers = _layers(params, config)
-    kept = {f"layers_{j}": _permute_layer(layers[i], heads, neurons)
-            for j, i in enumerate(kept_layers(config.num_encoder_layers, depth_mult))}
+    stack = _layers(params, config)
+    kept = {f"layers_{j}": _permute_layer(stack[i], heads, neurons)
+            for j, i in enumerate(_chosen_layers(config, depth_mult, layers))}
     return small, _replace_layers(params, kept)
 
 

@@ -21,17 +21,7 @@ from plmjax.convert.hf import Converted
 from plmjax.models.config import TransformerConfig
 from plmjax.train import checkpoint as checkpoint_lib
 from plmjax.train import saved_model
-from plmjax.train.saved_model import read_model_config  # noqa: F401  (re-exported)
-
-
-def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> str:
-    """A gin model file binding MODEL_ARCH and MODEL_CONFIG = the closest preset with overrides."""
-    preset = common.base_preset(config)
-    lines = [f'# {line}' if line else '#' for line in header.splitlines()]
-    lines += [f'MODEL_ARCH = {arch!r}', f'MODEL_CONFIG = @{preset}()']
-    overrides = common.preset_overrides(config, preset)
-    lines += [f'{preset}.{field} = {value!r}' for field, value in sorted(overrides.items())]
-    return '\n'.join(lines) + '\n'
+from plmjax.train.saved_model import gin_model_file, read_model_config  # noqa: F401  (re-exported)
 
 
 def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, *, hf_family: Optional[str] = None,
@@ -41,22 +31,15 @@ def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, 
     hf_family, hf_class: the Hugging Face model_type and class it came from, written again by `--to hf`;
     head_options: a fine-tuning architecture's (num_labels, num_choices), needed to read it back;
     initialized: the parameters the source lacked (freshly initialized heads), read back by `load_checkpoint`."""
-    config = dataclasses.replace(config, name=common.base_preset(config))
-    metadata = {'model_config': dataclasses.asdict(config), 'architecture': arch, 'hf_family': hf_family,
-                'hf_class': hf_class, 'source': source}
+    metadata = {'hf_family': hf_family, 'hf_class': hf_class, 'source': source}
     if initialized:
         metadata['initialized'] = list(initialized)
     if head_options:
         metadata['head_options'] = dict(head_options)
-    with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=None,
-                                     async_save=False) as checkpointer:
-        checkpointer.save(0, {'params': params}, data_position=0, config=metadata, force=True)
     header = (f'Converted by `plmjax convert` from {source or "plmjax parameters"}'
               f'{f" (Hugging Face {hf_family})" if hf_family else ""}.\n'
               f'The parameters are in {os.path.join(os.path.abspath(out_dir), "checkpoints", "0")}.')
-    with open(os.path.join(out_dir, 'config.gin'), 'w') as f:
-        f.write(gin_model_file(arch, config, header))
-    return os.path.join(checkpointer.directory, '0')
+    return saved_model.save_model(out_dir, arch, config, params, metadata=metadata, header=header)
 
 
 def load_checkpoint(path: str, step: Optional[int] = None) -> Converted:
@@ -115,11 +98,13 @@ def grow_checkpoint(model_dir: str, out_dir: str, sizes: dict, *, method: str = 
 
 
 def extract_checkpoint(model_dir: str, out_dir: str, width_mult: float, depth_mult: float = 1.0,
-                       step: Optional[int] = None) -> Converted:
+                       step: Optional[int] = None, layers: Optional[Sequence[int]] = None) -> Converted:
     """DynaBERT: writes the (width, depth) sub-network of the encoder checkpoint `model_dir`
     (`plmjax.compression.dynabert.extract`; rewire the model first to keep its most important heads and neurons)
-    as a standalone, smaller checkpoint: step 0 of `<out_dir>` with its config.gin and tokenizer."""
+    as a standalone, smaller checkpoint: step 0 of `<out_dir>` with its config.gin and tokenizer. `layers`
+    (1-based) keeps those layers instead of the depth rule (a TinyBERT student cut from its teacher)."""
     from plmjax.compression import dynabert
+    which = f'layers {",".join(map(str, layers))}' if layers else f'depth {depth_mult}'
     return _rewrite(model_dir, out_dir, step,
-                    lambda config, params: dynabert.extract(params, config, width_mult, depth_mult),
-                    f'DynaBERT sub-network (width {width_mult}, depth {depth_mult})')
+                    lambda config, params: dynabert.extract(params, config, width_mult, depth_mult, layers),
+                    f'sub-network (width {width_mult}, {which})')

@@ -9,6 +9,7 @@ prints the largest differences.
 """
 import os
 import sys
+from typing import Optional
 
 from plmjax import models
 from plmjax.convert import checkpoint, hf
@@ -74,11 +75,18 @@ def grow(model_dir: str, out: str, method: str, grow_to: str, mapping: str = 'ra
                     gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
 
 
-def extract(model_dir: str, out: str, width_mult: float, depth_mult: float) -> dict:
-    """DynaBERT (`--extract --width_mult W --depth_mult D`): writes the sub-network as `<out>/checkpoints/0` and
-    `<out>/config.gin`; returns a summary."""
-    converted = checkpoint.extract_checkpoint(model_dir, out, width_mult, depth_mult)
-    return _summary(converted, width_mult=width_mult, depth_mult=depth_mult,
+def extract(model_dir: str, out: str, width_mult: float, depth_mult: float, keep_layers: Optional[str] = None) -> dict:
+    """DynaBERT (`--extract --width_mult W --depth_mult D`, or `--keep_layers 1,3,5`): writes the sub-network as
+    `<out>/checkpoints/0` and `<out>/config.gin`; returns a summary."""
+    layers = None
+    if keep_layers:
+        try:
+            layers = [int(layer) for layer in keep_layers.split(',')]
+        except ValueError:
+            raise ValueError(f'--keep_layers {keep_layers}: give 1-based layer numbers, e.g. --keep_layers 1,2,3.') \
+                from None
+    converted = checkpoint.extract_checkpoint(model_dir, out, width_mult, depth_mult, layers=layers)
+    return _summary(converted, width_mult=width_mult, depth_mult=depth_mult, keep_layers=keep_layers,
                     checkpoint=os.path.abspath(os.path.join(out, 'checkpoints', '0')),
                     gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
 
@@ -109,7 +117,7 @@ def run(args) -> None:
     if getattr(args, 'layout', None):
         summary = convert_layout(args.model_dir, args.out, args.layout)
     elif getattr(args, 'extract', False):
-        summary = extract(args.model_dir, args.out, args.width_mult, args.depth_mult)
+        summary = extract(args.model_dir, args.out, args.width_mult, args.depth_mult, args.keep_layers)
     elif getattr(args, 'grow', None):
         summary = grow(args.model_dir, args.out, args.grow, args.grow_to, args.grow_mapping, args.seed)
     elif args.from_format:

@@ -23,6 +23,7 @@ from plmjax import models
 from plmjax.models.config import TransformerConfig
 # Which network a config describes, and its parameter tree (re-exported: the converters' rules build on them).
 from plmjax.models.params import abstract_params, architecture_of, config_differences, effective_fields  # noqa: F401
+from plmjax.train.saved_model import base_preset, preset_overrides  # noqa: F401  (re-exported)
 
 Array = np.ndarray
 
@@ -183,19 +184,6 @@ def ignored(keys, patterns: Sequence[str]) -> set[str]:
 
 
 # ----------------------------------------------------------------------------------------- configs
-
-
-def base_preset(config: TransformerConfig) -> str:
-    """The preset of the same architecture that needs the fewest overrides to give `config`."""
-    arch = architecture_of(config)
-    candidates = [name for name, fn in models.PRESETS.items() if architecture_of(fn()) == arch]
-    return min(candidates, key=lambda name: len(preset_overrides(config, name)))
-
-
-def preset_overrides(config: TransformerConfig, preset: str) -> dict:
-    """The fields to override in `preset` to get `config` (run fields except name included)."""
-    base = dataclasses.asdict(models.PRESETS[preset]())
-    return {k: v for k, v in dataclasses.asdict(config).items() if k != 'name' and base[k] != v}
 
 
 def require(hf_config: Mapping, field: str, allowed, family: str, default=None):

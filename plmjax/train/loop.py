@@ -26,6 +26,7 @@ from plmjax.train import fill_mask_examples
 from plmjax.train import init as init_lib
 from plmjax.train import metrics as metrics_lib
 from plmjax.train import optim
+from plmjax.train import saved_model
 from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
 from plmjax.train.setup import ConfigError, RunSetup, check_vocabulary, is_finetune_run, setup
@@ -144,6 +145,7 @@ def train(
     max_consecutive_skips: int = 10,
     preemption_grace_s: float = 120.0,
     allow_data_order_change: bool = False,
+    distill: Any = None,
 ) -> dict[str, float]:
     """Trains (or resumes) a model; returns the final evaluation metrics.
 
@@ -176,6 +178,9 @@ def train(
     allow_data_order_change: resuming a checkpoint written by another number of processes with
       input_sharding='shard' (or with the other input_sharding) reads the data in another order from there on:
       by default that is an error; True prints one line and goes on.
+    distill: a TinyBERT run (`plmjax.compression.distill.DistillRun`; gin `train.distill = @distill()`): the
+      frozen teacher (read from `distill.teacher_checkpoint`) and the student (the run's model, initialized from
+      `init_checkpoint`) in one step; the student is evaluated alone and written to `model_dir/student`.
     """
     _check_required("train", model_config=model_config, architecture=architecture, objective=objective, task=task,
                     task_feature_lengths=task_feature_lengths)
@@ -188,7 +193,7 @@ def train(
     start = time.time()
     mesh = mesh if mesh is not None else sharding.create_mesh()
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
-                peft_options=peft_options, rules=logical_axis_rules)
+                peft_options=peft_options, rules=logical_axis_rules, distill=distill)
     check_vocabulary(task, model_config)
     if is_finetune_run(run):
         _finetune_scorer(run, finetune_evaluator)
@@ -196,6 +201,9 @@ def train(
     if peft:
         from plmjax import peft as peft_lib
         tx = peft_lib.optimizer(tx)  # optax.multi_transform: set_to_zero on the frozen parameters
+    if distill is not None:
+        from plmjax.compression import distill as distill_lib
+        tx = distill_lib.optimizer(tx)  # set_to_zero on the teacher
     faults.lock_model_dir(model_dir)  # creates it; a second run on it refuses (released at the end)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints)
 
@@ -214,9 +222,14 @@ def train(
     else:
         state, shardings = state_lib.create_train_state(run.module, tx, architecture, run.task_feature_lengths,
                                                         mesh, seed, run.rules)
+        if distill is not None:
+            state = init_lib.init_from_checkpoint(state, shardings, tx, distill.teacher_checkpoint,
+                                                  architecture=architecture, model_config=distill.teacher_config,
+                                                  under=("teacher",))
         if init_checkpoint:
             state = init_lib.init_from_checkpoint(state, shardings, tx, init_checkpoint, architecture=architecture,
-                                                  model_config=model_config, peft=peft)
+                                                  model_config=model_config, peft=peft,
+                                                  under=("student",) if distill is not None else ())
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(operative_config() if operative_config else "")
@@ -233,6 +246,7 @@ def train(
     if data_state is not None:
         batches.restore(data_state)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params)
+    evaluated = _evaluated(run, shardings.params)
 
     writer = metrics_lib.MetricsWriter(model_dir)
     step = int(jax.device_get(state.step))  # the one read of the device step; the loop counts on the host
@@ -276,8 +290,8 @@ def train(
                 bar.update(step)
             if eval_every and step % eval_every == 0 and step != num_steps:
                 writer.write(step, eval_split, _evaluate_run(
-                    run, eval_fn, state.params, task, eval_split, eval_batches, model_dir, final=False,
-                    param_shardings=shardings.params, finetune_evaluator=finetune_evaluator))
+                    evaluated.run, eval_fn, evaluated.params(state.params), task, eval_split, eval_batches, model_dir,
+                    final=False, param_shardings=evaluated.shardings, finetune_evaluator=finetune_evaluator))
             if checkpoint_due and save():
                 crash.at("save", step)
             crash.at("step", step)
@@ -286,9 +300,12 @@ def train(
     bar.close()
     checkpointer.wait()
 
-    final = _evaluate_run(run, eval_fn, state.params, task, eval_split, eval_batches, model_dir, final=True,
-                          param_shardings=shardings.params, finetune_evaluator=finetune_evaluator)
-    adapter = adapter_lib.save_run_adapter(model_dir, state.params, peft) if peft else {}  # every process writes
+    final = _evaluate_run(evaluated.run, eval_fn, evaluated.params(state.params), task, eval_split, eval_batches,
+                          model_dir, final=True, param_shardings=evaluated.shardings,
+                          finetune_evaluator=finetune_evaluator)
+    saved = adapter_lib.save_run_adapter(model_dir, state.params, peft) if peft else {}  # every process writes
+    if distill is not None:
+        saved = {"student": _save_student(model_dir, run, state.params)}
     writer.write(step, eval_split, final)
     writer.close()
     curve = os.path.join(model_dir, "loss_curve.png")
@@ -300,15 +317,15 @@ def train(
         f"{eval_split}_loss": final.get("loss"),
         f"{eval_split}_accuracy": final.get("accuracy"),
         "most_frequent_token_accuracy": final.get("most_frequent_token_accuracy"),
-        **adapter,
+        **saved,
         "checkpoint": checkpointer.directory,
         "metrics": writer.jsonl_path,
         "tensorboard": writer.tensorboard_dir,
         "loss_curve": curve,
     }
     summary = {key: value for key, value in summary.items() if value is not None}
-    examples = None if is_finetune_run(run) else fill_mask_examples.fill_mask_examples(run, state.params, task,
-                                                                                         eval_split)
+    examples = None if is_finetune_run(run) or distill is not None else fill_mask_examples.fill_mask_examples(
+        run, state.params, task, eval_split)
     if examples:
         summary["fill_mask_examples"] = examples
     if jax.process_index() == 0:  # the files of the run (the adapter and checkpoints: Orbax, all processes)
@@ -320,6 +337,39 @@ def train(
             json.dump(summary, f, indent=2)
     faults.unlock_model_dir(model_dir)
     return final
+
+
+@dataclasses.dataclass
+class _Evaluated:
+    """What a run evaluates: its own model, or a distillation run's student alone (task distillation: the
+    student's official scores; general distillation: the pair's losses on held-out batches)."""
+    run: RunSetup
+    shardings: Any
+    under: Optional[str] = None
+
+    def params(self, params):
+        return params[self.under] if self.under else params
+
+
+def _evaluated(run: RunSetup, param_shardings) -> _Evaluated:
+    if run.student is not None and is_finetune_run(run.student):
+        return _Evaluated(run.student, param_shardings["student"], "student")
+    return _Evaluated(run, param_shardings)
+
+
+def _save_student(model_dir: str, run: RunSetup, params) -> str:
+    """A distillation run's student alone, as a checkpoint every command loads (`model_dir/student`)."""
+    from plmjax.compression import distill as distill_lib
+    directory = os.path.join(model_dir, "student")
+    student = run.student
+    source = f"TinyBERT {run.distill.stage} distillation of {run.distill.teacher_checkpoint}"
+    saved_model.save_model(directory, student.architecture, student.model_config, params[distill_lib.STUDENT],
+                           metadata={"head_options": student.head_options, "source": source},
+                           header=f"The student of {os.path.abspath(model_dir)} ({source}).")
+    if jax.process_index() == 0:
+        print(f"Student saved to {directory} (load it with train.init_checkpoint / plmjax eval "
+              f"--checkpoint={directory}).", flush=True)
+    return directory
 
 
 def _last_checkpoint(checkpointer: checkpoint_lib.Checkpointer) -> str:

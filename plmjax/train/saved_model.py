@@ -1,7 +1,12 @@
 """A saved model as data: the architecture, the model config and the parameters (numpy) of any plmjax checkpoint,
 the ones `plmjax train` writes and the ones `plmjax convert` writes (their metadata records the model config).
 
-`train.init_checkpoint`, `plmjax convert --to hf` and the prompting helpers read checkpoints through this.
+`train.init_checkpoint`, `plmjax convert --to hf` and the prompting helpers read checkpoints through this;
+`save_model` writes a standalone model (`plmjax convert`'s outputs, a distillation run's student):
+
+    <out>/checkpoints/0/state/     {'params': ...}
+    <out>/checkpoints/0/metadata/  config: {'model_config': {...}, 'architecture': ..., 'head_options': ..., ...}
+    <out>/config.gin               MODEL_ARCH and MODEL_CONFIG (the closest preset plus overrides)
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from plmjax import models
 from plmjax.models import params as params_lib
 from plmjax.models.config import TransformerConfig
 from plmjax.train import checkpoint as checkpoint_lib
@@ -96,3 +102,42 @@ def load_saved_model(path: str, step: Optional[int] = None) -> SavedModel:
         checkpointer.close()
     return SavedModel(arch, config, jax.tree.map(np.asarray, restored['params']), metadata['config'],
                       checkpointer.directory, step)
+
+
+def base_preset(config: TransformerConfig) -> str:
+    """The preset of the same architecture that needs the fewest overrides to give `config`."""
+    arch = params_lib.architecture_of(config)
+    candidates = [name for name, fn in models.PRESETS.items() if params_lib.architecture_of(fn()) == arch]
+    return min(candidates, key=lambda name: len(preset_overrides(config, name)))
+
+
+def preset_overrides(config: TransformerConfig, preset: str) -> dict:
+    """The fields to override in `preset` to get `config` (run fields except name included)."""
+    base = dataclasses.asdict(models.PRESETS[preset]())
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != 'name' and base[k] != v}
+
+
+def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> str:
+    """A gin model file binding MODEL_ARCH and MODEL_CONFIG = the closest preset with overrides."""
+    preset = base_preset(config)
+    lines = [f'# {line}' if line else '#' for line in header.splitlines()]
+    lines += [f'MODEL_ARCH = {arch!r}', f'MODEL_CONFIG = @{preset}()']
+    overrides = preset_overrides(config, preset)
+    lines += [f'{preset}.{field} = {value!r}' for field, value in sorted(overrides.items())]
+    return '\n'.join(lines) + '\n'
+
+
+def save_model(out_dir: str, arch: str, config: TransformerConfig, params, *, metadata: Optional[dict] = None,
+               header: str = '') -> str:
+    """Writes `params` as step 0 of `<out_dir>/checkpoints` (metadata: the model config, architecture and
+    `metadata`) and `<out_dir>/config.gin` (its first lines `header`); returns the step's directory. Every
+    process calls it (Orbax writes each array once)."""
+    config = dataclasses.replace(config, name=base_preset(config))
+    metadata = {'model_config': dataclasses.asdict(config), 'architecture': arch, **(metadata or {})}
+    with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=None,
+                                     async_save=False) as checkpointer:
+        checkpointer.save(0, {'params': params}, data_position=0, config=metadata, force=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, 'config.gin'), 'w') as f:
+            f.write(gin_model_file(arch, config, header))
+    return os.path.join(checkpointer.directory, '0')

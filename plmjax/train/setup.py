@@ -31,6 +31,8 @@ class RunSetup:
     head_options: dict[str, int] = dataclasses.field(default_factory=dict)  # num_labels / num_choices
     peft: Optional[str] = None  # the parameter-efficient tuning method wrapping the module, if any
     rules: tuple = sharding.LOGICAL_AXIS_RULES  # logical axis name -> mesh axes (gin: logical_axis_rules)
+    distill: Any = None  # a TinyBERT run's `compression.distill.DistillRun`: `module` is the teacher/student pair
+    student: Optional["RunSetup"] = None  # a distillation run's student alone, with the run's own objective
 
 
 def check_lengths(config, architecture: str, lengths: Mapping[str, int]) -> None:
@@ -56,10 +58,11 @@ def check_vocabulary(task_name: str, config) -> None:
 
 def setup(model_config, architecture: str, objective: str, task_feature_lengths: Mapping[str, int], mesh, *,
           task: Optional[str] = None, peft: Optional[str] = None, peft_options: Any = None,
-          rules=None) -> RunSetup:
+          rules=None, distill=None) -> RunSetup:
     """The module (with its task head and PEFT wrapper) and objective of a run. `task` gives a fine-tuning
     architecture its head options (`init.head_options`); `peft_options` the PEFT method's hyper-parameters
-    (default: the method's defaults)."""
+    (default: the method's defaults); `distill` (a `compression.distill.DistillRun`) makes it a TinyBERT run:
+    the model is the teacher/student pair and the objective the stage's distillation loss."""
     objective_ = objectives_lib.get_objective(objective)
     if objective_.architecture != architecture:
         raise ConfigError(
@@ -68,8 +71,30 @@ def setup(model_config, architecture: str, objective: str, task_feature_lengths:
     check_lengths(model_config, architecture, task_feature_lengths)
     options = init_lib.head_options(architecture, objective, task)
     module = init_lib.build_module(architecture, model_config, options, peft, peft_options)
-    return RunSetup(module, objective_, model_config, mesh, dict(task_feature_lengths), architecture, options, peft,
-                    tuple(rules) if rules is not None else sharding.LOGICAL_AXIS_RULES)
+    run = RunSetup(module, objective_, model_config, mesh, dict(task_feature_lengths), architecture, options, peft,
+                   tuple(rules) if rules is not None else sharding.LOGICAL_AXIS_RULES)
+    return run if distill is None else _distillation_run(run, distill)
+
+
+def _distillation_run(student: RunSetup, settings) -> RunSetup:
+    """The TinyBERT pair of `student`'s model and the teacher of `settings` (`compression.distill.DistillRun`)."""
+    from plmjax.compression import distill
+    settings.check()
+    if student.peft:
+        raise ConfigError("train.distill and train.peft cannot be combined: distil the student first, then tune it.")
+    general = settings.stage == "general"
+    expected = ("encoder", "mlm") if general else ("encoder_classifier", student.objective.name)
+    if (student.architecture, student.objective.name) != expected or (
+            not general and expected[1] not in ("classification", "regression")):
+        wanted = ("an encoder on MLM batches (MODEL_ARCH = 'encoder', OBJECTIVE = 'mlm')" if general else
+                  "a classification or regression task (gin_configs/objectives/classification.gin or regression.gin)")
+        raise ConfigError(f"distill.stage={settings.stage!r} distils {wanted}, not MODEL_ARCH={student.architecture!r} "
+                          f"with OBJECTIVE={student.objective.name!r}.")
+    check_lengths(settings.teacher_config, student.architecture, student.task_feature_lengths)
+    teacher = init_lib.build_module(student.architecture, settings.teacher_config, student.head_options, None)
+    module = distill.distillation_model(teacher, student.module, settings.options)
+    objective = distill.objective(settings.options, "classification" if general else student.objective.name)
+    return dataclasses.replace(student, module=module, objective=objective, distill=settings, student=student)
 
 
 def is_finetune_run(run: RunSetup) -> bool:

@@ -148,3 +148,23 @@ def test_plmjax_convert_extract_writes_a_smaller_checkpoint(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, sub.params, expected)
     small_model = models.build_model(sub.architecture, sub.config, num_labels=3)
     assert np.isfinite(_hidden(small_model, sub.params)[0]).all()
+
+
+def test_keep_layers_cuts_a_student_from_its_teacher(tmp_path):
+    """`plmjax convert --extract --keep_layers 1,3,4`: TinyBERT's student initialized from chosen teacher layers."""
+    from plmjax import cli
+    from plmjax.convert import checkpoint
+    config = dataclasses.replace(CONFIG, num_encoder_layers=4)
+    _, params = _model(config)
+    checkpoint.save_checkpoint(str(tmp_path / "teacher"), "encoder_classifier", config, params,
+                               head_options={"num_labels": 3})
+    assert cli.main(["convert", "--extract", "--keep_layers", "1,3,4", f"--model_dir={tmp_path / 'teacher'}",
+                     f"--out={tmp_path / 'student'}"]) == 0
+    student = checkpoint.load_checkpoint(str(tmp_path / "student"))
+    assert student.config.num_encoder_layers == 3 and student.config.num_heads == config.num_heads
+    for j, i in enumerate([0, 2, 3]):
+        jax.tree.map(np.testing.assert_array_equal, student.params["bert"]["encoder"][f"layers_{j}"],
+                     params["bert"]["encoder"][f"layers_{i}"])
+    jax.tree.map(np.testing.assert_array_equal, student.params["classifier"], params["classifier"])
+    with pytest.raises(ValueError, match="give layers in 1..4"):
+        dynabert.extract(params, config, 1.0, layers=[0, 2])

@@ -1,0 +1,129 @@
+"""TinyBERT through `plmjax train` (`train.distill`): a fine-tuned tiny teacher read from its checkpoint, task
+distillation stage 1 (attention + hidden) then stage 2 (prediction) from stage 1's saved student; the teacher stays
+bit-identical, the losses fall, the student alone is evaluated with the task's official metric and saved as a
+checkpoint that `plmjax eval` reads; misconfigured runs stop with one message naming the gin binding."""
+import json
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from plmjax import launch, sharding
+from plmjax.compression import distill
+from plmjax.train import optim, saved_model
+from plmjax.train.setup import ConfigError, setup
+from tests.train import tiny_classification
+from tests.train.finetune_checkpoint import save_random_encoder, tiny
+from tests.train.saved_state import load_saved_state
+
+TASK, LENGTHS = tiny_classification.TASK, {"inputs": 16}
+TEACHER = dict()  # tiny(): 2 layers, 32 wide, 2 heads of 16
+STUDENT = dict(emb_dim=16, head_dim=8, mlp_dim=32, num_encoder_layers=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_task():
+    tiny_classification.register()
+    yield
+    tiny_classification.remove()
+
+
+def _train(model_dir, steps, config, learning_rate=3e-3, **kwargs):
+    return launch.train(
+        str(model_dir), model_config=config, architecture="encoder_classifier", objective="classification",
+        task=TASK, task_feature_lengths=LENGTHS, batch_size=16, num_steps=steps,
+        optimizer=optim.make_optimizer("adamw", learning_rate=learning_rate, warmup_ratio=0.1, total_steps=steps),
+        mesh=sharding.create_mesh(devices=jax.devices()[:1]), log_every=5, eval_batches=None,
+        checkpoint_every=steps, progress=False, **kwargs)
+
+
+def _losses(model_dir, name="loss"):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [row[name] for row in map(json.loads, f) if row["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny classifier fine-tuned from a random encoder: its dir and its final dev accuracy."""
+    encoder, _ = save_random_encoder(tmp_path_factory.mktemp("encoder"), seed=7)
+    model_dir = tmp_path_factory.mktemp("teacher")
+    final = _train(model_dir, 60, tiny(**TEACHER), init_checkpoint=encoder)
+    return str(model_dir), final["accuracy"]
+
+
+@pytest.mark.slow  # ~70 s on 2 cores: the teacher's fine-tuning and two distillation runs
+def test_two_stage_task_distillation_through_the_trainer(teacher, tmp_path, capsys):
+    teacher_dir, teacher_accuracy = teacher
+    assert teacher_accuracy > 85, teacher_accuracy
+    settings = distill.DistillRun(teacher_config=tiny(**TEACHER), teacher_checkpoint=teacher_dir)
+    stage1 = tmp_path / "intermediate"
+    _train(stage1, 40, tiny(**STUDENT), learning_rate=1e-2, distill=settings)
+    out = capsys.readouterr().out
+    assert "into the model's teacher" in out and "Student saved to" in out
+    loss, att, rep = _losses(stage1), _losses(stage1, "att_loss"), _losses(stage1, "rep_loss")
+    np.testing.assert_allclose(np.add(att, rep), loss, rtol=1e-5)  # stage 1: attention + hidden, nothing else
+    assert loss[-1] < 0.7 * loss[0] and rep[-1] < 0.7 * rep[0] and att[-1] < att[0], (att, rep)
+    # the teacher in the run's checkpoint is the fine-tuned one, bit for bit
+    saved_teacher = saved_model.load_saved_model(teacher_dir).params
+    state = load_saved_state(stage1, 40)
+    assert set(state["params"]) == {"teacher", "student", "projection"}
+    run_teacher = traverse_util.flatten_dict(state["params"]["teacher"], sep="/")
+    for name, value in traverse_util.flatten_dict(saved_teacher, sep="/").items():
+        np.testing.assert_array_equal(np.asarray(run_teacher[name]), value, err_msg=name)
+    student = saved_model.load_saved_model(str(stage1 / "student"))
+    assert student.architecture == "encoder_classifier" and student.config.emb_dim == 16
+    for a, b in zip(jax.tree.leaves(student.params), jax.tree.leaves(state["params"]["student"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+    stage2 = tmp_path / "prediction"
+    final = _train(stage2, 60, tiny(**STUDENT), init_checkpoint=str(stage1 / "student"),
+                   distill=distill.DistillRun(teacher_config=tiny(**TEACHER), teacher_checkpoint=teacher_dir,
+                                              stage="prediction"))
+    assert "its (all) into the model's student" in capsys.readouterr().out  # the stage-1 student, head included
+    losses = _losses(stage2, "cls_loss")
+    assert losses[-1] < losses[0], losses
+    assert final["accuracy"] > 80, final  # the student alone, official metric on the whole dev split (chance ~50)
+    assert json.loads((stage2 / "summary.json").read_text())["student"] == str(stage2 / "student")
+    again = launch.evaluate(str(stage2 / "student"), str(tmp_path / "eval"), model_config=tiny(**STUDENT),
+                            architecture="encoder_classifier", objective="classification", task=TASK,
+                            task_feature_lengths=LENGTHS, batch_size=16,
+                            mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    assert again["accuracy"] == final["accuracy"]
+
+
+def _setup(objective="classification", architecture="encoder_classifier", **settings):
+    defaults = dict(teacher_config=tiny(**TEACHER), teacher_checkpoint="runs/teacher")
+    return setup(tiny(**STUDENT), architecture, objective, LENGTHS, sharding.create_mesh(devices=jax.devices()[:1]),
+                 task=TASK if architecture == "encoder_classifier" else None,
+                 distill=distill.DistillRun(**{**defaults, **settings}))
+
+
+def test_the_run_is_the_pair_and_the_student_keeps_its_objective():
+    run = _setup()
+    assert isinstance(run.module, distill.Distillation) and run.objective.name == "tinybert_intermediate"
+    assert run.student.objective.name == "classification" and run.student.module == run.module.student.module
+    assert _setup(stage="prediction").objective.name == "tinybert_prediction"
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(teacher_config=None), "distill.teacher_config is not set"),
+    (dict(teacher_checkpoint=None), "distill.teacher_checkpoint is not set"),
+    (dict(stage="final"), "distill.stage='final'"),
+    (dict(teacher_config=tiny(vocab_size=128)), "vocab_size: teacher 128, student 64"),
+    (dict(teacher_config=tiny(max_length=8)), "longer than the model allows"),
+    (dict(stage="general"), "distils an encoder on MLM batches"),
+])
+def test_misconfigured_runs_give_one_message(settings, message):
+    with pytest.raises((ConfigError, distill.DistillationConfigError), match=message.replace("(", r"\(")):
+        _setup(**settings)
+
+
+def test_distillation_and_peft_do_not_combine():
+    with pytest.raises(ConfigError, match="train.distill and train.peft"):
+        setup(tiny(**STUDENT), "encoder_classifier", "classification", LENGTHS,
+              sharding.create_mesh(devices=jax.devices()[:1]), task=TASK, peft="lora",
+              distill=distill.DistillRun(teacher_config=tiny(), teacher_checkpoint="runs/teacher"))
