@@ -27,7 +27,12 @@ general_distill.py); deviations from the paper are marked *code*:
   T^2 factor; regression (*code*): MSE of the student's prediction against the gold label, not the teacher's;
 - stage 1 (`stage='intermediate'`, task distillation) and general distillation (`stage='general'`, on a
   pre-training corpus): loss = attention + hidden; stage 2 (`stage='prediction'`): loss = prediction only
-  (*code*: the two stages are separate runs, `--pred_distill`; the paper's single loss sums all three).
+  (*code*: the two stages are separate runs, `--pred_distill`); `stage='all'` sums the three (the paper's single
+  loss, and TernaryBERT's / BinaryBERT's code with both `--pred_distill` and `--intermediate_distill`).
+- TernaryBERT / BinaryBERT students (`DistillRun.quantize`): the student is `quantize.quantized_model` (weights
+  fake-quantized, every product's input quantized, straight-through gradients to its latent weights), the
+  teacher full precision; their code compares the hidden states without a projection (`fit_dense=False`, equal
+  widths) and, for regression, the student's prediction with the teacher's (`regression_target='teacher'`).
 Each loss is a per-example mean over the batch: the trainer's (sum, count) metrics give exactly the code's
 batch mean, and gradient accumulation gives the full batch's gradient.
 
@@ -53,7 +58,7 @@ from plmjax.objectives import mlm as mlm_objective
 from plmjax.objectives.base import Objective, example_weights
 
 TEACHER, STUDENT, PROJECTION = 'teacher', 'student', 'projection'
-STAGES = ('intermediate', 'prediction', 'general')
+STAGES = ('intermediate', 'prediction', 'general', 'all')
 MASKED_SCORE = -1e2  # the released code: scores at or below this are masked entries, set to 0 before the MSE
 
 
@@ -63,14 +68,21 @@ class DistillationConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
-    """stage: 'intermediate' (task distillation stage 1), 'prediction' (stage 2) or 'general'.
+    """stage: 'intermediate' (task distillation stage 1), 'prediction' (stage 2), 'general' or 'all' (the three
+      losses summed).
     layer_map: 'uniform' | 'top' | 'bottom' | a tuple of teacher layers g(1..M) (1-based).
     separate_projections: the paper's W_e / W_h instead of the code's one shared `fit_dense`.
-    temperature: of the prediction-layer soft cross-entropy."""
+    temperature: of the prediction-layer soft cross-entropy.
+    fit_dense: False compares the student's hidden states with the teacher's directly (equal widths; the
+      TernaryBERT / BinaryBERT code).
+    regression_target: 'label' (TinyBERT's code: MSE against the gold value) or 'teacher' (TernaryBERT's: against
+      the teacher's prediction)."""
     stage: str = 'intermediate'
     layer_map: Union[str, Sequence[int]] = 'uniform'
     separate_projections: bool = False
     temperature: float = 1.0
+    fit_dense: bool = True
+    regression_target: str = 'label'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +91,9 @@ class DistillRun:
     MODEL_CONFIG is the student's, `train.init_checkpoint` the student's first parameters (a general-distilled
     student, or the teacher's layers cut out by `plmjax convert --extract --keep_layers`); the teacher is
     `teacher_config` (same architecture as the run) read from `teacher_checkpoint`.
+    quantize: None (a full-precision student), or 'ternary' | 'binary' | 'int8' weights for a TernaryBERT /
+    BinaryBERT student (`quantize.quantized_model`), its products' inputs at `activation_bits` (None: float)
+    with the straight-through estimator clipped at `clip`.
     The other fields are `DistillOptions`'."""
     teacher_config: Any = None
     teacher_checkpoint: Optional[str] = None
@@ -86,11 +101,17 @@ class DistillRun:
     layer_map: Union[str, Sequence[int]] = 'uniform'
     separate_projections: bool = False
     temperature: float = 1.0
+    fit_dense: bool = True
+    regression_target: str = 'label'
+    quantize: Optional[str] = None
+    activation_bits: Optional[int] = 8
+    clip: float = 2.5
 
     @property
     def options(self) -> DistillOptions:
         layers = self.layer_map if isinstance(self.layer_map, str) else tuple(self.layer_map)
-        return DistillOptions(self.stage, layers, self.separate_projections, self.temperature)
+        return DistillOptions(self.stage, layers, self.separate_projections, self.temperature, self.fit_dense,
+                              self.regression_target)
 
     def check(self) -> None:
         """One error naming the gin binding that is missing or wrong."""
@@ -104,6 +125,12 @@ class DistillRun:
                                           "`plmjax train` / `plmjax convert` output directory.")
         if self.stage not in STAGES:
             raise DistillationConfigError(f'distill.stage={self.stage!r}: use one of {STAGES}.')
+        if self.quantize not in (None, 'ternary', 'binary', 'int8'):
+            raise DistillationConfigError(f"distill.quantize={self.quantize!r}: use None, 'ternary', 'binary' or "
+                                          "'int8'.")
+        if self.regression_target not in ('label', 'teacher'):
+            raise DistillationConfigError(f"distill.regression_target={self.regression_target!r}: use 'label' or "
+                                          "'teacher'.")
 
 
 def layer_map(teacher_layers: int, student_layers: int, kind: Union[str, Sequence[int]] = 'uniform') -> tuple:
@@ -178,9 +205,9 @@ class _Held:
 
 class Distillation(nn.Module):
     """Runs the frozen teacher and the student on the same inputs. Outputs: the student's own outputs (so the
-    model evaluates as the student), 'teacher_outputs', and for stage 'intermediate' / 'general' the aligned
-    pairs 'student_scores' / 'teacher_scores' [M, batch, heads, q, k] and 'student_hidden' (projected) /
-    'teacher_hidden' [M + 1, batch, length, teacher width]."""
+    model evaluates as the student), 'teacher_outputs', and unless the stage is 'prediction' the aligned pairs
+    'student_scores' / 'teacher_scores' [M, batch, heads, q, k] and 'student_hidden' (projected, unless
+    `fit_dense=False`) / 'teacher_hidden' [M + 1, batch, length, teacher width]."""
     teacher: Any  # _Held
     student: Any  # _Held
     options: DistillOptions = DistillOptions()
@@ -211,10 +238,12 @@ class Distillation(nn.Module):
             return outputs
         (teacher_stack,), (student_stack,) = teacher_inter.values(), student_inter.values()
         hidden = student_stack['hidden_states']  # [M + 1, batch, length, student width]
+        if options.fit_dense:
+            hidden = Projection(teacher.config.emb_dim, options.separate_projections, name=PROJECTION)(hidden)
         outputs.update(
             student_scores=student_stack['attention_scores'],  # [M, batch, heads, q, k]
             teacher_scores=teacher_stack['attention_scores'][attention_indices(g)],
-            student_hidden=Projection(teacher.config.emb_dim, options.separate_projections, name=PROJECTION)(hidden),
+            student_hidden=hidden,
             teacher_hidden=teacher_stack['hidden_states'][hidden_indices(g)])
         return outputs
 
@@ -239,6 +268,10 @@ class Projection(nn.Module):
 def distillation_model(teacher: nn.Module, student: nn.Module, options: DistillOptions = DistillOptions()):
     """The wrapper module of `teacher` and `student` (plmjax modules, e.g. `build_model('encoder_classifier', ...)`)."""
     check_pair(teacher.config, student.config)
+    if not options.fit_dense and teacher.config.emb_dim != student.config.emb_dim:
+        raise DistillationConfigError(f"fit_dense=False compares hidden states directly, but the teacher is "
+                                      f"{teacher.config.emb_dim} wide and the student {student.config.emb_dim}: keep "
+                                      "the projection (fit_dense=True) or give the student the teacher's width.")
     layer_map(_depth(teacher.config), _depth(student.config), options.layer_map)
     return Distillation(_Held(teacher), _Held(student), options)
 
@@ -281,28 +314,35 @@ def _weighted(per_example, weights):
     return jnp.sum(per_example * weights), total
 
 
+def _prediction_loss(batch, outputs, weights, options: DistillOptions, regression: bool, metrics: dict):
+    """[batch] prediction-layer loss; adds the accuracy against the labels (classification)."""
+    logits = outputs['classification_logits']
+    teacher_logits = outputs['teacher_outputs']['classification_logits']
+    if regression:
+        target = teacher_logits if options.regression_target == 'teacher' else batch['label_values']
+        return (logits.astype(jnp.float32).reshape(-1) - target.reshape(-1).astype(jnp.float32)) ** 2
+    if 'labels' in batch:
+        labels = batch['labels'].reshape(-1)
+        labelled = weights * (labels >= 0)
+        metrics['accuracy'] = (jnp.sum((jnp.argmax(logits, -1) == labels) * labelled), jnp.sum(labelled))
+    return soft_cross_entropy(logits, teacher_logits, options.temperature)
+
+
 def loss_fn(batch, outputs, *, options: DistillOptions, regression: bool = False):
     """(loss, metrics) of `Distillation`'s outputs; metrics are (sum, count) pairs over examples."""
     weights = example_weights(batch)
     one = jnp.ones((), jnp.float32)
     metrics = {}
-    if options.stage == 'prediction':
-        logits = outputs['classification_logits']
-        if regression:
-            per = (logits.astype(jnp.float32).reshape(-1) - batch['label_values'].reshape(-1).astype(jnp.float32)) ** 2
-        else:
-            per = soft_cross_entropy(logits, outputs['teacher_outputs']['classification_logits'],
-                                     options.temperature)
-            if 'labels' in batch:
-                labels = batch['labels'].reshape(-1)
-                labelled = weights * (labels >= 0)
-                metrics['accuracy'] = (jnp.sum((jnp.argmax(logits, -1) == labels) * labelled), jnp.sum(labelled))
-        metrics['cls_loss'] = _weighted(per, weights)
-    else:
+    per = jnp.zeros_like(weights, jnp.float32)
+    if options.stage in ('prediction', 'all'):
+        cls = _prediction_loss(batch, outputs, weights, options, regression, metrics)
+        metrics['cls_loss'] = _weighted(cls, weights)
+        per = per + cls
+    if options.stage != 'prediction':
         att, rep = (attention_loss(outputs['student_scores'], outputs['teacher_scores']),
                     hidden_loss(outputs['student_hidden'], outputs['teacher_hidden']))
         metrics['att_loss'], metrics['rep_loss'] = _weighted(att, weights), _weighted(rep, weights)
-        per = att + rep
+        per = per + att + rep
     metrics['loss'] = _weighted(per, weights)
     metrics['num_examples'] = (metrics['loss'][1], one)
     return metrics['loss'][0] / jnp.maximum(metrics['loss'][1], 1.0), metrics

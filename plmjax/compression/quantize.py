@@ -24,13 +24,18 @@ tree; `packed_bytes` gives the size those arrays take on disk.
 ternary one).
 
 `quantized_apply`: the quantization-aware forward pass, weights fake-quantized by `quantize_weights` and the input
-of every product (`Projection`) by `activation_interceptor` (flax's method interception: no forked model).
+of every product (`Projection`) by `activation_interceptor` (flax's method interception: no forked model);
+`quantized_model`: a model whose every apply is that pass (what the trainer and the evaluation run).
+`save_packed` / `load_packed`: the packed weights as one .npz file, and back to the fake-quantized tree.
 
 Not here yet: loss-aware ternarization (LAT), the code's extra quantization of Q, K and the attention
 probabilities inside attention, the split binary model, and the distillation recipe (issue 15).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
 import re
 from typing import Any, Optional
 
@@ -160,6 +165,43 @@ def quantized_apply(model, params: Any, *args, method: str = "ternary", activati
         return model.apply(variables, *args, **kwargs)
 
 
+def _quantize_in(variables, method: str, clip: float):
+    from flax import linen as nn
+    return quantize_weights(nn.meta.unbox(variables), method, clip)
+
+
+def quantized_model(model, method: Optional[str] = "ternary", activation_bits: Optional[int] = 8,
+                    clip: float = CLIP):
+    """`model` (a plmjax module) whose every apply is the quantization-aware forward pass of `quantized_apply`:
+    the same parameter tree (its latent full-precision weights), the same initialization (the plain model's, so
+    the parameters keep their logical axes and shard as in training), the weights fake-quantized on their way in
+    (flax's `map_variables`) and the inputs of every product quantized (`activation_interceptor`). The trainer,
+    the evaluation and the distillation wrapper take it wherever they take the model. method=None leaves the
+    weights as they come (already quantized ones: `load_packed`'s)."""
+    from flax import linen as nn
+    if method not in (None, "ternary", "binary", "int8"):
+        raise ValueError(f"quantize={method!r}: use 'ternary', 'binary' or 'int8'.")
+    mapped = type(model) if method is None else nn.map_variables(
+        type(model), "params", trans_in_fn=functools.partial(_quantize_in, method=method, clip=clip))
+    interceptor = activation_interceptor(activation_bits, clip) if activation_bits else None
+    plain = model
+
+    class Quantized(mapped):
+        def __call__(self, *args, **kwargs):
+            if interceptor is None:
+                return super().__call__(*args, **kwargs)
+            with nn.intercept_methods(interceptor):
+                return super().__call__(*args, **kwargs)
+
+        def init(self, *args, **kwargs):  # the plain model's parameters, with their logical-axis boxes
+            return plain.init(*args, **kwargs)
+
+    Quantized.__name__ = f"Quantized{type(model).__name__}"
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+              if f.init and f.name not in ("parent", "name")}
+    return Quantized(**fields)
+
+
 # ------------------------------------------------------------------------------------ ternary weight splitting
 
 
@@ -263,3 +305,42 @@ def packed_bytes(packed: dict) -> int:
     """The bytes the packed arrays take (codes, scales, shapes and the float32 parameters)."""
     return sum(sum(np.asarray(v).nbytes for v in item.values()) if isinstance(item, dict) else np.asarray(
         item).nbytes for item in packed.values())
+
+
+def save_packed(path: str, packed: dict, method: str) -> int:
+    """Writes `pack_weights`' output to one .npz file (`path`), atomically; returns its size in bytes."""
+    arrays = {"__method__": np.asarray(method)}
+    for name, item in packed.items():
+        if isinstance(item, dict):
+            arrays.update({f"{name}::{key}": value for key, value in item.items()})
+        else:
+            arrays[name] = item
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return os.path.getsize(path)
+
+
+def load_packed(path: str) -> tuple[str, Any]:
+    """(method, the fake-quantized parameter tree) of a `save_packed` file: unpacked bit for bit."""
+    with np.load(path) as data:
+        method = str(data["__method__"])
+        packed: dict = {}
+        for key in data.files:
+            if key == "__method__":
+                continue
+            name, _, field = key.partition("::")
+            if field:
+                packed.setdefault(name, {})[field] = data[key]
+            else:
+                packed[name] = data[key]
+    return method, unpack_weights(packed, method)
+
+
+def export_packed(path: str, params: Any, method: str, clip: float = CLIP) -> dict[str, int]:
+    """Packs the latent weights `params` (`pack_weights`) into the .npz file `path`; returns its size on disk and
+    the size of the same parameters in float32."""
+    from flax import linen as nn
+    params = jax.tree.map(np.asarray, nn.meta.unbox(params))
+    size = save_packed(path, pack_weights(params, method, clip), method)
+    return {"packed_bytes": size, "float32_bytes": sum(int(np.size(x)) * 4 for x in jax.tree.leaves(params))}

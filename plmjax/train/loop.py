@@ -305,7 +305,7 @@ def train(
                           finetune_evaluator=finetune_evaluator)
     saved = adapter_lib.save_run_adapter(model_dir, state.params, peft) if peft else {}  # every process writes
     if distill is not None:
-        saved = {"student": _save_student(model_dir, run, state.params)}
+        saved = _save_student(model_dir, run, state.params)
     writer.write(step, eval_split, final)
     writer.close()
     curve = os.path.join(model_dir, "loss_curve.png")
@@ -357,19 +357,37 @@ def _evaluated(run: RunSetup, param_shardings) -> _Evaluated:
     return _Evaluated(run, param_shardings)
 
 
-def _save_student(model_dir: str, run: RunSetup, params) -> str:
-    """A distillation run's student alone, as a checkpoint every command loads (`model_dir/student`)."""
+def _save_student(model_dir: str, run: RunSetup, params) -> dict:
+    """A distillation run's student alone, as a checkpoint every command loads (`model_dir/student`), and for a
+    quantized student its packed low-bit weights (`model_dir/student/packed.npz`)."""
     from plmjax.compression import distill as distill_lib
     directory = os.path.join(model_dir, "student")
     student = run.student
-    source = f"TinyBERT {run.distill.stage} distillation of {run.distill.teacher_checkpoint}"
+    settings = run.distill
+    source = f"TinyBERT {settings.stage} distillation of {settings.teacher_checkpoint}"
+    quantized = {"quantize": {"method": settings.quantize, "activation_bits": settings.activation_bits,
+                              "clip": settings.clip}} if settings.quantize else {}
     saved_model.save_model(directory, student.architecture, student.model_config, params[distill_lib.STUDENT],
-                           metadata={"head_options": student.head_options, "source": source},
+                           metadata={"head_options": student.head_options, "source": source, **quantized},
                            header=f"The student of {os.path.abspath(model_dir)} ({source}).")
+    saved = {"student": directory}
+    if settings.quantize:  # the real low-bit file beside the latent weights, written by process 0
+        from jax.experimental import multihost_utils
+
+        from plmjax.compression import quantize
+        packed = os.path.join(directory, "packed.npz")
+        weights = multihost_utils.process_allgather(params[distill_lib.STUDENT], tiled=True)  # every process calls
+        sizes = quantize.export_packed(packed, weights, settings.quantize, settings.clip) if (
+            jax.process_index() == 0) else {"packed_bytes": 0, "float32_bytes": 0}
+        saved.update(student_packed=packed, **sizes)
+    if settings.quantize and jax.process_index() == 0:
+        print(f"Packed {settings.quantize} student: {packed}, {sizes['packed_bytes']:,} bytes against "
+              f"{sizes['float32_bytes']:,} in float32 (1/{sizes['float32_bytes'] / sizes['packed_bytes']:.1f}).",
+              flush=True)
     if jax.process_index() == 0:
         print(f"Student saved to {directory} (load it with train.init_checkpoint / plmjax eval "
               f"--checkpoint={directory}).", flush=True)
-    return directory
+    return saved
 
 
 def _last_checkpoint(checkpointer: checkpoint_lib.Checkpointer) -> str:

@@ -92,6 +92,10 @@ def _distillation_run(student: RunSetup, settings) -> RunSetup:
                           f"with OBJECTIVE={student.objective.name!r}.")
     check_lengths(settings.teacher_config, student.architecture, student.task_feature_lengths)
     teacher = init_lib.build_module(student.architecture, settings.teacher_config, student.head_options, None)
+    if settings.quantize:  # TernaryBERT / BinaryBERT: the student's every apply quantization-aware
+        from plmjax.compression import quantize
+        student = dataclasses.replace(student, module=quantize.quantized_model(
+            student.module, settings.quantize, settings.activation_bits, settings.clip))
     module = distill.distillation_model(teacher, student.module, settings.options)
     objective = distill.objective(settings.options, "classification" if general else student.objective.name)
     return dataclasses.replace(student, module=module, objective=objective, distill=settings, student=student)

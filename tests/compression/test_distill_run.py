@@ -2,6 +2,7 @@
 distillation stage 1 (attention + hidden) then stage 2 (prediction) from stage 1's saved student; the teacher stays
 bit-identical, the losses fall, the student alone is evaluated with the task's official metric and saved as a
 checkpoint that `plmjax eval` reads; misconfigured runs stop with one message naming the gin binding."""
+import dataclasses
 import json
 import os
 
@@ -93,6 +94,34 @@ def test_two_stage_task_distillation_through_the_trainer(teacher, tmp_path, caps
                             task_feature_lengths=LENGTHS, batch_size=16,
                             mesh=sharding.create_mesh(devices=jax.devices()[:1]))
     assert again["accuracy"] == final["accuracy"]
+
+
+@pytest.mark.slow  # ~40 s on 2 cores (with the teacher fixture's fine-tuning, shared with the test above)
+def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, tmp_path, capsys):
+    """TernaryBERT: the teacher's own copy as the student, ternary weights and 8-bit activations, all three losses
+    (stage 'all'), hidden states compared without a projection; the packed 2-bit file scores the dev split exactly
+    as the run's quantization-aware student did."""
+    from plmjax import evaluation
+    from plmjax.compression import quantize
+    teacher_dir, _ = teacher
+    settings = distill.DistillRun(teacher_config=tiny(**TEACHER), teacher_checkpoint=teacher_dir, stage="all",
+                                  fit_dense=False, quantize="ternary", activation_bits=8)
+    final = _train(tmp_path, 30, tiny(**TEACHER), learning_rate=1e-3, init_checkpoint=teacher_dir, distill=settings)
+    out = capsys.readouterr().out
+    assert "Packed ternary student" in out
+    loss, cls, att, rep = (_losses(tmp_path, name) for name in ("loss", "cls_loss", "att_loss", "rep_loss"))
+    np.testing.assert_allclose(np.add(np.add(cls, att), rep), loss, rtol=1e-5)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # a tiny model: its float32 position table, norms and biases weigh as much as its 2-bit kernels
+    assert summary["packed_bytes"] < summary["float32_bytes"] / 1.5, summary
+    assert os.path.getsize(summary["student_packed"]) == summary["packed_bytes"]
+    assert set(load_saved_state(tmp_path, 30)["params"]) == {"teacher", "student"}  # fit_dense=False: no projection
+    method, weights = quantize.load_packed(summary["student_packed"])
+    run = setup(tiny(**TEACHER), "encoder_classifier", "classification", LENGTHS,
+                sharding.create_mesh(devices=jax.devices()[:1]), task=TASK)  # the plain student
+    run = dataclasses.replace(run, module=quantize.quantized_model(run.module, None, activation_bits=8))
+    unpacked = evaluation.evaluate_params(weights, run, TASK, "validation", batch_size=16)
+    assert method == "ternary" and unpacked["accuracy"] == final["accuracy"], (unpacked, final)
 
 
 def _setup(objective="classification", architecture="encoder_classifier", **settings):

@@ -151,3 +151,39 @@ def test_quantized_forward_quantizes_each_product_and_trains_the_latent_weights(
     grads = jax.grad(loss)(params)
     wi = grads["bert"]["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
     assert np.abs(np.asarray(wi)).max() > 0
+
+
+@pytest.mark.parametrize("method", ["ternary", "binary", "int8"])
+def test_quantized_model_is_quantized_apply_with_the_plain_models_parameters(method, tmp_path):
+    """`quantized_model`: the plain model's parameter tree and initialization (logical axes kept), outputs and
+    gradients equal to `quantized_apply`; its packed file unpacks into weights that, with only the activations
+    quantized, give the same outputs."""
+    config = models.tiny_encoder(vocab_size=96, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                                 num_encoder_layers=2, dropout_rate=0.0, attention_dropout_rate=0.0)
+    model = models.build_model("encoder_classifier", config, num_labels=3)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(5, 96, (3, 8)), jnp.int32)
+    q_model = quantize.quantized_model(model, method, activation_bits=8)
+    boxed, q_boxed = (m.init({"params": jax.random.key(0)}, tokens, deterministic=True)["params"]
+                      for m in (model, q_model))
+    assert jax.tree.structure(boxed) == jax.tree.structure(q_boxed)
+    assert nn.get_partition_spec(boxed) == nn.get_partition_spec(q_boxed)  # shards as the plain model does
+    params = nn.meta.unbox(boxed)
+
+    def logits(apply, p):
+        return apply(p)["classification_logits"]
+    ours = lambda p: q_model.apply({"params": p}, tokens, deterministic=True)  # noqa: E731
+    reference = lambda p: quantize.quantized_apply(model, p, tokens, method=method,  # noqa: E731
+                                                   deterministic=True)
+    np.testing.assert_array_equal(logits(ours, params), logits(reference, params))
+    grads = [jax.grad(lambda p, f=f: jnp.sum(logits(f, p) ** 2))(params) for f in (ours, reference)]
+    jax.tree.map(np.testing.assert_array_equal, *grads)
+
+    path = str(tmp_path / "packed.npz")
+    sizes = quantize.export_packed(path, params, method)
+    assert 0 < sizes["packed_bytes"] < sizes["float32_bytes"]
+    loaded_method, unpacked = quantize.load_packed(path)
+    assert loaded_method == method
+    activations_only = quantize.quantized_model(model, None, activation_bits=8)
+    np.testing.assert_array_equal(
+        activations_only.apply({"params": unpacked}, tokens, deterministic=True)["classification_logits"],
+        logits(ours, params))
