@@ -101,6 +101,12 @@ def _add_convert_parser(sub) -> None:
                            "a wider/deeper one (function-preserving FPI, or AKI), sizes from --grow_to")
     direction.add_argument("--extract", action="store_true", help="DynaBERT: write the sub-network of "
                            "--width_mult and --depth_mult of a plmjax encoder checkpoint as a smaller one")
+    direction.add_argument("--rewire", action="store_true", help="DynaBERT: reorder the heads and FFN neurons of a "
+                           "fine-tuned encoder_classifier checkpoint by their importance on --task's --split")
+    p.add_argument("--task", default=None, help="--rewire: the labelled task whose loss gradients give importance")
+    p.add_argument("--split", default="validation", help="--rewire: the split read (the released code: dev)")
+    p.add_argument("--sequence_length", type=int, default=128, help="--rewire: the examples' length")
+    p.add_argument("--num_batches", type=int, default=None, help="--rewire: read only this many batches of 32")
     p.add_argument("--width_mult", type=float, default=1.0, help="--extract: the share of heads and FFN neurons kept")
     p.add_argument("--depth_mult", type=float, default=1.0, help="--extract: the share of layers kept (DynaBERT's "
                    "rule: layer floor(i / d))")

@@ -94,6 +94,9 @@ class DistillRun:
     quantize: None (a full-precision student), or 'ternary' | 'binary' | 'int8' weights for a TernaryBERT /
     BinaryBERT student (`quantize.quantized_model`), its products' inputs at `activation_bits` (None: float)
     with the straight-through estimator clipped at `clip`.
+    method: 'tinybert' (this module), or 'dynabert': DynaBERT's width- and depth-adaptive training of every
+    (width, depth) in `width_mults` x `depth_mults` with loss weights `lambda1` (logits) and `lambda2` (hidden
+    states) (`compression.dynabert_train`; the student is the teacher's own config; stage is ignored).
     The other fields are `DistillOptions`'."""
     teacher_config: Any = None
     teacher_checkpoint: Optional[str] = None
@@ -106,6 +109,11 @@ class DistillRun:
     quantize: Optional[str] = None
     activation_bits: Optional[int] = 8
     clip: float = 2.5
+    method: str = 'tinybert'
+    width_mults: Sequence[float] = (1.0, 0.75, 0.5, 0.25)
+    depth_mults: Sequence[float] = (1.0,)
+    lambda1: float = 1.0
+    lambda2: float = 0.1
 
     @property
     def options(self) -> DistillOptions:
@@ -128,6 +136,8 @@ class DistillRun:
         if self.quantize not in (None, 'ternary', 'binary', 'int8'):
             raise DistillationConfigError(f"distill.quantize={self.quantize!r}: use None, 'ternary', 'binary' or "
                                           "'int8'.")
+        if self.method not in ('tinybert', 'dynabert'):
+            raise DistillationConfigError(f"distill.method={self.method!r}: use 'tinybert' or 'dynabert'.")
         if self.regression_target not in ('label', 'teacher'):
             raise DistillationConfigError(f"distill.regression_target={self.regression_target!r}: use 'label' or "
                                           "'teacher'.")

@@ -114,7 +114,15 @@ def _verify(hf_dir: str, converted: hf.Converted) -> dict[str, float]:
 
 
 def run(args) -> None:
-    if getattr(args, 'layout', None):
+    if getattr(args, 'rewire', False):
+        if not args.task:
+            raise ValueError('--rewire needs --task: the labelled task whose loss gives the importance '
+                             '(e.g. --task glue_sst2_tsv).')
+        import plmjax.tasks  # noqa: F401  (registers the task)
+        from plmjax.convert import rewire
+        summary = rewire.rewire_checkpoint(args.model_dir, args.out, args.task, split=args.split,
+                                           sequence_length=args.sequence_length, num_batches=args.num_batches)
+    elif getattr(args, 'layout', None):
         summary = convert_layout(args.model_dir, args.out, args.layout)
     elif getattr(args, 'extract', False):
         summary = extract(args.model_dir, args.out, args.width_mult, args.depth_mult, args.keep_layers)

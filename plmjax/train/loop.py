@@ -303,9 +303,15 @@ def train(
     final = _evaluate_run(evaluated.run, eval_fn, evaluated.params(state.params), task, eval_split, eval_batches,
                           model_dir, final=True, param_shardings=evaluated.shardings,
                           finetune_evaluator=finetune_evaluator)
+    if distill is not None and distill.method == "dynabert" and is_finetune_run(run.student):
+        from plmjax.train import subnetworks
+        subnetworks.evaluate_subnetworks(run, state.params, task, eval_split,
+                                         _finetune_scorer(run, finetune_evaluator), os.path.join(model_dir, "eval"))
     saved = adapter_lib.save_run_adapter(model_dir, state.params, peft) if peft else {}  # every process writes
     if distill is not None:
         saved = _save_student(model_dir, run, state.params)
+        if distill.method == "dynabert":
+            saved["subnetworks"] = os.path.join(model_dir, "eval", "subnetworks.md")
     writer.write(step, eval_split, final)
     writer.close()
     curve = os.path.join(model_dir, "loss_curve.png")
@@ -364,7 +370,8 @@ def _save_student(model_dir: str, run: RunSetup, params) -> dict:
     directory = os.path.join(model_dir, "student")
     student = run.student
     settings = run.distill
-    source = f"TinyBERT {settings.stage} distillation of {settings.teacher_checkpoint}"
+    how = "DynaBERT adaptive training" if settings.method == "dynabert" else f"TinyBERT {settings.stage} distillation"
+    source = f"{how} of {settings.teacher_checkpoint}"
     quantized = {"quantize": {"method": settings.quantize, "activation_bits": settings.activation_bits,
                               "clip": settings.clip}} if settings.quantize else {}
     saved_model.save_model(directory, student.architecture, student.model_config, params[distill_lib.STUDENT],

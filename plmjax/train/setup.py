@@ -82,7 +82,7 @@ def _distillation_run(student: RunSetup, settings) -> RunSetup:
     settings.check()
     if student.peft:
         raise ConfigError("train.distill and train.peft cannot be combined: distil the student first, then tune it.")
-    general = settings.stage == "general"
+    general = settings.stage == "general" and settings.method == "tinybert"
     expected = ("encoder", "mlm") if general else ("encoder_classifier", student.objective.name)
     if (student.architecture, student.objective.name) != expected or (
             not general and expected[1] not in ("classification", "regression")):
@@ -96,8 +96,15 @@ def _distillation_run(student: RunSetup, settings) -> RunSetup:
         from plmjax.compression import quantize
         student = dataclasses.replace(student, module=quantize.quantized_model(
             student.module, settings.quantize, settings.activation_bits, settings.clip))
-    module = distill.distillation_model(teacher, student.module, settings.options)
-    objective = distill.objective(settings.options, "classification" if general else student.objective.name)
+    if settings.method == "dynabert":
+        from plmjax.compression import dynabert_train
+        options = dynabert_train.AdaptiveOptions(tuple(settings.width_mults), tuple(settings.depth_mults),
+                                                 settings.lambda1, settings.lambda2)
+        module = dynabert_train.adaptive_model(teacher, student.module, options)
+        objective = dynabert_train.objective(options, student.objective.name)
+    else:
+        module = distill.distillation_model(teacher, student.module, settings.options)
+        objective = distill.objective(settings.options, "classification" if general else student.objective.name)
     return dataclasses.replace(student, module=module, objective=objective, distill=settings, student=student)
 
 

@@ -124,6 +124,49 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
     assert method == "ternary" and unpacked["accuracy"] == final["accuracy"], (unpacked, final)
 
 
+@pytest.mark.slow  # ~40 s on 2 cores
+def test_dynabert_trains_every_subnetwork_and_scores_each(teacher, tmp_path):
+    """DynaBERT through the trainer: the student starts as the teacher's copy, widths (1, 0.5) x depths (1, 0.5)
+    train in one step; at the end each sub-network is cut out and scored alone, the full one as the run's own."""
+    teacher_dir, _ = teacher
+    settings = distill.DistillRun(teacher_config=tiny(**TEACHER), teacher_checkpoint=teacher_dir, method="dynabert",
+                                  width_mults=(1.0, 0.5), depth_mults=(1.0, 0.5), lambda2=1.0)
+    final = _train(tmp_path, 20, tiny(**TEACHER), learning_rate=1e-3, init_checkpoint=teacher_dir, distill=settings)
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0], losses
+    with open(tmp_path / "metrics.jsonl") as f:
+        first = next(row for row in map(json.loads, f) if row["split"] == "train")
+    # the full student starts as the teacher (its hidden states equal), the cut ones do not
+    assert first["rep_loss/w1_d1"] < 0.05 * first["rep_loss/w0.5_d0.5"], first
+    results = json.loads((tmp_path / "eval" / "subnetworks.json").read_text())
+    assert sorted(results) == ["w0.5_d0.5", "w0.5_d1", "w1_d0.5", "w1_d1"]
+    assert results["w1_d1"]["accuracy"] == final["accuracy"]
+    assert results["w0.5_d0.5"]["parameters"] < results["w1_d0.5"]["parameters"] < results["w1_d1"]["parameters"]
+    assert "| 0.5 |" in (tmp_path / "eval" / "subnetworks.md").read_text()
+
+
+@pytest.mark.slow  # the teacher fixture's fine-tuning (shared with the tests above), then a few seconds
+def test_plmjax_convert_rewire_keeps_the_function_and_orders_heads_by_importance(teacher, tmp_path):
+    from plmjax import cli, models
+    from plmjax.convert import rewire
+    teacher_dir, _ = teacher
+    out = tmp_path / "rewired"
+    assert cli.main(["convert", "--rewire", "--task", TASK, "--sequence_length", "16", f"--model_dir={teacher_dir}",
+                     f"--out={out}"]) == 0
+    before, after = saved_model.load_saved_model(teacher_dir), saved_model.load_saved_model(str(out))
+    model = models.build_model("encoder_classifier", before.config, num_labels=2)
+    tokens = np.asarray(tiny_classification._examples(8, 3)["inputs"])
+    logits = [np.asarray(model.apply({"params": m.params}, tokens, deterministic=True)["classification_logits"])
+              for m in (before, after)]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-6)
+    summary = rewire.rewire_checkpoint(teacher_dir, str(tmp_path / "again"), TASK, sequence_length=16)
+    for line in summary["head_order"]:  # 'layer 0: 1,0': the heads moved as reported
+        layer, order = line.removeprefix("layer ").split(": ")
+        key = ("bert", "encoder", f"layers_{layer}", "self_attention", "out", "kernel")
+        np.testing.assert_array_equal(traverse_util.flatten_dict(after.params)[key],
+                                      traverse_util.flatten_dict(before.params)[key][[int(h) for h in order.split(",")]])
+
+
 def _setup(objective="classification", architecture="encoder_classifier", **settings):
     defaults = dict(teacher_config=tiny(**TEACHER), teacher_checkpoint="runs/teacher")
     return setup(tiny(**STUDENT), architecture, objective, LENGTHS, sharding.create_mesh(devices=jax.devices()[:1]),

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 15's SST-2 experiments on CPU, one after another (docs/compression.md has the results and times):
+#   bash scripts/compression_sst2.sh [STEPS_SCALE]   # after bash scripts/finetune_sst2.sh (the teacher)
+# The teacher is runs/minilm_sst2 (all-MiniLM-L6-v2 fine-tuned on SST-2); each student's dev accuracy is in its
+# run's summary.json / eval/results.md, DynaBERT's sub-networks in runs/dynabert_w/eval/subnetworks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quiet=(--gin_param='train.progress = False')
+t() { local start=$(date +%s); "$@"; echo "wall time (s) of $*: $(( $(date +%s) - start ))"; }
+# (a) a 3-layer student cut from the teacher (its layers 1-3), TinyBERT task distillation in two stages
+t plmjax convert --extract --keep_layers 1,2,3 --model_dir runs/minilm_sst2 --out runs/minilm_sst2_layers123
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --model_dir=runs/tinybert3_stage1 \
+  "${quiet[@]}" --gin_param='NUM_STEPS = 500' --gin_param='LEARNING_RATE = 1e-4'
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --model_dir=runs/tinybert3_stage2 \
+  "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
+  --gin_param="INIT_CHECKPOINT = 'runs/tinybert3_stage1/student'" --gin_param='NUM_STEPS = 500' \
+  --gin_param='LEARNING_RATE = 5e-5'
+# the same 3-layer student fine-tuned without distillation (the baseline distillation must beat)
+t plmjax train --gin_file=gin_configs/experiments/minilm_sst2.gin --model_dir=runs/layers123_finetune "${quiet[@]}" \
+  --gin_param='bert_base.num_encoder_layers = 3' --gin_param="INIT_CHECKPOINT = 'runs/minilm_sst2_layers123'" \
+  --gin_param='NUM_STEPS = 500' --gin_param='LEARNING_RATE = 5e-5'
+# (d) TernaryBERT: 2-bit weights, 8-bit activations
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_sst2 "${quiet[@]}"
+# (c) DynaBERT: rewire, then width-adaptive training
+t plmjax convert --rewire --task glue_sst2_tsv --sequence_length 64 --model_dir runs/minilm_sst2 \
+  --out runs/minilm_sst2_rewired
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_dynabert.gin --model_dir=runs/dynabert_w "${quiet[@]}"
+# (b) TinyBERT4's shape from random initialization
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_stage1 \
+  "${quiet[@]}" --gin_param='NUM_STEPS = 500'
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_stage2 \
+  "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
+  --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_stage1/student'" --gin_param='NUM_STEPS = 500' \
+  --gin_param='LEARNING_RATE = 5e-5'
