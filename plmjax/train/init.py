@@ -153,7 +153,8 @@ def _mapping(fresh: dict, converted, architecture: str, model_config, peft: Opti
     loaded = {target_path + path for path in flat_target if path in flat_source}
     report = {'target': '/'.join(target_path) or '(all)', 'source': '/'.join(source_path) or '(all)',
               'loaded': _collapse(fresh, loaded),
-              'initialized': _collapse(fresh, set(traverse_util.flatten_dict(fresh)) - loaded),
+              'initialized': _collapse(fresh, {path for path in traverse_util.flatten_dict(fresh)  # within `under`
+                                               if path[:len(under)] == tuple(under)} - loaded),
               'unused': _collapse(source, set(flat_source) - set(flat_target))}
     return target_path, source_path, flat_target, flat_source, report
 
