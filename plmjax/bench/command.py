@@ -2,7 +2,8 @@
 beam-search decoding (GPT-2 small, T5-small) and Perturbed Masking impact matrices, for plmjax and the PyTorch reference, each configuration in a
 fresh process; a Markdown table on the terminal and a JSON record.
 
-    plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode,parse] [--repeats 3] [--out results.json]
+    plmjax bench [--sizes full|tiny] [--only matmul,bert,gpt2,t5,decode,parse,checkpoints] [--repeats 3]
+                 [--out results.json] [--checkpoints teacher=DIR,student=DIR] [--infer_shape 32,64]
                  [--decode_models gpt2,t5]
                  [--no_torch] [--torch_variants eager_f32,eager_bf16_autocast,compile]
                  [--plmjax_variants xla_f32,xla_bf16_matmul]
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         'matmul_dtype=bfloat16, every product on bf16 operands with float32 accumulation)')
     p.add_argument('--decode_models', default=','.join(configs.DECODES),
                    help=f'the models of the decode group: a comma-separated subset of {",".join(configs.DECODES)}')
+    p.add_argument('--checkpoints', default='', help='group checkpoints: name=DIR,name=DIR,... saved models (a '
+                   'teacher first, then its compressed students) whose forward pass is timed side by side')
+    p.add_argument('--infer_shape', default='32,64', help='group checkpoints: batch,length of the timed forward pass')
     p.add_argument('--traceback', action='store_true', help='show the full traceback of an error')
 
 
@@ -63,8 +67,16 @@ def run(args) -> dict:
                   '--plmjax_variants')
     decode_models = _split(getattr(args, 'decode_models', ','.join(configs.DECODES)), tuple(configs.DECODES),
                            '--decode_models')
+    checkpoints = dict(item.split('=', 1) for item in getattr(args, 'checkpoints', '').split(',') if '=' in item)
+    if getattr(args, 'checkpoints', '') and not checkpoints:
+        raise ValueError(f'--checkpoints {args.checkpoints!r}: give name=DIR pairs, e.g. teacher=runs/minilm_sst2.')
+    for name, path in checkpoints.items():
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f'--checkpoints {name}={path}: no such directory.')
+    batch, length = (int(x) for x in getattr(args, 'infer_shape', '32,64').split(','))
     spec_list = runner.specs(args.sizes, args.repeats, only, torch=not args.no_torch, torch_variants=variants,
-                             plmjax_variants=ours, decode_models=decode_models)
+                             plmjax_variants=ours, decode_models=decode_models, checkpoints=checkpoints,
+                             infer_shape=(batch, length))
     counts = {m: runner.model_counts(m, args.sizes) for m in configs.MODELS if m in only}
     with tempfile.TemporaryDirectory(prefix='plmjax_bench_') as weights_root:
         runner.write_decode_weights(spec_list, weights_root)

@@ -160,4 +160,45 @@ def parse(spec: dict) -> dict:
     return {'sentences_per_s': rates, 'first_s': first_s, 'sentences': len(sentences), 'copies': copies}
 
 
-MEASURES = {'matmul': matmul, 'train': train, 'decode': decode, 'parse': parse}
+
+
+def _directory_bytes(path: str) -> int:
+    import os
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def infer(spec: dict) -> dict:
+    """Examples/s of a saved model's forward pass (`plmjax train` / `plmjax convert` output, e.g. a teacher and its
+    compressed students) on [batch_size, length] token ids, and its size: parameters, the checkpoint step's bytes
+    on disk, and a quantized student's packed file (`student/packed.npz`). A quantized student runs as it trains
+    and evaluates here: `quantize.quantized_model`, the weights and activations fake-quantized in float32 (no low-bit
+    kernels on CPU)."""
+    import os
+    from plmjax import models
+    from plmjax.train import saved_model
+
+    saved = saved_model.load_saved_model(spec['checkpoint'])
+    module = models.build_model(saved.architecture, saved.config, **(saved.metadata.get('head_options') or {}))
+    quantized = saved.metadata.get('quantize')
+    if quantized:
+        from plmjax.compression import quantize
+        module = quantize.quantized_model(module, quantized['method'], quantized['activation_bits'], quantized['clip'])
+    batch, length = spec['batch_size'], min(spec['length'], saved.config.max_length)
+    tokens = jax.random.randint(jax.random.key(0), (batch, length), 5, saved.config.vocab_size)
+    params = jax.device_put(saved.params)
+    forward = jax.jit(lambda p, x: module.apply({'params': p}, x, deterministic=True))
+    start = time.perf_counter()
+    jax.block_until_ready(forward(params, tokens))
+    compile_s = time.perf_counter() - start
+    rates = timing.repeat_rates(lambda steps: [jax.block_until_ready(forward(params, tokens)) for _ in range(steps)],
+                                spec['steps'], spec['repeats'], batch)
+    step_dir = os.path.join(saved.checkpoint, str(saved.step))
+    packed = os.path.join(os.path.dirname(saved.checkpoint), 'packed.npz')
+    return {'examples_per_s': rates, 'compile_s': compile_s, 'length': length,
+            'parameters': int(sum(np.size(x) for x in jax.tree.leaves(saved.params))),
+            'checkpoint_bytes': _directory_bytes(step_dir),
+            'packed_bytes': os.path.getsize(packed) if os.path.exists(packed) else None,
+            'quantize': quantized}
+
+
+MEASURES = {'infer': infer, 'matmul': matmul, 'train': train, 'decode': decode, 'parse': parse}

@@ -96,7 +96,7 @@ def _point(value: float | None) -> dict | None:
 
 def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dict[str, configs.ModelCounts]) -> dict:
     record = {'machine': _machine(), 'size': size, 'repeats': repeats, 'formula': configs.FORMULA,
-              'ceiling': {}, 'train': [], 'decode': [], 'parse': [], 'errors': [], 'targets': {}}
+              'ceiling': {}, 'train': [], 'decode': [], 'parse': [], 'infer': [], 'errors': [], 'targets': {}}
     decoded = {}  # id(decode row) -> its tokens [batch, new tokens]: compared, not kept in the record
     for spec, result in results:
         if 'error' in result:
@@ -117,6 +117,12 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
                    'compile_s': result.get('compile_s'), 'loss': result['loss'], **memory}
             row['model_flops_per_s'] = _scaled(row['tokens_per_s'], c.flops_per_step / c.tokens_per_step)
             record['train'].append(row)
+        elif spec['kind'] == 'infer':
+            record['infer'].append({'name': spec['model'], 'checkpoint': spec['checkpoint'],
+                                    'batch_size': spec['batch_size'], 'length': result['length'],
+                                    'examples_per_s': timing.summary(result['examples_per_s']),
+                                    **{k: result[k] for k in ('compile_s', 'parameters', 'checkpoint_bytes',
+                                                              'packed_bytes', 'quantize')}, **memory})
         elif spec['kind'] == 'parse':
             record['parse'].append({'framework': spec['framework'], 'variant': spec['variant'],
                                     'sentences_per_s': timing.summary(result['sentences_per_s']),
@@ -147,6 +153,9 @@ def build(results: list[tuple[dict, dict]], size: str, repeats: int, counts: dic
                      framework='torch')
         row['vs_transformers_generate'] = _ratio(row['tokens_per_s'], base and base['tokens_per_s'])
         row.update(same_tokens(decoded.get(id(row)), base and base is not row and decoded.get(id(base))))
+    for row in record['infer']:  # against the first checkpoint given (the teacher)
+        row['vs_first'] = _ratio(row['examples_per_s'], record['infer'][0]['examples_per_s'])
+        row['size_vs_first'] = row['checkpoint_bytes'] / record['infer'][0]['checkpoint_bytes']
     for row in record['parse']:
         base = _find(record['parse'], framework='torch')
         row['vs_torch_eager_f32'] = _ratio(row['sentences_per_s'], base and base['sentences_per_s'])
@@ -280,6 +289,17 @@ def markdown(record: dict) -> str:
                               [[f'{r["framework"]} {r["variant"]}', _rate(r['sentences_per_s'], digits=1),
                                 _num(r['first_s']), _num(r['peak_rss_mb'], 0),
                                 _rate(r['vs_torch_eager_f32'], digits=2)] for r in record['parse']]))
+    if record.get('infer'):
+        first = record['infer'][0]
+        parts.append(f'### Checkpoints: forward pass, batch {first["batch_size"]} x {first["length"]} tokens, '
+                     f'examples/s (x the first: {first["name"]})\nQuantized students run fake-quantized in float32 '
+                     '(as they train and evaluate; no low-bit kernels on CPU); "packed" is their low-bit file.\n\n'
+                     + _table(['model', 'parameters', 'checkpoint MB', 'packed MB', 'examples/s', 'x first',
+                               'compile s', 'peak RSS MB'],
+                              [[r['name'], f'{r["parameters"] / 1e6:.2f}M', _num(r['checkpoint_bytes'] / 2 ** 20, 2),
+                                '-' if r['packed_bytes'] is None else _num(r['packed_bytes'] / 2 ** 20, 2),
+                                _rate(r['examples_per_s'], digits=1), _rate(r['vs_first'], digits=2),
+                                _num(r['compile_s']), _num(r['peak_rss_mb'], 0)] for r in record['infer']]))
     if record['targets']:
         rows = [[name, _rate(t.get('vs_torch_eager_f32'), digits=2), _rate(t.get('vs_fastest_torch'), digits=2),
                  _pct(t.get('mfu')), _rate(t.get('peak_rss_vs_torch_eager_f32'), digits=2).split(' ')[0],

@@ -18,13 +18,14 @@ from typing import Iterable
 
 from plmjax.bench import configs, worker
 
-GROUPS = ('matmul', *configs.MODELS, 'decode', 'parse')
+GROUPS = ('matmul', *configs.MODELS, 'decode', 'parse', 'checkpoints')
 TORCH_VARIANTS = ('eager_f32', 'eager_bf16_autocast', 'compile')
 # plmjax: float32 throughout, or every product on bf16 operands with float32 accumulation (matmul_dtype).
 PLMJAX_VARIANTS = ('xla_f32', 'xla_bf16_matmul')
 # (steps per repeat) for each kind and size: a repeat times this many steps, decodes or matmuls.
 STEPS = {('matmul', 'full'): 3, ('matmul', 'tiny'): 10, ('train', 'full'): 2, ('train', 'tiny'): 3,
-         ('decode', 'full'): 1, ('decode', 'tiny'): 2, ('parse', 'full'): 1, ('parse', 'tiny'): 1}
+         ('decode', 'full'): 1, ('decode', 'tiny'): 2, ('parse', 'full'): 1, ('parse', 'tiny'): 1,
+         ('infer', 'full'): 5, ('infer', 'tiny'): 2}
 TIMEOUT_S = {'full': 3600, 'tiny': 300}
 
 
@@ -65,8 +66,10 @@ def model_counts(model: str, size: str) -> configs.ModelCounts:
 def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = True,
           torch_variants: Iterable[str] = TORCH_VARIANTS,
           plmjax_variants: Iterable[str] = PLMJAX_VARIANTS,
-          decode_models: Iterable[str] = tuple(configs.DECODES)) -> list[dict]:
-    """The worker specs of one benchmark run (decode specs still need `write_decode_weights`)."""
+          decode_models: Iterable[str] = tuple(configs.DECODES), checkpoints: dict | None = None,
+          infer_shape: tuple[int, int] = (32, 64)) -> list[dict]:
+    """The worker specs of one benchmark run (decode specs still need `write_decode_weights`); `checkpoints`
+    ({name: saved model dir}, group 'checkpoints') adds the forward pass of each at `infer_shape` (batch, length)."""
     only = set(only)
     unknown = only - set(GROUPS)
     if unknown:
@@ -100,6 +103,11 @@ def specs(size: str, repeats: int, only: Iterable[str] = GROUPS, torch: bool = T
             out += [{**decode, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]
             if torch:
                 out.append({**decode, 'framework': 'torch', 'variant': 'generate', 'hf_config': hf_config(model, size)})
+    if 'checkpoints' in only:
+        for name, path in (checkpoints or {}).items():
+            out.append({**base, 'kind': 'infer', 'framework': 'plmjax', 'variant': 'xla_f32', 'model': name,
+                        'checkpoint': path, 'batch_size': infer_shape[0], 'length': infer_shape[1],
+                        'steps': STEPS['infer', size]})
     if 'parse' in only:
         parse = {**base, 'kind': 'parse', 'steps': STEPS['parse', size]}
         out += [{**parse, 'framework': 'plmjax', 'variant': v} for v in plmjax_variants]

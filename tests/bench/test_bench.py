@@ -208,3 +208,42 @@ def test_a_worker_reports_its_own_peak_memory_not_its_parents():
     child = float(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout)
     assert child < 300, child  # getrusage's ru_maxrss reported the parent's ~400+ MB here
     del ballast
+
+
+@pytest.mark.slow  # two fresh worker processes
+def test_checkpoints_group_times_saved_models_side_by_side(tmp_path, capsys):
+    """`--only checkpoints --checkpoints teacher=DIR,student=DIR`: each saved model's forward pass in its own
+    worker, with its size on disk; a quantized student (its metadata and packed file) runs quantization-aware."""
+    import jax
+    import numpy as np
+    from plmjax import models
+    from plmjax.compression import quantize
+    from plmjax.train import saved_model
+    dirs = {}
+    for name, layers, quantized in (('teacher', 2, None), ('student', 1, 'ternary')):
+        config = models.tiny_encoder(vocab_size=64, max_length=32, num_encoder_layers=layers)
+        model = models.build_model('encoder_classifier', config, num_labels=2)
+        params = jax.tree.map(np.asarray, __import__('flax').linen.meta.unbox(
+            model.init(jax.random.key(0), np.ones((1, 8), np.int32))['params']))
+        metadata = {'head_options': {'num_labels': 2}}
+        if quantized:
+            metadata['quantize'] = {'method': quantized, 'activation_bits': 8, 'clip': 2.5}
+        saved_model.save_model(str(tmp_path / name), 'encoder_classifier', config, params, metadata=metadata)
+        if quantized:
+            quantize.export_packed(str(tmp_path / name / 'packed.npz'), params, quantized)
+        dirs[name] = str(tmp_path / name)
+    out = tmp_path / 'checkpoints.json'
+    command.run(argparse.Namespace(sizes='tiny', only='checkpoints', repeats=2, out=str(out), no_torch=True,
+                                   torch_variants='eager_f32', traceback=False, infer_shape='4,16',
+                                   checkpoints=','.join(f'{k}={v}' for k, v in dirs.items())))
+    record = json.loads(out.read_text())
+    assert record['errors'] == []
+    teacher, student = record['infer']
+    assert (teacher['name'], student['name']) == ('teacher', 'student') and teacher['batch_size'] == 4
+    for row in (teacher, student):
+        _positive_summary(row['examples_per_s'])
+    assert student['parameters'] < teacher['parameters'] and student['checkpoint_bytes'] < teacher['checkpoint_bytes']
+    assert teacher['packed_bytes'] is None and 0 < student['packed_bytes'] < student['checkpoint_bytes']
+    assert student['quantize']['method'] == 'ternary'
+    _check_ratio(student['vs_first'], student['examples_per_s'], teacher['examples_per_s'])
+    assert '### Checkpoints: forward pass, batch 4 x 16 tokens' in capsys.readouterr().out
