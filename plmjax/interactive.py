@@ -8,6 +8,8 @@ only these, and so can yours.
     pi.fill_mask(model, 'The [MASK] returns a list.')        # [[('function', 0.31), ...]] per [MASK]
     pi.generate(pi.load('runs/tiny_gpt_lm'), ['The function'], strategy='sample', top_p=0.9)
     scores, predictions = pi.evaluate('runs/sst2', 'gin_configs/experiments/minilm_sst2.gin')
+    rows = pi.compression_table({'teacher': 'runs/minilm_sst2', 'student': 'runs/tinybert3_stage2/student'},
+                                'glue_sst2_tsv')
 """
 from __future__ import annotations
 
@@ -226,3 +228,18 @@ def parse(checkpoint: str, sentences, vocab: Optional[str] = None, task: Optiona
     matrices = perturbed_masking.compute_matrices(encoder, sentences, batch_size=batch_size, progress=False)
     heads = perturbed_masking.decode(matrices, sentences, decoder, root, normalization)
     return matrices, heads, dependency.attachment_scores(sentences, heads)
+
+
+def compression_table(checkpoints: dict[str, str], task: str, split: str = 'validation', **options) -> list[dict]:
+    """A teacher (the first entry) beside its compressed students: the official metric, retention, parameters,
+    size on disk (checkpoint, packed low-bit file) and forward examples/s timed side by side
+    (`plmjax.evaluation.compression_report.report`; `options`: sequence_length, batch_size, repeats)."""
+    from plmjax.evaluation import compression_report
+    return compression_report.report(checkpoints, task, split, **options)
+
+
+def post_training_quantize(checkpoint: str, out_dir: str, method: str = 'int8',
+                           activation_bits: Optional[int] = None) -> dict:
+    """The int8 (or ternary / binary) post-training baseline of `checkpoint`, written to `out_dir`."""
+    from plmjax.evaluation import compression_report
+    return compression_report.post_training_quantize(checkpoint, out_dir, method, activation_bits)

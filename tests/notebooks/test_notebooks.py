@@ -9,11 +9,12 @@ import pytest
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 NOTEBOOKS = sorted((REPO_ROOT / 'notebooks').glob('*.ipynb'))
-NEEDS_SHARED_DATA = {'analysis.ipynb', 'evaluate.ipynb'}  # UD English-EWT, GLUE SST-2
+NEEDS_SHARED_DATA = {'analysis.ipynb', 'evaluate.ipynb', 'compression.ipynb'}  # UD English-EWT, GLUE SST-2
 
 
 def test_the_notebooks_exist():
-    assert {p.name for p in NOTEBOOKS} >= {'quickstart.ipynb', 'evaluate.ipynb', 'analysis.ipynb', 'generation.ipynb'}
+    assert {p.name for p in NOTEBOOKS} >= {'quickstart.ipynb', 'evaluate.ipynb', 'analysis.ipynb', 'generation.ipynb',
+                                           'compression.ipynb'}
 
 
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
