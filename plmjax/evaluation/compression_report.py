@@ -1,6 +1,7 @@
 """A teacher beside its compressed students (`scripts/compression_report.py`, `plmjax.interactive.compression_table`):
-for each saved model, the task's official metric on a split, retention (metric / the teacher's), parameters, the
-checkpoint's bytes on disk and a quantized student's packed low-bit file, and forward-pass throughput (examples/s
+for each saved model, the task's official metric on a split, retention (metric / the teacher's), parameters, its
+size as a float32 file (4 bytes a parameter: a `plmjax train` checkpoint also holds the optimizer state) and a
+quantized student's packed low-bit file on disk, and forward-pass throughput (examples/s
 at batch x length, min/median/max, the models timed round-robin in one process so they share the machine's load).
 
 A checkpoint whose metadata has `quantize` (a TernaryBERT / BinaryBERT student, or a post-training baseline written
@@ -62,6 +63,7 @@ def report(checkpoints: Mapping[str, str], task: str, split: str = 'validation',
         packed = os.path.join(os.path.dirname(saved.checkpoint), 'packed.npz')
         rows.append({'name': name, 'checkpoint': path, **scores,
                      'parameters': int(sum(np.size(x) for x in jax.tree.leaves(saved.params))),
+                     'float32_bytes': int(sum(np.size(x) for x in jax.tree.leaves(saved.params))) * 4,
                      'checkpoint_bytes': directory_bytes(os.path.join(saved.checkpoint, str(saved.step))),
                      'packed_bytes': os.path.getsize(packed) if os.path.exists(packed) else None,
                      'quantize': (saved.metadata.get('quantize') or {}).get('method')})
@@ -99,12 +101,12 @@ def throughput(loaded: Mapping[str, tuple], batch_size: int, length: int, repeat
 
 def markdown(rows: list[dict]) -> str:
     metric = rows[0]['metric']
-    lines = [f'| model | {metric} | retention | parameters | checkpoint MB | packed MB | examples/s | x teacher |',
+    lines = [f'| model | {metric} | retention | parameters | float32 MB | packed MB | examples/s | x teacher |',
              '|---|---|---|---|---|---|---|---|']
     for r in rows:
         e = r['examples_per_s']
         packed = '-' if r['packed_bytes'] is None else f"{r['packed_bytes'] / 2 ** 20:.2f}"
         lines.append(f"| {r['name']} | {r[metric]:.2f} | {100 * r['retention']:.1f}% | {r['parameters'] / 1e6:.2f}M "
-                     f"| {r['checkpoint_bytes'] / 2 ** 20:.2f} | {packed} | {e['median']:.1f} ({e['min']:.1f}-"
+                     f"| {r['float32_bytes'] / 2 ** 20:.2f} | {packed} | {e['median']:.1f} ({e['min']:.1f}-"
                      f"{e['max']:.1f}) | {r['speedup']:.2f}x |")
     return '\n'.join(lines)
