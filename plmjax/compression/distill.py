@@ -213,18 +213,30 @@ class _Held:
         return isinstance(other, _Held) and other.module == self.module
 
 
-class Distillation(nn.Module):
-    """Runs the frozen teacher and the student on the same inputs. Outputs: the student's own outputs (so the
-    model evaluates as the student), 'teacher_outputs', and unless the stage is 'prediction' the aligned pairs
-    'student_scores' / 'teacher_scores' [M, batch, heads, q, k] and 'student_hidden' (projected, unless
-    `fit_dense=False`) / 'teacher_hidden' [M + 1, batch, length, teacher width]."""
+class TeacherStudent(nn.Module):
+    """The parameters {'teacher', 'student'} of a frozen teacher and a student applied as pure functions (the
+    base of TinyBERT's `Distillation` and DynaBERT's `dynabert_train.AdaptiveDistillation`)."""
     teacher: Any  # _Held
     student: Any  # _Held
-    options: DistillOptions = DistillOptions()
 
     @property
     def config(self):
         return self.student.module.config
+
+    def pair_params(self, args, kwargs):
+        """(the teacher's parameters behind stop_gradient, the student's), created at init from each model's own."""
+        teacher, student = self.teacher.module, self.student.module
+        teacher_params = self.param(TEACHER, lambda rng: teacher.init(rng, *args, **kwargs)['params'])
+        student_params = self.param(STUDENT, lambda rng: student.init(rng, *args, **kwargs)['params'])
+        return jax.tree.map(jax.lax.stop_gradient, teacher_params), student_params
+
+
+class Distillation(TeacherStudent):
+    """Runs the frozen teacher and the student on the same inputs. Outputs: the student's own outputs (so the
+    model evaluates as the student), 'teacher_outputs', and unless the stage is 'prediction' the aligned pairs
+    'student_scores' / 'teacher_scores' [M, batch, heads, q, k] and 'student_hidden' (projected, unless
+    `fit_dense=False`) / 'teacher_hidden' [M + 1, batch, length, teacher width]."""
+    options: DistillOptions = DistillOptions()
 
     @nn.compact
     def __call__(self, input_ids, *, deterministic: bool = True, **kwargs):
@@ -234,10 +246,8 @@ class Distillation(nn.Module):
             raise DistillationConfigError(f'stage={options.stage!r}: use one of {STAGES}.')
         g = layer_map(_depth(teacher.config), _depth(student.config), options.layer_map)
         args = (input_ids,)
-        teacher_params = self.param(TEACHER, lambda rng: teacher.init(rng, *args, **kwargs)['params'])
-        student_params = self.param(STUDENT, lambda rng: student.init(rng, *args, **kwargs)['params'])
+        frozen, student_params = self.pair_params(args, kwargs)
         what = () if options.stage == 'prediction' else ('hidden_states', 'attention_scores')
-        frozen = jax.tree.map(jax.lax.stop_gradient, teacher_params)
         teacher_out, teacher_inter = intermediates.capture(teacher, {'params': frozen}, *args, what=what,
                                                            deterministic=True, **kwargs)
         rngs = None if deterministic else {'dropout': self.make_rng('dropout')}

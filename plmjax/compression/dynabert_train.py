@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -75,23 +75,15 @@ def check_options(config, options: AdaptiveOptions) -> None:
                 f"{config.num_heads}-head, {config.num_encoder_layers}-layer model.")
 
 
-class AdaptiveDistillation(nn.Module):
+class AdaptiveDistillation(distill.TeacherStudent):
     """The frozen teacher and every (width, depth) sub-network of the student on the same inputs."""
-    teacher: Any  # distill._Held
-    student: Any  # distill._Held
     options: AdaptiveOptions = AdaptiveOptions()
-
-    @property
-    def config(self):
-        return self.student.module.config
 
     @nn.compact
     def __call__(self, input_ids, *, deterministic: bool = True, **kwargs):
         teacher, student, options = self.teacher.module, self.student.module, self.options
         args = (input_ids,)
-        teacher_params = self.param(distill.TEACHER, lambda rng: teacher.init(rng, *args, **kwargs)['params'])
-        student_params = self.param(distill.STUDENT, lambda rng: student.init(rng, *args, **kwargs)['params'])
-        frozen = jax.tree.map(jax.lax.stop_gradient, teacher_params)
+        frozen, student_params = self.pair_params(args, kwargs)
         teacher_out, teacher_inter = intermediates.capture(teacher, {'params': frozen}, *args, what=('hidden_states',),
                                                            deterministic=True, **kwargs)
         (teacher_stack,) = teacher_inter.values()
