@@ -171,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             return plan_command.run(args)
         if args.command == "parse":
             return perturbed_masking.run(args)
-        if args.command == "infer":
+        if args.command == "infer":  # one command, one configuration: no binding of an earlier call in this process
             if args.gin_file or args.gin_param:
-                launch.parse_gin(args.gin_file, args.gin_param)
+                launch.parse_gin(args.gin_file, args.gin_param, clear=True)
+            else:
+                import gin
+                gin.clear_config()
             return infer.run(args, launch.infer_settings)
         if args.coordinator_address:
             _initialize_distributed(args)
-        launch.parse_gin(args.gin_file, args.gin_param)
+        launch.parse_gin(args.gin_file, args.gin_param, clear=True)
         if args.command == "train":
             model_dir = args.model_dir or os.path.join(
                 "runs", os.path.splitext(os.path.basename(args.gin_file[-1]))[0])

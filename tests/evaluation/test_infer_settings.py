@@ -50,6 +50,24 @@ def test_pmlm_infer_writes_the_library_generation_with_constraints_and_order(enc
     np.testing.assert_allclose([r['score'] for r in rows], np.asarray(got.scores), rtol=1e-5)
 
 
+def test_an_earlier_infer_bindings_do_not_leak_into_the_next_call(encoder_dir, tmp_path):
+    """One process, two `plmjax infer` calls (a notebook, the test suite): the second, without gin files, uses the
+    defaults and its checkpoint's tokenizer, not the first call's `infer.*` bindings (a task vocabulary, a length)."""
+    path, _, _ = encoder_dir
+    inputs = tmp_path / 'prompts.txt'
+    inputs.write_text('w5 w6\n')
+    gin_file = tmp_path / 'other.gin'
+    gin_file.write_text("infer.task = 'pydoc_lm'\ninfer.max_new_tokens = 3\ninfer.order = 'random'\n")
+    first, second = tmp_path / 'first.jsonl', tmp_path / 'second.jsonl'
+    assert cli.main(['infer', '--checkpoint', str(path), '--inputs', str(inputs), '--out', str(first), '--strategy',
+                     'pmlm', '--gin_file', str(gin_file)]) == 0
+    assert cli.main(['infer', '--checkpoint', str(path), '--inputs', str(inputs), '--out', str(second), '--strategy',
+                     'pmlm', '--max_new_tokens', '4']) == 0
+    row = _rows(second)[0]
+    assert row['order'] == [0, 1, 2, 3]  # the default left-to-right order
+    assert set(row['tokens']) <= set(range(5, 64)) and row['output'] == ' '.join(WORDS[t - 5] for t in row['tokens'])
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--order', '1,2'], 'list the 8 generated positions'),
     (['--order', 'sideways'], 'choose one of'),
