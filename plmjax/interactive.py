@@ -243,3 +243,37 @@ def post_training_quantize(checkpoint: str, out_dir: str, method: str = 'int8',
     """The int8 (or ternary / binary) post-training baseline of `checkpoint`, written to `out_dir`."""
     from plmjax.evaluation import compression_report
     return compression_report.post_training_quantize(checkpoint, out_dir, method, activation_bits)
+
+
+def masked_lm(model: Model, batch_size: int = 64):
+    """An encoder checkpoint with an MLM head as TinyBERT augmentation's masked LM
+    (`plmjax.compression.augment.MaskedLM`): one jitted forward whose head runs at one position a row."""
+    import jax
+    import jax.numpy as jnp
+
+    from plmjax.compression import augment as augment_lib
+    _check(model, 'encoder', 'masked_lm')
+    specials = model.codec.specials
+    if None in (specials.get('mask'), specials.get('cls'), specials.get('sep')):
+        raise ValueError(f'{model.path}: augmentation needs a tokenizer with [MASK], [CLS] and [SEP]; it has '
+                         f'{specials}.')
+    token_types = model.config.type_vocab_size > 1
+
+    @jax.jit
+    def logits(params, ids, types, positions):  # ids, types [b, l]; positions [b] -> [b, vocab]
+        out = model.module.apply({'params': params}, ids, token_type_ids=types, mlm_positions=positions[:, None])
+        return out['logits'][:, 0].astype(jnp.float32)
+
+    return augment_lib.MaskedLM(
+        encode=model.codec.encode, decode=model.codec.decode,
+        logits=lambda ids, types, positions: jax.device_get(logits(model.params, ids, types, positions)),
+        cls_id=specials['cls'], sep_id=specials['sep'], mask_id=specials['mask'], pad_id=model.codec.pad_id,
+        max_length=model.config.max_length, token_types=token_types)
+
+
+def augment(model: Model, texts: Sequence[str], **options) -> list[list[str]]:
+    """TinyBERT's data augmentation of `texts` with this encoder's MLM head: for each text, [the text, its
+    augmented copies...]; options: num_candidates (K, 15), replace_prob (p, 0.4), copies (N, 20), seed,
+    lower_case (`plmjax.compression.augment.Options`)."""
+    from plmjax.compression import augment as augment_lib
+    return augment_lib.augment(masked_lm(model), texts, augment_lib.Options(**options))
