@@ -3,6 +3,8 @@
 
     pydoc_mlm, pydoc_lm, pydoc_span_corruption            embedded corpus, no download
     wikitext2_mlm, wikitext2_lm, wikitext2_span_corruption $PLMJAX_SHARED_DATA/wikitext-2 (clear error if absent)
+    wikitext2_mlm_uncased                                  WikiText-2 MLM in BERT's uncased WordPiece vocabulary
+                                                           (all-MiniLM-L6-v2's): continued pre-training of MiniLM
 
 Each corpus has one SentencePiece vocabulary (4000 pieces + 96 sentinels = 4096 ids, trained on its train
 split on first use and cached); `plmjax.data.pipeline.vocab_size(task)` is the model's `vocab_size`.
@@ -18,6 +20,7 @@ from plmjax.data import corpora
 from plmjax.data import pretraining
 from plmjax.data import sources
 from plmjax.data import vocabularies
+from plmjax.data.finetune import vocab as finetune_vocab
 
 
 def _register(name: str, **kwargs) -> seqio.Task:
@@ -34,6 +37,8 @@ for _objective in pretraining.OBJECTIVES:
     _register(f"pydoc_{_objective}", **pretraining.task_kwargs(_objective, sources.pydoc_source(), PYDOC_VOCABULARY))
     _register(f"wikitext2_{_objective}",
               **pretraining.task_kwargs(_objective, sources.wikitext2_source(), WIKITEXT2_VOCABULARY))
+_register("wikitext2_mlm_uncased",
+          **pretraining.task_kwargs("mlm", sources.wikitext2_source(), finetune_vocab.english_vocabulary()))
 
 
 @gin.configurable

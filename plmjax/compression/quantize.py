@@ -170,6 +170,13 @@ def _quantize_in(variables, method: str, clip: float):
     return quantize_weights(nn.meta.unbox(variables), method, clip)
 
 
+def as_saved(model, metadata: dict):
+    """`model` as a checkpoint's metadata says it was trained: `quantized_model` with its `quantize` settings
+    (a TernaryBERT / BinaryBERT student, a post-training baseline), else `model` itself."""
+    q = metadata.get("quantize")
+    return quantized_model(model, q["method"], q.get("activation_bits"), q.get("clip", CLIP)) if q else model
+
+
 def quantized_model(model, method: Optional[str] = "ternary", activation_bits: Optional[int] = 8,
                     clip: float = CLIP):
     """`model` (a plmjax module) whose every apply is the quantization-aware forward pass of `quantized_apply`:

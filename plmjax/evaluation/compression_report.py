@@ -31,8 +31,7 @@ def directory_bytes(path: str) -> int:
 
 def _module(saved):
     module = models.build_model(saved.architecture, saved.config, **(saved.metadata.get('head_options') or {}))
-    q = saved.metadata.get('quantize')
-    return quantize.quantized_model(module, q['method'], q['activation_bits'], q['clip']) if q else module
+    return quantize.as_saved(module, saved.metadata)
 
 
 def post_training_quantize(checkpoint: str, out_dir: str, method: str = 'int8',

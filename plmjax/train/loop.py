@@ -453,6 +453,7 @@ def evaluate(
     checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(checkpoint))
     restored, meta = checkpointer.restore(step=checkpoint_lib.checkpoint_step(checkpoint),
                                           abstract_state={"params": abstract.params}, partial=True)
+    run = _as_saved(run, meta.get("config") or {}, checkpoint)
     if is_finetune_run(run):
         out_dir = out_dir or os.path.join(os.path.dirname(checkpoint_lib.checkpoint_root(checkpoint)), "eval")
         results = _finetune_scorer(run, finetune_evaluator)(restored["params"], run, task, split,
@@ -464,6 +465,19 @@ def evaluate(
     if jax.process_index() == 0:
         print(json.dumps({"checkpoint": checkpoint, "step": meta["step"], "split": split, **results}, indent=2))
     return results
+
+
+def _as_saved(run: RunSetup, saved: Mapping[str, Any], checkpoint: str) -> RunSetup:
+    """A quantized student (its metadata's `quantize`: TernaryBERT / BinaryBERT, a post-training baseline) is
+    evaluated as it was trained: the latent weights quantized at every apply, the activations too."""
+    quantized = saved.get("quantize")
+    if not quantized:
+        return run
+    from plmjax.compression import quantize
+    if jax.process_index() == 0:
+        print(f"{checkpoint}: a {quantized['method']} checkpoint (activations "
+              f"{quantized.get('activation_bits') or 'float'}-bit): evaluated quantized, as it was trained.")
+    return dataclasses.replace(run, module=quantize.as_saved(run.module, saved))
 
 
 def _format_summary(summary: Mapping[str, Any]) -> str:

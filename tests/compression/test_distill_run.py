@@ -122,6 +122,12 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
     run = dataclasses.replace(run, module=quantize.quantized_model(run.module, None, activation_bits=8))
     unpacked = evaluation.evaluate_params(weights, run, TASK, "validation", batch_size=16)
     assert method == "ternary" and unpacked["accuracy"] == final["accuracy"], (unpacked, final)
+    # `plmjax eval` of the saved student reads its `quantize` metadata and scores it quantized, as trained
+    again = launch.evaluate(str(tmp_path / "student"), str(tmp_path / "eval"), model_config=tiny(**TEACHER),
+                            architecture="encoder_classifier", objective="classification", task=TASK,
+                            task_feature_lengths=LENGTHS, batch_size=16,
+                            mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    assert "evaluated quantized" in capsys.readouterr().out and again["accuracy"] == final["accuracy"]
 
 
 @pytest.mark.slow  # ~40 s on 2 cores
