@@ -125,8 +125,10 @@ def candidates(mlm: MaskedLM, sentences: Sequence[Sequence[str]], options: Optio
         for row, (_, _, row_ids, row_types, position) in enumerate(chunk):
             ids[row, :len(row_ids)], types[row, :len(row_types)], positions[row] = row_ids, row_types, position
         logits = np.asarray(mlm.logits(ids, types if mlm.token_types else None, positions))  # [b, vocab]
+        k = min(options.num_candidates, logits.shape[-1])
+        part = np.argpartition(-logits[:len(chunk)], k - 1, axis=-1)[:, :k]  # [b, k]: the top k, unordered
         for row, (s, i, *_) in enumerate(chunk):
-            top = np.argsort(-logits[row], kind='stable')[:options.num_candidates]
+            top = part[row][np.lexsort((part[row], -logits[row, part[row]]))]  # by logit, ties by id
             found = [w for w in (mlm.word_of(int(t)) for t in top) if w is not None]
             out[s][i] = found or [sentences[s][i]]
         if progress:
@@ -157,6 +159,8 @@ def augment(mlm: MaskedLM, texts: Iterable[str], options: Options = Options(), b
             progress: Optional[Callable[[int], None]] = None) -> list[list[str]]:
     """For each text: [the text, its augmented copies...] (deterministic given options.seed)."""
     texts = list(texts)
+    if options.copies == 0:  # the originals alone (a subset's baseline): no MLM query
+        return [[t] for t in texts]
     split = [words(t, options.lower_case) for t in texts]
     choices = candidates(mlm, split, options, batch_size, progress)
     return [[text, *copies(split[k], choices[k], options, np.random.default_rng([options.seed, k]))]

