@@ -26,8 +26,8 @@ def augment_folder(mlm, task: glue.GlueTask, glue_dir: str, out_dir: str, option
         from tqdm import tqdm
         bar = tqdm(total=None, unit='word', desc=f'{task.folder} candidates')
     start = time.perf_counter()
-    augmented = augment.augment(mlm, texts, options, batch_size, bar.update if bar else None)
-    if bar:
+    augmented = augment.augment(mlm, texts, options, batch_size, bar.update if bar is not None else None)
+    if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
     target = os.path.join(out_dir, task.folder)

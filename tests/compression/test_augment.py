@@ -147,6 +147,6 @@ def test_augment_folder_is_read_back_by_the_glue_reader(mlm_dir, tmp_path):
     assert (tmp_path / 'aug' / 'SST-2' / 'dev.tsv').read_text() == (source / 'dev.tsv').read_text()
     again = tmp_path / 'again'
     augment_glue.augment_folder(mlm, glue.TASKS['sst2'], str(tmp_path / 'glue'), str(again), options, limit=2,
-                                batch_size=3, progress=False)
+                                batch_size=3, progress=True)  # the progress bar too
     assert (again / 'SST-2' / 'train.tsv').read_text().splitlines() == \
         (tmp_path / 'aug' / 'SST-2' / 'train.tsv').read_text().splitlines()[:1 + len(groups[0]) + len(groups[1])]
