@@ -32,3 +32,29 @@ t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --mo
   "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
   --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_stage1/student'" --gin_param='NUM_STEPS = 500' \
   --gin_param='LEARNING_RATE = 5e-5'
+# TinyBERT's data augmentation on a 4,000-sentence subset of the training set: an MLM for the candidates
+# (all-MiniLM-L6-v2 with an MLM head trained on WikiText-2), the subset with its augmented copies and alone; the
+# 3-layer student distilled on each, and plainly fine-tuned on the subset
+t plmjax train --gin_file=gin_configs/compression/minilm_mlm_wikitext2.gin --model_dir=runs/minilm_mlm_wikitext2 \
+  "${quiet[@]}"
+t python scripts/augment_glue.py --mlm runs/minilm_mlm_wikitext2 --task SST-2 --out runs/glue_aug4k --limit 4000 \
+  --copies 20
+t python scripts/augment_glue.py --mlm runs/minilm_mlm_wikitext2 --task SST-2 --out runs/glue_4k --limit 4000 \
+  --copies 0
+for data in aug4k 4k; do
+  t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin \
+    --model_dir=runs/tinybert3_${data}_stage1 "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_${data}'" \
+    --gin_param='NUM_STEPS = 500' --gin_param='LEARNING_RATE = 1e-4'
+  t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin \
+    --model_dir=runs/tinybert3_${data}_stage2 "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_${data}'" \
+    --gin_param="DISTILL_STAGE = 'prediction'" --gin_param="INIT_CHECKPOINT = 'runs/tinybert3_${data}_stage1/student'" \
+    --gin_param='NUM_STEPS = 500' --gin_param='LEARNING_RATE = 5e-5'
+done
+t plmjax train --gin_file=gin_configs/experiments/minilm_sst2.gin --model_dir=runs/layers123_4k_finetune "${quiet[@]}" \
+  --gin_param="GLUE_DIR = 'runs/glue_4k'" --gin_param='bert_base.num_encoder_layers = 3' \
+  --gin_param="INIT_CHECKPOINT = 'runs/minilm_sst2_layers123'" --gin_param='NUM_STEPS = 500' \
+  --gin_param='LEARNING_RATE = 5e-5'
+# (c) DynaBERT's width- and depth-adaptive stage from DynaBERT_W (12 sub-networks a step)
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_dynabert.gin --model_dir=runs/dynabert_wd "${quiet[@]}" \
+  --gin_param="TEACHER_CHECKPOINT = 'runs/dynabert_w/student'" --gin_param="INIT_CHECKPOINT = 'runs/dynabert_w/student'" \
+  --gin_param="DEPTH_MULTS = (1.0, 0.75, 0.5)" --gin_param="LAMBDA2 = 1.0" --gin_param='NUM_STEPS = 100'

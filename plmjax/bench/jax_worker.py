@@ -179,14 +179,13 @@ def infer(spec: dict) -> dict:
 
     saved = saved_model.load_saved_model(spec['checkpoint'])
     module = models.build_model(saved.architecture, saved.config, **(saved.metadata.get('head_options') or {}))
-    quantized = saved.metadata.get('quantize')
-    if quantized:
-        from plmjax.compression import quantize
-        module = quantize.quantized_model(module, quantized['method'], quantized['activation_bits'], quantized['clip'])
+    from plmjax.compression import quantize
+    from plmjax.models import finetune as finetune_models
+    module = quantize.as_saved(module, saved.metadata)
     batch, length = spec['batch_size'], min(spec['length'], saved.config.max_length)
     tokens = jax.random.randint(jax.random.key(0), (batch, length), 5, saved.config.vocab_size)
     params = jax.device_put(saved.params)
-    forward = jax.jit(lambda p, x: module.apply({'params': p}, x, deterministic=True))
+    forward = jax.jit(lambda p, x: finetune_models.head_outputs(module.apply({'params': p}, x, deterministic=True)))
     start = time.perf_counter()
     jax.block_until_ready(forward(params, tokens))
     compile_s = time.perf_counter() - start

@@ -21,6 +21,7 @@ import numpy as np
 
 from plmjax import models, sharding
 from plmjax.compression import quantize
+from plmjax.models import finetune as finetune_models
 from plmjax.train import saved_model
 from plmjax.train.setup import setup
 
@@ -84,7 +85,8 @@ def throughput(loaded: Mapping[str, tuple], batch_size: int, length: int, repeat
     for module, saved in loaded.values():
         tokens = jax.random.randint(jax.random.key(0), (batch_size, min(length, saved.config.max_length)), 5,
                                     saved.config.vocab_size)
-        forward = jax.jit(lambda p, x, m=module: m.apply({'params': p}, x, deterministic=True))
+        forward = jax.jit(lambda p, x, m=module: finetune_models.head_outputs(m.apply({'params': p}, x,
+                                                                                 deterministic=True)))
         params = jax.device_put(saved.params)
         jax.block_until_ready(forward(params, tokens))  # compile
         calls.append(lambda f=forward, p=params, x=tokens: jax.block_until_ready(f(p, x)))

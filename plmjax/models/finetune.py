@@ -30,6 +30,17 @@ def _sequence_features(config: TransformerConfig, outputs) -> jax.Array:
     return outputs['pooled'] if config.pooler else outputs['hidden_states'][:, 0]
 
 
+ENCODER_OUTPUTS = ('hidden_states', 'logits', 'pooled', 'mlm_positions')  # what every head's dict also holds
+
+
+def head_outputs(outputs: dict) -> dict:
+    """A fine-tuning model's own outputs (a classifier's `classification_logits`, a span model's start/end logits),
+    without the encoder's: what inference returns, so that a jitted forward drops the unused MLM head (a
+    [batch, length, vocab] product as large as the layers of a small model). Any other model's dict as it is."""
+    own = {k: v for k, v in outputs.items() if k not in ENCODER_OUTPUTS}
+    return own or outputs
+
+
 class EncoderClassifier(nn.Module):
     """Sequence classification (num_labels >= 2) or regression (num_labels = 1)."""
     config: TransformerConfig

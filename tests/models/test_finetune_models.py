@@ -179,3 +179,24 @@ def test_multiple_choice_errors_and_head_option_errors():
         models.build_model("encoder", tiny(), num_labels=2)
     with pytest.raises(ValueError, match="positive integer"):
         models.build_model("encoder_tagger", tiny(), num_labels=0)
+
+
+def test_head_outputs_are_the_heads_own_and_drop_the_mlm_head_from_the_compiled_forward():
+    """Inference returns a classifier's logits alone, so the jitted forward has no [batch, length, vocab] product."""
+    from plmjax.models.finetune import head_outputs
+    config = models.tiny_encoder(vocab_size=4096, dropout_rate=0.0)
+    module = models.build_model("encoder_classifier", config, num_labels=3)
+    ids = jnp.ones((BATCH, LENGTH), jnp.int32)
+    params = nn.meta.unbox(module.init(jax.random.key(0), ids)["params"])
+    outputs = module.apply({"params": params}, ids)
+    assert set(head_outputs(outputs)) == {"classification_logits"} and "logits" in outputs
+    encoder = {"hidden_states": 1, "logits": 2}
+    assert head_outputs(encoder) == encoder  # a model without a head: everything
+
+    def flops(fn):
+        return jax.jit(fn).lower(params, ids).compile().cost_analysis()["flops"]
+
+    full = flops(lambda p, x: module.apply({"params": p}, x))
+    head = flops(lambda p, x: head_outputs(module.apply({"params": p}, x)))
+    mlm_head = 2 * BATCH * LENGTH * config.emb_dim * config.vocab_size  # the tied vocabulary projection alone
+    assert full - head >= mlm_head, (full, head, mlm_head)
