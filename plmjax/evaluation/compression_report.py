@@ -44,8 +44,14 @@ def post_training_quantize(checkpoint: str, out_dir: str, method: str = 'int8',
     metadata = {'head_options': saved.metadata.get('head_options'), 'source': f'{method} post-training of '
                 f'{os.path.abspath(checkpoint)}', 'quantize': {'method': method, 'activation_bits': activation_bits,
                                                                'clip': quantize.CLIP}}
-    saved_model.save_model(out_dir, saved.architecture, saved.config, saved.params, metadata=metadata,
-                           header=f'{method} post-training quantization of {os.path.abspath(checkpoint)}.')
+    if os.path.isdir(os.path.join(out_dir, 'checkpoints')):  # written before: the same baseline is reused
+        before = saved_model.load_saved_model(out_dir).metadata
+        if {k: before.get(k) for k in metadata} != metadata:
+            raise ValueError(f'{out_dir} already holds another model ({before.get("source")!r}); give another '
+                             f'out_dir for the {method} baseline of {checkpoint}.')
+    else:
+        saved_model.save_model(out_dir, saved.architecture, saved.config, saved.params, metadata=metadata,
+                               header=f'{method} post-training quantization of {os.path.abspath(checkpoint)}.')
     return quantize.export_packed(os.path.join(out_dir, 'packed.npz'), saved.params, method)
 
 

@@ -39,6 +39,10 @@ def test_table_rows_sizes_retention_and_the_int8_baseline(tmp_path):
     student, _ = _save(tmp_path / "student", tiny(num_encoder_layers=1), 2)
     sizes = compression_report.post_training_quantize(teacher, str(tmp_path / "int8"), "int8", activation_bits=8)
     assert sizes["packed_bytes"] < sizes["float32_bytes"]
+    # a second report reuses the same baseline; another model's baseline in that directory is one clear error
+    assert compression_report.post_training_quantize(teacher, str(tmp_path / "int8"), "int8", 8) == sizes
+    with pytest.raises(ValueError, match="already holds another model"):
+        compression_report.post_training_quantize(teacher, str(tmp_path / "int8"), "int8", None)
     rows = compression_report.report({"teacher": teacher, "student": student, "int8": str(tmp_path / "int8")},
                                      tiny_classification.TASK, sequence_length=16, batch_size=8, repeats=2, steps=1,
                                      eval_batch_size=16)
