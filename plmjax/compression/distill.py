@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from plmjax.compression import quantize as quantize_lib
 from plmjax.models import intermediates
 from plmjax.objectives import finetune as finetune_objectives
 from plmjax.objectives import mlm as mlm_objective
@@ -133,9 +134,9 @@ class DistillRun:
                                           "`plmjax train` / `plmjax convert` output directory.")
         if self.stage not in STAGES:
             raise DistillationConfigError(f'distill.stage={self.stage!r}: use one of {STAGES}.')
-        if self.quantize not in (None, 'ternary', 'binary', 'int8'):
-            raise DistillationConfigError(f"distill.quantize={self.quantize!r}: use None, 'ternary', 'binary' or "
-                                          "'int8'.")
+        if self.quantize is not None and self.quantize not in quantize_lib.METHODS:
+            raise DistillationConfigError(f"distill.quantize={self.quantize!r}: use None or one of "
+                                          f"{quantize_lib.METHODS}.")
         if self.method not in ('tinybert', 'dynabert'):
             raise DistillationConfigError(f"distill.method={self.method!r}: use 'tinybert' or 'dynabert'.")
         if self.regression_target not in ('label', 'teacher'):

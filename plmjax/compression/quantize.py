@@ -45,6 +45,8 @@ import numpy as np
 from flax import traverse_util
 
 CLIP = 2.5  # the released code's clip_val
+LAT_ITERATIONS = 10  # BinaryBERT's LaqQuantizer: "converge within 10 iterations"
+METHODS = ("ternary", "binary", "int8", "lat")  # TWN, BWN, 8-bit symmetric, loss-aware ternary (LAT)
 
 # Which parameters are quantized (the code's QuantizeLinear / QuantizeEmbedding), and how.
 WEIGHT_RULES = [
@@ -87,6 +89,35 @@ def _binary(x, clip, rowwise):
     return jnp.mean(jnp.abs(x), axis=axes, keepdims=rowwise) * jnp.where(x >= 0, 1.0, -1.0)
 
 
+def _loss_aware_ternary(x, rowwise, iterations=LAT_ITERATIONS):
+    """LAT as BinaryBERT's `LaqQuantizer` computes it (2 bits, its identity approximate Hessian D = 1): b = sign(x),
+    then alternately alpha = sum|b x| / sum|b| and b = round(clip(x / alpha, -1, 1)), 10 times; alpha * b. No
+    clipping of x (the code passes no clip value)."""
+    axes = tuple(range(1, x.ndim)) if rowwise else None
+
+    def scale(b):
+        alpha = jnp.sum(jnp.abs(b * x), axis=axes, keepdims=rowwise) / jnp.maximum(
+            jnp.sum(jnp.abs(b), axis=axes, keepdims=rowwise), 1.0)
+        return jnp.where(alpha > 0, alpha, 1.0)  # an all-zero tensor stays zero (the code divides 0 by 0)
+
+    alpha = scale(jnp.sign(x))
+    b = jnp.round(jnp.clip(x / alpha, -1.0, 1.0))
+    for _ in range(iterations):
+        alpha = scale(b)
+        b = jnp.round(jnp.clip(x / alpha, -1.0, 1.0))
+    return alpha * b + 0.0  # + 0.0: a -0.0 is +0.0
+
+
+def _identity_ste(quantizer):
+    """A quantizer whose gradient passes straight through, unclipped (the code's LaqQuantizer.backward)."""
+    @jax.custom_vjp
+    def f(x):
+        return quantizer(x)
+
+    f.defvjp(lambda x: (quantizer(x), None), lambda _, g: (g,))
+    return f
+
+
 def _symmetric_scale(x, bits):
     """s = (2^(b-1) - 1) / max|x| of an already clipped tensor (one scale per tensor)."""
     return (2 ** (bits - 1) - 1) / jnp.maximum(jnp.max(jnp.abs(x)), jnp.finfo(x.dtype).tiny)
@@ -101,6 +132,7 @@ def _symmetric(x, clip, bits):
 _twn = {rowwise: _ste(lambda x, clip, r=rowwise: _ternary(x, clip, r)) for rowwise in (False, True)}
 _bwn = {rowwise: _ste(lambda x, clip, r=rowwise: _binary(x, clip, r)) for rowwise in (False, True)}
 _sym = {bits: _ste(lambda x, clip, b=bits: _symmetric(x, clip, b)) for bits in (2, 4, 8)}
+_lat = {rowwise: _identity_ste(lambda x, r=rowwise: _loss_aware_ternary(x, r)) for rowwise in (False, True)}
 
 
 def twn(w, clip: float = CLIP, rowwise: bool = False):
@@ -113,6 +145,12 @@ def bwn(w, clip: float = CLIP, rowwise: bool = False):
     return _bwn[rowwise](w, jnp.asarray(clip, w.dtype))
 
 
+def lat(w, rowwise: bool = False):
+    """Loss-aware ternary (LAT) fake quantization as BinaryBERT's code computes it, unclipped straight-through
+    gradient; see `_loss_aware_ternary`."""
+    return _lat[rowwise](w)
+
+
 def symmetric(x, bits: int = 8, clip: float = CLIP):
     """b-bit symmetric uniform fake quantization (one dynamic scale per tensor), straight-through gradient."""
     return _sym[bits](x, jnp.asarray(clip, x.dtype))
@@ -122,17 +160,23 @@ def _rule(path: str) -> Optional[str]:
     return next((how for pattern, how in WEIGHT_RULES if re.search(pattern, path)), None)
 
 
+def _check_method(method: Optional[str], allow_none: bool = False) -> None:
+    if method not in METHODS and not (allow_none and method is None):
+        raise ValueError(f"quantize={method!r}: use one of {METHODS}.")
+
+
 def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> Any:
-    """The parameter tree with the `WEIGHT_RULES` tensors fake-quantized ('ternary', 'binary' or 'int8')."""
+    """The parameter tree with the `WEIGHT_RULES` tensors fake-quantized (one of `METHODS`)."""
     def one(path, w):
         how = _rule(jax.tree_util.keystr(path, simple=True, separator="/"))
         if how is None:
             return w
         if method == "int8":
             return symmetric(w, 8, clip)
+        if method == "lat":
+            return lat(w, rowwise=how == "rowwise")
         return (twn if method == "ternary" else bwn)(w, clip, rowwise=how == "rowwise")
-    if method not in ("ternary", "binary", "int8"):
-        raise ValueError(f"method={method!r}: use 'ternary', 'binary' or 'int8'.")
+    _check_method(method)
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -186,8 +230,7 @@ def quantized_model(model, method: Optional[str] = "ternary", activation_bits: O
     the evaluation and the distillation wrapper take it wherever they take the model. method=None leaves the
     weights as they come (already quantized ones: `load_packed`'s)."""
     from flax import linen as nn
-    if method not in (None, "ternary", "binary", "int8"):
-        raise ValueError(f"quantize={method!r}: use 'ternary', 'binary' or 'int8'.")
+    _check_method(method, allow_none=True)
     mapped = type(model) if method is None else nn.map_variables(
         type(model), "params", trans_in_fn=functools.partial(_quantize_in, method=method, clip=clip))
     interceptor = activation_interceptor(activation_bits, clip) if activation_bits else None
@@ -241,7 +284,7 @@ def tws_split(w, rowwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ packing
 
-_BITS = {"ternary": 2, "binary": 1, "int8": 8}
+_BITS = {"ternary": 2, "binary": 1, "int8": 8, "lat": 2}
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -272,11 +315,12 @@ def _pack_one(w, method: str, rowwise: bool, clip: float) -> dict:
         codes = np.asarray(jnp.round(x * scale)).astype(np.int64).reshape(1, -1) + 128  # 0 .. 255
         scale = np.asarray(scale, np.float32).reshape(1)
     else:
-        q = np.asarray((twn if method == "ternary" else bwn)(w, clip, rowwise=rowwise))
+        q = np.asarray(lat(w, rowwise) if method == "lat" else (twn if method == "ternary" else bwn)(
+            w, clip, rowwise=rowwise))
         rows = q.reshape(q.shape[0], -1) if rowwise else q.reshape(1, -1)
         scale = np.abs(rows).max(axis=1).astype(np.float32)  # alpha: every nonzero value is +-alpha
         signs = np.sign(rows).astype(np.int64)
-        codes = signs + 1 if method == "ternary" else (signs > 0).astype(np.int64)
+        codes = (signs > 0).astype(np.int64) if method == "binary" else signs + 1
     return {"codes": pack_codes(codes, _BITS[method]), "scale": scale, "shape": np.asarray(w.shape, np.int64)}
 
 
@@ -287,15 +331,14 @@ def _unpack_one(item: dict, method: str) -> np.ndarray:
     codes = codes.reshape(len(scale), -1)
     if method == "int8":
         return np.asarray(jnp.asarray(codes - 128) / jnp.asarray(scale[0])).reshape(shape)
-    values = codes - 1 if method == "ternary" else 2 * codes - 1
+    values = 2 * codes - 1 if method == "binary" else codes - 1
     return (values * scale[:, None]).reshape(shape)
 
 
 def pack_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> dict:
     """Full-precision parameters -> {path: packed item (the `WEIGHT_RULES` tensors) or float32 array}: the
     model `quantize_weights(params, method, clip)` describes, in 2 (ternary), 1 (binary) or 8 bits a weight."""
-    if method not in _BITS:
-        raise ValueError(f"method={method!r}: use 'ternary', 'binary' or 'int8'.")
+    _check_method(method)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
     return {path: (_pack_one(w, method, _rule(path) == "rowwise", clip) if _rule(path) else w)
             for path, w in flat.items()}
