@@ -197,7 +197,7 @@ def infer(spec: dict) -> dict:
             'parameters': int(sum(np.size(x) for x in jax.tree.leaves(saved.params))),
             'checkpoint_bytes': _directory_bytes(step_dir),
             'packed_bytes': os.path.getsize(packed) if os.path.exists(packed) else None,
-            'quantize': quantized}
+            'quantize': saved.metadata.get('quantize')}
 
 
 MEASURES = {'infer': infer, 'matmul': matmul, 'train': train, 'decode': decode, 'parse': parse}
