@@ -245,7 +245,7 @@ def post_training_quantize(checkpoint: str, out_dir: str, method: str = 'int8',
     return compression_report.post_training_quantize(checkpoint, out_dir, method, activation_bits)
 
 
-def masked_lm(model: Model, batch_size: int = 64):
+def masked_lm(model: Model):
     """An encoder checkpoint with an MLM head as TinyBERT augmentation's masked LM
     (`plmjax.compression.augment.MaskedLM`): one jitted forward whose head runs at one position a row."""
     import jax

@@ -40,7 +40,7 @@ def main(argv=None):
     options = augment.Options(num_candidates=args.num_candidates, replace_prob=args.replace_prob,
                               copies=args.copies, seed=args.seed)
     model = pi.load(args.mlm)
-    sizes = augment_glue.augment_folder(pi.masked_lm(model, args.batch_size), tasks[args.task],
+    sizes = augment_glue.augment_folder(pi.masked_lm(model), tasks[args.task],
                            args.glue_dir or glue.default_glue_dir(), args.out, options, args.limit, args.batch_size)
     record = {'mlm': os.path.abspath(args.mlm), 'mlm_config': model.config.name, 'task': args.task,
               'options': vars(options), **sizes}

@@ -160,6 +160,13 @@ def _rule(path: str) -> Optional[str]:
     return next((how for pattern, how in WEIGHT_RULES if re.search(pattern, path)), None)
 
 
+def _weight(w, method: str, clip: float, rowwise: bool):
+    """One weight fake-quantized by a ternary / binary method (TWN, LAT, BWN)."""
+    if method == "lat":
+        return lat(w, rowwise)
+    return (twn if method == "ternary" else bwn)(w, clip, rowwise=rowwise)
+
+
 def _check_method(method: Optional[str], allow_none: bool = False) -> None:
     if method not in METHODS and not (allow_none and method is None):
         raise ValueError(f"quantize={method!r}: use one of {METHODS}.")
@@ -173,9 +180,7 @@ def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -
             return w
         if method == "int8":
             return symmetric(w, 8, clip)
-        if method == "lat":
-            return lat(w, rowwise=how == "rowwise")
-        return (twn if method == "ternary" else bwn)(w, clip, rowwise=how == "rowwise")
+        return _weight(w, method, clip, rowwise=how == "rowwise")
     _check_method(method)
     return jax.tree_util.tree_map_with_path(one, params)
 
@@ -315,8 +320,7 @@ def _pack_one(w, method: str, rowwise: bool, clip: float) -> dict:
         codes = np.asarray(jnp.round(x * scale)).astype(np.int64).reshape(1, -1) + 128  # 0 .. 255
         scale = np.asarray(scale, np.float32).reshape(1)
     else:
-        q = np.asarray(lat(w, rowwise) if method == "lat" else (twn if method == "ternary" else bwn)(
-            w, clip, rowwise=rowwise))
+        q = np.asarray(_weight(w, method, clip, rowwise))
         rows = q.reshape(q.shape[0], -1) if rowwise else q.reshape(1, -1)
         scale = np.abs(rows).max(axis=1).astype(np.float32)  # alpha: every nonzero value is +-alpha
         signs = np.sign(rows).astype(np.int64)
