@@ -101,6 +101,9 @@ def _add_convert_parser(sub) -> None:
                            "a wider/deeper one (function-preserving FPI, or AKI), sizes from --grow_to")
     direction.add_argument("--extract", action="store_true", help="DynaBERT: write the sub-network of "
                            "--width_mult and --depth_mult of a plmjax encoder checkpoint as a smaller one")
+    direction.add_argument("--tws", action="store_true", help="BinaryBERT: split a ternary student (a TernaryBERT "
+                           "run's <model_dir>/student) into two binary weights a tensor (ternary weight splitting), "
+                           "the start of binary fine-tuning (quantize = 'split_binary')")
     direction.add_argument("--rewire", action="store_true", help="DynaBERT: reorder the heads and FFN neurons of a "
                            "fine-tuned encoder_classifier checkpoint by their importance on --task's --split")
     p.add_argument("--task", default=None, help="--rewire: the labelled task whose loss gradients give importance")

@@ -16,8 +16,8 @@ Fake quantization (float in, float out, straight-through gradients; the code's `
 - `quantize_weights`: the fake-quantized parameter tree (`WEIGHT_RULES`: which parameters, layer- or row-wise);
   biases, norms, position and token-type embeddings stay float32, as in the code.
 
-Real export: `pack_weights` stores each quantized tensor as codes packed 2 bits (ternary), 1 bit (binary) or 8
-bits a value with its float32 scales, the rest as float32; `unpack_weights` rebuilds exactly the fake-quantized
+Real export: `pack_weights` stores each quantized tensor as codes packed 5 to a byte (ternary: base 3, 1.6 bits a
+weight), 1 bit (binary) or 8 bits a value with its float32 scales, the rest as float32; `unpack_weights` rebuilds exactly the fake-quantized
 tree; `packed_bytes` gives the size those arrays take on disk.
 
 `tws_split`: BinaryBERT's ternary weight splitting (two latent weights whose binary quantizations sum to the
@@ -28,8 +28,7 @@ of every product (`Projection`) by `activation_interceptor` (flax's method inter
 `quantized_model`: a model whose every apply is that pass (what the trainer and the evaluation run).
 `save_packed` / `load_packed`: the packed weights as one .npz file, and back to the fake-quantized tree.
 
-Not here yet: loss-aware ternarization (LAT), the code's extra quantization of Q, K and the attention
-probabilities inside attention, the split binary model, and the distillation recipe (issue 15).
+`lat`: loss-aware ternarization as BinaryBERT's code computes it (LaqQuantizer).
 """
 from __future__ import annotations
 
@@ -46,7 +45,9 @@ from flax import traverse_util
 
 CLIP = 2.5  # the released code's clip_val
 LAT_ITERATIONS = 10  # BinaryBERT's LaqQuantizer: "converge within 10 iterations"
-METHODS = ("ternary", "binary", "int8", "lat")  # TWN, BWN, 8-bit symmetric, loss-aware ternary (LAT)
+SPLIT_BINARY = "split_binary"  # BinaryBERT after ternary weight splitting: two binary weights summed per tensor
+METHODS = ("ternary", "binary", "int8", "lat", SPLIT_BINARY)  # TWN, BWN, 8-bit symmetric, LAT, BinaryBERT
+SPLIT_SUFFIX = "_split"  # BinaryBERT's second latent weight of a tensor `kernel`: `kernel_split` beside it
 
 # Which parameters are quantized (the code's QuantizeLinear / QuantizeEmbedding), and how.
 WEIGHT_RULES = [
@@ -173,7 +174,9 @@ def _check_method(method: Optional[str], allow_none: bool = False) -> None:
 
 
 def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> Any:
-    """The parameter tree with the `WEIGHT_RULES` tensors fake-quantized (one of `METHODS`)."""
+    """The parameter tree with the `WEIGHT_RULES` tensors fake-quantized (one of `METHODS`). `split_binary`: each
+    such tensor w has a second latent weight w_split beside it and becomes BWN(w) + BWN(w_split) (BinaryBERT's
+    split model, `tws_params`); the second weights leave the tree."""
     def one(path, w):
         how = _rule(jax.tree_util.keystr(path, simple=True, separator="/"))
         if how is None:
@@ -182,21 +185,77 @@ def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -
             return symmetric(w, 8, clip)
         return _weight(w, method, clip, rowwise=how == "rowwise")
     _check_method(method)
+    if method == SPLIT_BINARY:
+        return _split_binary(params, clip)
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _is_split(path: str) -> bool:
+    return path.endswith(SPLIT_SUFFIX) and _rule(path[:-len(SPLIT_SUFFIX)]) is not None
+
+
+def _split_binary(params: Any, clip: float) -> Any:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    missing = [path for path in flat if _rule(path) and path + SPLIT_SUFFIX not in flat]
+    if missing:
+        raise ValueError(f"quantize='split_binary' needs a second latent weight beside each quantized one, and "
+                         f"{missing[0]}{SPLIT_SUFFIX} (and {len(missing) - 1} more) is not there: split a ternary "
+                         "checkpoint first (`plmjax convert --tws`, BinaryBERT's ternary weight splitting).")
+    out = {path: (bwn(w, clip, rowwise=_rule(path) == "rowwise") + bwn(
+        flat[path + SPLIT_SUFFIX], clip, rowwise=_rule(path) == "rowwise") if _rule(path) else w)
+        for path, w in flat.items() if not _is_split(path)}
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+def tws_params(params: Any, clip: float = CLIP) -> Any:
+    """BinaryBERT's split model of a ternary model's latent weights: each `WEIGHT_RULES` tensor w (clipped to
+    [-clip, clip], as the ternary forward pass saw it) becomes the pair (w1, w2 = `<name>_split`) of `tws_split`,
+    so that `quantize_weights(tws_params(p), 'split_binary') == quantize_weights(p, 'ternary')` (up to float32
+    rounding of the two halves' scales). Biases stay one tensor (the code splits them into halves b / 2 that the
+    two binary layers add back; see docs/compression.md)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    out = {}
+    for path, w in flat.items():
+        if _rule(path) is None:
+            out[path] = w
+            continue
+        w1, w2 = tws_split(np.clip(np.asarray(w, np.float64), -clip, clip), rowwise=_rule(path) == "rowwise")
+        out[path], out[path + SPLIT_SUFFIX] = (x.astype(np.asarray(w).dtype) for x in (w1, w2))
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+def with_split_twins(params: Any, halve: bool = False) -> Any:
+    """`params` with the second latent weight `<name>_split` of each quantized tensor beside it (a split binary
+    model's tree): the same leaf (abstract trees: shapes, shardings, logical-axis boxes), or with `halve` both
+    halves w / 2, so that the split model starts as the binary one (BWN(w / 2) + BWN(w / 2) = BWN(w))."""
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    twins = {}
+    for path, leaf in flat.items():
+        if _rule(path):
+            if halve:
+                leaf = leaf.replace_boxed(leaf.unbox() / 2) if hasattr(leaf, "replace_boxed") else leaf / 2
+            twins[path] = twins[path + SPLIT_SUFFIX] = leaf
+    return traverse_util.unflatten_dict({**flat, **twins}, sep="/")
 
 
 # ------------------------------------------------------------------------------ quantization-aware forward
 
 
 def activation_interceptor(bits: int = 8, clip: float = CLIP):
-    """A flax method interceptor that quantizes the input of every `Projection` (every dense product of the
-    models: query/key/value, attention output, FFN, heads) with `symmetric(bits)`: the code's input
-    quantization of each QuantizeLinear, as an interceptor rather than a forked model."""
+    """A flax method interceptor that quantizes, with `symmetric(bits)`, the inputs of every product of the
+    models: the input of every `Projection` (query/key/value, attention output, FFN, heads: the code's input
+    quantization of each QuantizeLinear) and, inside attention, the query and key before their scores and the
+    attention probabilities (after dropout) and values before the context (the code's `quantize_act` in
+    BertSelfAttention), each with its own dynamic scale: an interceptor rather than a forked model."""
+    from plmjax.layers.attention import MultiHeadAttention
     from plmjax.layers.dense import Projection
 
     def intercept(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and isinstance(context.module, Projection):
-            args = (symmetric(args[0], bits, clip), *args[1:])
+        module, name = context.module, context.method_name
+        count = (1 if isinstance(module, Projection) and name == "__call__" else
+                 2 if isinstance(module, MultiHeadAttention) and name in ("score_product", "context_product")
+                 else 0)
+        args = (*(symmetric(x, bits, clip) for x in args[:count]), *args[count:])
         return next_fun(*args, **kwargs)
     return intercept
 
@@ -249,7 +308,10 @@ def quantized_model(model, method: Optional[str] = "ternary", activation_bits: O
                 return super().__call__(*args, **kwargs)
 
         def init(self, *args, **kwargs):  # the plain model's parameters, with their logical-axis boxes
-            return plain.init(*args, **kwargs)
+            variables = plain.init(*args, **kwargs)
+            if method == SPLIT_BINARY:
+                variables = {**variables, "params": with_split_twins(variables["params"], halve=True)}
+            return variables
 
     Quantized.__name__ = f"Quantized{type(model).__name__}"
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
@@ -289,7 +351,8 @@ def tws_split(w, rowwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ packing
 
-_BITS = {"ternary": 2, "binary": 1, "int8": 8, "lat": 2}
+_BITS = {"binary": 1, "int8": 8}  # ternary codes go 5 to a byte (`pack_trits`)
+TRITS_PER_BYTE = 5  # 3^5 = 243 <= 256: 1.6 bits a ternary weight (llama.cpp's TQ1_0 packs ternary weights so)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -306,6 +369,20 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     shifts = (np.arange(per_byte) * bits).astype(np.uint8)
     codes = (np.asarray(packed, np.uint8)[:, None] >> shifts) & np.uint8(2 ** bits - 1)
     return codes.reshape(-1)[:count]
+
+
+def pack_trits(codes: np.ndarray) -> np.ndarray:
+    """Ternary codes (0, 1, 2) -> uint8, 5 a byte as the base-3 number sum c_i 3^i (the first code the lowest
+    digit): 1.6 bits a weight where 2-bit fields take 2."""
+    flat = np.asarray(codes, np.uint8).reshape(-1)
+    flat = np.concatenate([flat, np.zeros((-len(flat)) % TRITS_PER_BYTE, np.uint8)])
+    digits = flat.reshape(-1, TRITS_PER_BYTE).astype(np.uint16)  # [bytes, 5]
+    return (digits @ (3 ** np.arange(TRITS_PER_BYTE, dtype=np.uint16))).astype(np.uint8)
+
+
+def unpack_trits(packed: np.ndarray, count: int) -> np.ndarray:
+    values = np.asarray(packed, np.uint8)[:, None] // (3 ** np.arange(TRITS_PER_BYTE, dtype=np.uint8))  # [bytes, 5]
+    return (values % 3).astype(np.uint8).reshape(-1)[:count]
 
 
 def _pack_one(w, method: str, rowwise: bool, clip: float) -> dict:
@@ -325,13 +402,16 @@ def _pack_one(w, method: str, rowwise: bool, clip: float) -> dict:
         scale = np.abs(rows).max(axis=1).astype(np.float32)  # alpha: every nonzero value is +-alpha
         signs = np.sign(rows).astype(np.int64)
         codes = (signs > 0).astype(np.int64) if method == "binary" else signs + 1
-    return {"codes": pack_codes(codes, _BITS[method]), "scale": scale, "shape": np.asarray(w.shape, np.int64)}
+    packed = pack_codes(codes, _BITS[method]) if method in _BITS else pack_trits(codes)
+    return {"codes": packed, "scale": scale, "shape": np.asarray(w.shape, np.int64)}
 
 
 def _unpack_one(item: dict, method: str) -> np.ndarray:
     shape = tuple(int(n) for n in item["shape"])
     scale = np.asarray(item["scale"], np.float32)
-    codes = unpack_codes(item["codes"], _BITS[method], int(np.prod(shape))).astype(np.float32)
+    count = int(np.prod(shape))
+    codes = (unpack_codes(item["codes"], _BITS[method], count) if method in _BITS else
+             unpack_trits(item["codes"], count)).astype(np.float32)
     codes = codes.reshape(len(scale), -1)
     if method == "int8":
         return np.asarray(jnp.asarray(codes - 128) / jnp.asarray(scale[0])).reshape(shape)
@@ -341,18 +421,26 @@ def _unpack_one(item: dict, method: str) -> np.ndarray:
 
 def pack_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> dict:
     """Full-precision parameters -> {path: packed item (the `WEIGHT_RULES` tensors) or float32 array}: the
-    model `quantize_weights(params, method, clip)` describes, in 2 (ternary), 1 (binary) or 8 bits a weight."""
+    model `quantize_weights(params, method, clip)` describes, in 1.6 (ternary, `pack_trits`), 1 (binary) or 8 bits a
+    weight; `split_binary`: both binary halves of each tensor, 1 bit each."""
     _check_method(method)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    if method == SPLIT_BINARY:
+        quantize_weights(params, method, clip)  # the split checks
+        return {path: (_pack_one(w, "binary", _rule(path.removesuffix(SPLIT_SUFFIX)) == "rowwise", clip) if (
+            _rule(path) or _is_split(path)) else w) for path, w in flat.items()}
     return {path: (_pack_one(w, method, _rule(path) == "rowwise", clip) if _rule(path) else w)
             for path, w in flat.items()}
 
 
 def unpack_weights(packed: dict, method: str = "ternary") -> Any:
     """`pack_weights`' output -> the fake-quantized parameter tree (float32), bit for bit."""
-    flat = {tuple(path.split("/")): (_unpack_one(item, method) if isinstance(item, dict) else item)
-            for path, item in packed.items()}
-    return traverse_util.unflatten_dict(flat)
+    one = "binary" if method == SPLIT_BINARY else method
+    flat = {path: (_unpack_one(item, one) if isinstance(item, dict) else item) for path, item in packed.items()}
+    if method == SPLIT_BINARY:  # BWN(w) + BWN(w_split), the sum the forward pass computes in float32
+        flat = {path: (w + flat[path + SPLIT_SUFFIX] if _rule(path) else w)
+                for path, w in flat.items() if not _is_split(path)}
+    return traverse_util.unflatten_dict({tuple(path.split("/")): w for path, w in flat.items()})
 
 
 def packed_bytes(packed: dict) -> int:
@@ -397,4 +485,12 @@ def export_packed(path: str, params: Any, method: str, clip: float = CLIP) -> di
     from flax import linen as nn
     params = jax.tree.map(np.asarray, nn.meta.unbox(params))
     size = save_packed(path, pack_weights(params, method, clip), method)
-    return {"packed_bytes": size, "float32_bytes": sum(int(np.size(x)) * 4 for x in jax.tree.leaves(params))}
+    return {"packed_bytes": size, "float32_bytes": 4 * parameter_count(params)}
+
+
+def parameter_count(params: Any) -> int:
+    """The parameters of the model `params` describes: a split binary model's second latent weights (training
+    state, not model: the deployed model adds the two binary halves) not counted."""
+    from flax import linen as nn
+    flat = traverse_util.flatten_dict(nn.meta.unbox(params), sep="/")
+    return sum(int(np.size(x)) for path, x in flat.items() if not _is_split(path))

@@ -26,16 +26,19 @@ from plmjax.train.saved_model import gin_model_file, read_model_config  # noqa: 
 
 def save_checkpoint(out_dir: str, arch: str, config: TransformerConfig, params, *, hf_family: Optional[str] = None,
                     hf_class: Optional[str] = None, source: str = '', head_options: Optional[dict] = None,
-                    initialized: Sequence[str] = ()) -> str:
+                    initialized: Sequence[str] = (), quantize: Optional[dict] = None) -> str:
     """Writes `params` as step 0 of `<out_dir>/checkpoints` and `<out_dir>/config.gin`; returns the step's dir.
     hf_family, hf_class: the Hugging Face model_type and class it came from, written again by `--to hf`;
     head_options: a fine-tuning architecture's (num_labels, num_choices), needed to read it back;
-    initialized: the parameters the source lacked (freshly initialized heads), read back by `load_checkpoint`."""
+    initialized: the parameters the source lacked (freshly initialized heads), read back by `load_checkpoint`;
+    quantize: how the parameters are quantized at every apply (`compression.quantize.as_saved`), if they are."""
     metadata = {'hf_family': hf_family, 'hf_class': hf_class, 'source': source}
     if initialized:
         metadata['initialized'] = list(initialized)
     if head_options:
         metadata['head_options'] = dict(head_options)
+    if quantize:
+        metadata['quantize'] = dict(quantize)
     header = (f'Converted by `plmjax convert` from {source or "plmjax parameters"}'
               f'{f" (Hugging Face {hf_family})" if hf_family else ""}.\n'
               f'The parameters are in {os.path.join(os.path.abspath(out_dir), "checkpoints", "0")}.')
@@ -66,15 +69,18 @@ def convert_layout(model_dir: str, out_dir: str, scan_layers: bool, step: Option
     return converted
 
 
-def _rewrite(model_dir: str, out_dir: str, step: Optional[int], transform, source: str) -> Converted:
+def _rewrite(model_dir: str, out_dir: str, step: Optional[int], transform, source: str,
+             quantize: Optional[dict] = None) -> Converted:
     """Reads a plmjax checkpoint unrolled, applies `transform(config, params) -> (config, params)` and writes the
-    result as step 0 of `<out_dir>` with its config.gin and the source's tokenizer (growth, sub-networks)."""
+    result as step 0 of `<out_dir>` with its config.gin and the source's tokenizer (growth, sub-networks, ternary
+    weight splitting); `quantize`, the result's quantization metadata."""
     saved = saved_model.load_saved_model(model_dir, step)
     model = hf.with_layout(Converted(saved.architecture, saved.config, saved.params, saved.metadata.get(
         'hf_family'), [], [], saved.metadata.get('hf_class')), scan_layers=False)
     config, params = transform(model.config, model.params)
     save_checkpoint(out_dir, model.architecture, config, params, hf_family=model.family, hf_class=model.hf_class,
-                    source=f'{source} of {os.path.abspath(model_dir)}', head_options=saved.metadata.get('head_options'))
+                    source=f'{source} of {os.path.abspath(model_dir)}', head_options=saved.metadata.get('head_options'),
+                    quantize=quantize)
     hf.copy_tokenizer_files(os.path.join(os.path.dirname(saved.checkpoint), 'tokenizer'),
                             os.path.join(out_dir, 'tokenizer'))
     return Converted(model.architecture, config, params, model.family, [], [], model.hf_class)
@@ -108,3 +114,20 @@ def extract_checkpoint(model_dir: str, out_dir: str, width_mult: float, depth_mu
     return _rewrite(model_dir, out_dir, step,
                     lambda config, params: dynabert.extract(params, config, width_mult, depth_mult, layers),
                     f'sub-network (width {width_mult}, {which})')
+
+
+def tws_checkpoint(model_dir: str, out_dir: str, step: Optional[int] = None) -> Converted:
+    """BinaryBERT: writes the ternary student `model_dir` (a TernaryBERT run's `student`, quantize 'ternary') split
+    by ternary weight splitting (`compression.quantize.tws_params`) as step 0 of `<out_dir>`: a `split_binary`
+    checkpoint that evaluates as the ternary model did, the start of binary fine-tuning (its INIT_CHECKPOINT)."""
+    from plmjax.compression import quantize
+    saved = saved_model.read_saved_model(model_dir)
+    settings = saved.metadata.get('quantize') or {}
+    if settings.get('method') != 'ternary':
+        raise ValueError(f'--tws splits a ternary (TWN) student, and {model_dir} is '
+                         f'{"a " + settings["method"] if settings else "not a quantized"} checkpoint: train one with '
+                         'gin_configs/compression/minilm_sst2_ternary.gin and split its <model_dir>/student.')
+    clip = settings.get('clip', quantize.CLIP)
+    split = {**settings, 'method': quantize.SPLIT_BINARY}
+    return _rewrite(model_dir, out_dir, step, lambda config, params: (config, quantize.tws_params(params, clip)),
+                    'BinaryBERT ternary weight splitting', quantize=split)

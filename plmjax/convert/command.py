@@ -91,6 +91,13 @@ def extract(model_dir: str, out: str, width_mult: float, depth_mult: float, keep
                     gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
 
 
+def tws(model_dir: str, out: str) -> dict:
+    """BinaryBERT (`--tws`): writes the ternary student split into two binary weights a tensor; returns a summary."""
+    converted = checkpoint.tws_checkpoint(model_dir, out)
+    return _summary(converted, checkpoint=os.path.abspath(os.path.join(out, 'checkpoints', '0')),
+                    gin_file=os.path.abspath(os.path.join(out, 'config.gin')))
+
+
 def _summary(converted: hf.Converted, **paths) -> dict:
     summary = {'family': converted.family, 'architecture': converted.architecture,
                'preset': converted.config.name, 'parameters': models.count_params(converted.params), **paths}
@@ -126,6 +133,8 @@ def run(args) -> None:
         summary = convert_layout(args.model_dir, args.out, args.layout)
     elif getattr(args, 'extract', False):
         summary = extract(args.model_dir, args.out, args.width_mult, args.depth_mult, args.keep_layers)
+    elif getattr(args, 'tws', False):
+        summary = tws(args.model_dir, args.out)
     elif getattr(args, 'grow', None):
         summary = grow(args.model_dir, args.out, args.grow, args.grow_to, args.grow_mapping, args.seed)
     elif args.from_format:

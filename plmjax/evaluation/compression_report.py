@@ -68,8 +68,8 @@ def report(checkpoints: Mapping[str, str], task: str, split: str = 'validation',
         scores = evaluation.evaluate_params(saved.params, run, task, split, batch_size=eval_batch_size)
         packed = os.path.join(os.path.dirname(saved.checkpoint), 'packed.npz')
         rows.append({'name': name, 'checkpoint': path, **scores,
-                     'parameters': int(sum(np.size(x) for x in jax.tree.leaves(saved.params))),
-                     'float32_bytes': int(sum(np.size(x) for x in jax.tree.leaves(saved.params))) * 4,
+                     'parameters': quantize.parameter_count(saved.params),
+                     'float32_bytes': quantize.parameter_count(saved.params) * 4,
                      'checkpoint_bytes': directory_bytes(os.path.join(saved.checkpoint, str(saved.step))),
                      'packed_bytes': os.path.getsize(packed) if os.path.exists(packed) else None,
                      'quantize': (saved.metadata.get('quantize') or {}).get('method')})

@@ -193,8 +193,8 @@ class MultiHeadAttention(nn.Module):
         # small products would cost more than the products (and XLA:CPU updates a bf16 cache through float32, not
         # in place). Cross-attention (fixed_kv) multiplies as without the cache, so its numbers do not change.
         self_cache = decode and not fixed_kv
-        einsum = functools.partial(matmul.einsum, matmul_dtype=None if self_cache else self.matmul_dtype)
-        scores = einsum('bqhd,bhkd->bhqk', query, key)  # [batch, heads, q, k]
+        matmul_dtype = None if self_cache else self.matmul_dtype
+        scores = self.score_product(query, key, matmul_dtype)  # [batch, heads, q, k]
         if relative_kv is not None:
             # NEZHA's relative products stay in the compute dtype: XLA:CPU folds their transposes into a bf16
             # product layout it has no kernel for (tests/layers/test_matmul.py).
@@ -212,7 +212,7 @@ class MultiHeadAttention(nn.Module):
         probs = probs.astype(self.dtype)
         probs = dropout.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
-        out = einsum('bhqk,bhkd->bqhd', probs, value)  # [batch, q, heads, kv]
+        out = self.context_product(probs, value, matmul_dtype)  # [batch, q, heads, kv]
         if relative_kv is not None:
             out = out + jnp.einsum('bhqk,qkd->bqhd', probs, relative_kv.astype(self.dtype))
         out = nn.with_logical_constraint(out, heads_axes)
@@ -221,6 +221,16 @@ class MultiHeadAttention(nn.Module):
                          matmul_dtype=self.matmul_dtype, kernel_init=self.out_kernel_init or self.kernel_init,
                          name='out')(out)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+    # The two products of attention are methods so that a flax method interceptor can reach their inputs
+    # (TernaryBERT's 8-bit Q, K, V and attention probabilities: compression.quantize.activation_interceptor).
+    def score_product(self, query: jax.Array, key: jax.Array, matmul_dtype: Any = None) -> jax.Array:
+        """query [batch, q, heads, kv] . key [batch, heads, k, kv] -> raw scores [batch, heads, q, k]."""
+        return matmul.einsum('bqhd,bhkd->bhqk', query, key, matmul_dtype=matmul_dtype)
+
+    def context_product(self, probs: jax.Array, value: jax.Array, matmul_dtype: Any = None) -> jax.Array:
+        """probs [batch, heads, q, k] . value [batch, heads, k, kv] -> context [batch, q, heads, kv]."""
+        return matmul.einsum('bhqk,bhkd->bqhd', probs, value, matmul_dtype=matmul_dtype)
 
     def _update_cache(self, key: jax.Array, value: jax.Array, cache_index: jax.Array | None):
         """Store this chunk's [batch, heads, n, kv] keys/values; return the whole cache (after initialization)."""

@@ -447,13 +447,13 @@ def evaluate(
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
                 peft_options=peft_options, rules=logical_axis_rules)
     check_vocabulary(task, model_config)
+    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(checkpoint))
+    step = checkpoint_lib.checkpoint_step(checkpoint)
+    run = _as_saved(run, checkpointer.read_metadata(step).get("config") or {}, checkpoint)
     # Only the parameters are read, so any optimizer's checkpoint evaluates (optax.identity: no optimizer state).
     abstract, shardings = state_lib.state_shardings(run.module, optax.identity(), architecture,
                                                     run.task_feature_lengths, mesh, run.rules)
-    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(checkpoint))
-    restored, meta = checkpointer.restore(step=checkpoint_lib.checkpoint_step(checkpoint),
-                                          abstract_state={"params": abstract.params}, partial=True)
-    run = _as_saved(run, meta.get("config") or {}, checkpoint)
+    restored, meta = checkpointer.restore(step=step, abstract_state={"params": abstract.params}, partial=True)
     if is_finetune_run(run):
         out_dir = out_dir or os.path.join(os.path.dirname(checkpoint_lib.checkpoint_root(checkpoint)), "eval")
         results = _finetune_scorer(run, finetune_evaluator)(restored["params"], run, task, split,

@@ -97,6 +97,9 @@ def load_saved_model(path: str, step: Optional[int] = None) -> SavedModel:
     checkpointer, step, metadata, arch, config = _open(path, step)
     try:
         abstract = params_lib.abstract_params(arch, config, **(metadata['config'].get('head_options') or {}))
+        if (metadata['config'].get('quantize') or {}).get('method') == 'split_binary':  # BinaryBERT's twins
+            from plmjax.compression import quantize
+            abstract = quantize.with_split_twins(abstract)
         restored, _ = checkpointer.restore(step, abstract_state={'params': abstract}, partial=True)
     finally:
         checkpointer.close()

@@ -3,6 +3,7 @@ distillation stage 1 (attention + hidden) then stage 2 (prediction) from stage 1
 bit-identical, the losses fall, the student alone is evaluated with the task's official metric and saved as a
 checkpoint that `plmjax eval` reads; misconfigured runs stop with one message naming the gin binding."""
 import dataclasses
+import functools
 import json
 import os
 
@@ -128,6 +129,26 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
                             task_feature_lengths=LENGTHS, batch_size=16,
                             mesh=sharding.create_mesh(devices=jax.devices()[:1]))
     assert "evaluated quantized" in capsys.readouterr().out and again["accuracy"] == final["accuracy"]
+
+    # BinaryBERT: the ternary student split (`plmjax convert --tws`) evaluates as the ternary one (float32 halves:
+    # at most one example's decision may move), then binary fine-tuning from it packs and evaluates the same
+    from plmjax import cli
+    tws_dir = tmp_path / "tws"
+    assert cli.main(["convert", "--tws", "--model_dir", str(tmp_path / "student"), "--out", str(tws_dir)]) in (0, None)
+    evaluate = functools.partial(launch.evaluate, model_config=tiny(**TEACHER), architecture="encoder_classifier",
+                                 objective="classification", task=TASK, task_feature_lengths=LENGTHS, batch_size=16,
+                                 mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    split = evaluate(str(tws_dir), str(tmp_path / "tws_eval"))
+    assert abs(split["accuracy"] - final["accuracy"]) <= 100 / split["num_examples"] + 1e-9, (split, final)
+    binary_dir = tmp_path / "binary"
+    settings = dataclasses.replace(settings, quantize="split_binary")
+    binary = _train(binary_dir, 10, tiny(**TEACHER), learning_rate=1e-3, init_checkpoint=str(tws_dir),
+                    distill=settings)
+    assert "Packed split_binary student" in capsys.readouterr().out
+    method, weights = quantize.load_packed(json.loads((binary_dir / "summary.json").read_text())["student_packed"])
+    unpacked = evaluation.evaluate_params(weights, run, TASK, "validation", batch_size=16)
+    assert method == "split_binary" and unpacked["accuracy"] == binary["accuracy"], (unpacked, binary)
+    assert evaluate(str(binary_dir / "student"), str(tmp_path / "binary_eval"))["accuracy"] == binary["accuracy"]
 
 
 @pytest.mark.slow  # ~40 s on 2 cores

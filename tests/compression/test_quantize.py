@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from flax import traverse_util
 
 from plmjax import models
 from plmjax.compression import quantize
@@ -94,6 +95,20 @@ def test_codes_pack_and_unpack(bits):
         np.testing.assert_array_equal(quantize.unpack_codes(packed, bits, count), codes)
 
 
+def test_ternary_codes_pack_five_to_a_byte():
+    """Base-3 packing: every 5-digit combination is one byte value (3^5 = 243 of 256), any length round-trips."""
+    every = np.stack(np.meshgrid(*[np.arange(3)] * 5, indexing="ij"), -1).reshape(-1, 5)  # [243, 5]
+    packed = quantize.pack_trits(every.reshape(-1))
+    assert packed.dtype == np.uint8 and sorted(packed.tolist()) == list(range(243))
+    assert packed[-1] == 242 and packed[1] == 81  # (0,0,0,0,1): the first code is the lowest digit
+    rng = np.random.default_rng(3)
+    for count in (1, 4, 5, 6, 1001):
+        codes = rng.integers(0, 3, count)
+        packed = quantize.pack_trits(codes)
+        assert len(packed) == -(-count // 5)
+        np.testing.assert_array_equal(quantize.unpack_trits(packed, count), codes)
+
+
 @pytest.mark.parametrize("method", ["ternary", "binary", "int8", "lat"])
 def test_packed_model_unpacks_into_the_fake_quantized_one(method):
     config = models.tiny_encoder(vocab_size=96, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
@@ -111,11 +126,11 @@ def test_packed_model_unpacks_into_the_fake_quantized_one(method):
     np.testing.assert_array_equal(*outputs)
     assert not np.array_equal(outputs[0], model.apply({"params": params}, tokens,
                                                       deterministic=True)["classification_logits"])
-    # Size of the quantized tensors alone: 2 / 1 / 8 bits a weight plus their scales.
+    # Size of the quantized tensors alone: 1.6 / 1 / 8 bits a weight plus their scales.
     quantized = {path: item for path, item in packed.items() if isinstance(item, dict)}
     weights = sum(int(np.prod(item["shape"])) for item in quantized.values())
     ratio = quantize.packed_bytes(quantized) / (4 * weights)
-    assert ratio <= {"ternary": 1 / 12, "lat": 1 / 12, "binary": 1 / 20, "int8": 1 / 3.5}[method], ratio
+    assert ratio <= {"ternary": 1 / 15, "lat": 1 / 15, "binary": 1 / 20, "int8": 1 / 3.5}[method], ratio
     assert len(quantized) == 2 * 6 + 1  # q, k, v, out, wi, wo in each layer, and the word embedding
 
 
@@ -168,11 +183,13 @@ def test_quantized_forward_quantizes_each_product_and_trains_the_latent_weights(
     def count(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and isinstance(context.module, Projection):
             seen.append(np.asarray(args[0]))
+        if context.method_name in ("score_product", "context_product"):
+            seen.extend(np.asarray(x) for x in args[:2])
         return next_fun(*args, **kwargs)
     # the outer interceptor runs first and hands its (quantized) arguments to the inner one
     with nn.intercept_methods(quantize.activation_interceptor(8)), nn.intercept_methods(count):
         model.apply({"params": quantize.quantize_weights(params)}, tokens, deterministic=True)
-    assert len(seen) >= 2 * 6  # q, k, v, out, wi, wo in each layer (and the heads)
+    assert len(seen) >= 2 * (6 + 4)  # q, k, v, out, wi, wo, and Q, K, probs, V inside attention, in each layer
     for inputs in seen:  # at most 255 levels of one scale: what each product received was quantized
         levels = np.unique(np.abs(inputs))
         assert len(np.unique(inputs)) <= 255
@@ -223,3 +240,97 @@ def test_quantized_model_is_quantized_apply_with_the_plain_models_parameters(met
     np.testing.assert_array_equal(
         activations_only.apply({"params": unpacked}, tokens, deterministic=True)["classification_logits"],
         logits(ours, params))
+
+
+def test_attention_quantizes_query_key_probabilities_and_values_as_the_code():
+    """TernaryBERT's BertSelfAttention with quantize_act, in float64 by hand: 8-bit inputs to the q/k/v and output
+    projections, and 8-bit query and key before the scores, probabilities and values before the context, each
+    tensor with its own dynamic scale (a padded key masked out)."""
+    from plmjax.layers.attention import MultiHeadAttention
+    rng = np.random.default_rng(7)
+    layer = MultiHeadAttention(num_heads=2, head_dim=4)
+    x = jnp.asarray(rng.standard_normal((2, 5, 8)), jnp.float32)
+    mask = np.ones((2, 1, 5, 5), bool)
+    mask[1, :, :, 4] = False
+    params = nn.meta.unbox(layer.init(jax.random.key(1), x, mask=jnp.asarray(mask))["params"])
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(0, 0.3, p.shape), p.dtype), params)
+    with nn.intercept_methods(quantize.activation_interceptor(8)):
+        y = layer.apply({"params": params}, x, mask=jnp.asarray(mask))
+
+    def q8(a):
+        a = np.clip(a, -2.5, 2.5)
+        scale = 127 / np.abs(a).max()
+        return np.round(a * scale) / scale
+
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x_q = q8(np.asarray(x, np.float64))
+    query, key, value = (np.einsum("ble,ehd->blhd", x_q, p64[n]["kernel"]) + p64[n]["bias"]
+                         for n in ("query", "key", "value"))
+    scores = np.einsum("bqhd,bkhd->bhqk", q8(query), q8(key)) / 2.0
+    scores = np.where(mask, scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    context = np.einsum("bhqk,bkhd->bqhd", q8(probs), q8(value))
+    expected = np.einsum("bqhd,hde->bqe", q8(context), p64["out"]["kernel"]) + p64["out"]["bias"]
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=1e-4, atol=1e-5)
+
+
+def _tiny_classifier():
+    config = models.tiny_encoder(vocab_size=96, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                                 num_encoder_layers=2, dropout_rate=0.0, attention_dropout_rate=0.0)
+    model = models.build_model("encoder_classifier", config, num_labels=3)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(5, 96, (3, 8)), jnp.int32)
+    return model, tokens
+
+
+def test_split_binary_model_starts_as_the_ternary_one_and_packs_in_two_bits(tmp_path):
+    """BinaryBERT: `tws_params` splits every quantized tensor of a (trained-like) ternary model into two latent
+    weights whose binary quantizations add up to its ternary one, so the split binary model computes the ternary
+    model's function at initialization (float32: 1e-5); its parameters shard as the plain model's plus a twin for
+    each quantized tensor; the packed file (two 1-bit halves and their scales) unpacks bit for bit."""
+    model, tokens = _tiny_classifier()
+    split_model = quantize.quantized_model(model, "split_binary", activation_bits=8)
+    boxed = model.init({"params": jax.random.key(0)}, tokens, deterministic=True)["params"]
+    split_boxed = split_model.init({"params": jax.random.key(0)}, tokens, deterministic=True)["params"]
+    specs, split_specs = (traverse_util.flatten_dict(nn.get_partition_spec(b), sep="/") for b in (boxed, split_boxed))
+    twins = {path: spec for path, spec in split_specs.items() if path.endswith("_split")}
+    assert len(twins) == 2 * 6 + 1 and {**specs, **twins} == split_specs
+    assert all(split_specs[path.removesuffix("_split")] == spec for path, spec in twins.items())
+    # latent weights as after training: some beyond the clip, whose ternary value TWS must keep
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.5, p.shape).astype(np.float32),
+                          nn.meta.unbox(boxed))
+    params["bert"]["encoder"]["layers_0"]["mlp"]["wi"]["kernel"][0, :3] = [3.0, -4.0, 2.6]
+    split = quantize.tws_params(params)
+    binary = quantize.quantize_weights(split, "split_binary")
+    assert jax.tree.structure(quantize.quantize_weights(params, "ternary")) == jax.tree.structure(binary)
+    flat, original = (traverse_util.flatten_dict(p, sep="/") for p in (split, params))
+
+    def mean_abs(x, rowwise):  # float64: BWN's / TWN's scale per tensor or per row
+        return np.abs(x).mean(axis=1, keepdims=True) if rowwise else np.abs(x).mean()
+    for path in twins:  # by hand in float64, from the float32 halves as stored
+        base, rowwise = path.removesuffix("_split"), path.endswith("embedding_split")
+        w1, w2 = (np.asarray(flat[p], np.float64).reshape(len(flat[p]), -1) for p in (base, path))
+        w = np.clip(np.asarray(original[base], np.float64), -2.5, 2.5).reshape(w1.shape)
+        kept = np.abs(w) > 0.7 * mean_abs(w, rowwise)
+        alpha = (np.abs(w) * kept).sum(axis=1 if rowwise else None, keepdims=rowwise) / kept.sum(
+            axis=1 if rowwise else None, keepdims=rowwise)
+        np.testing.assert_allclose(mean_abs(w1, rowwise) * np.sign(w1) + mean_abs(w2, rowwise) * np.sign(w2),
+                                   alpha * np.sign(w) * kept, rtol=1e-6, atol=1e-6 * np.max(alpha))
+        assert np.mean(np.sign(w1) != np.sign(w2)) > 0.1  # each half really is a different binary weight
+    outputs = [m.apply({"params": p}, tokens, deterministic=True)["classification_logits"] for m, p in (
+        (quantize.quantized_model(model, "ternary", activation_bits=8), params), (split_model, split))]
+    np.testing.assert_allclose(np.asarray(outputs[1], np.float64), np.asarray(outputs[0], np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+    packed = quantize.pack_weights(split, "split_binary")
+    for a, b in zip(jax.tree.leaves(binary), jax.tree.leaves(quantize.unpack_weights(packed, "split_binary"))):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    quantized = {path: item for path, item in packed.items() if isinstance(item, dict)}
+    weights = sum(int(np.prod(item["shape"])) for item in quantized.values()) // 2
+    assert len(quantized) == 2 * len(twins) and quantize.packed_bytes(quantized) / (4 * weights) <= 1 / 10
+    sizes = quantize.export_packed(str(tmp_path / "packed.npz"), split, "split_binary")
+    assert sizes["float32_bytes"] == 4 * quantize.parameter_count(params) == 4 * quantize.parameter_count(split)
+
+    with pytest.raises(ValueError, match="plmjax convert --tws"):
+        quantize.quantize_weights(params, "split_binary")
