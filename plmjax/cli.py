@@ -10,6 +10,7 @@
     plmjax plan --gin_file=EXPERIMENT --topology=v5e:4x4 --mesh=data=16  # TPU memory/FLOPs by AOT compilation
     plmjax parse --checkpoint=DIR --conllu=FILE --out=DIR               # Perturbed Masking unsupervised parsing
     plmjax infer --checkpoint=DIR --inputs=FILE --strategy=beam         # generation (greedy, sample, beam)
+    plmjax augment --mlm=DIR --task=SST-2 --out=DIR [--gin_param='augment.copies = 20']  # TinyBERT augmentation
 
 A mistake a user can make (a bad gin binding, a missing file, a too-long sequence, a checkpoint of another
 model) ends in one line naming the problem and the fix, exit status 2; `--traceback` shows the whole story.
@@ -22,6 +23,7 @@ checkpoint was written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -128,6 +130,46 @@ def _add_convert_parser(sub) -> None:
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
 
 
+def _add_augment_parser(sub) -> None:
+    from plmjax import launch
+    p = sub.add_parser("augment", help="TinyBERT's data augmentation of a GLUE task's training set (a GLUE folder "
+                       "for GLUE_DIR; K, p, N and the seed from gin: augment.num_candidates, .replace_prob, .copies, "
+                       ".seed)")
+    launch.add_gin_flags(p, required=False)
+    p.add_argument("--mlm", required=True, help="an encoder checkpoint with an MLM head (plmjax train/convert)")
+    p.add_argument("--task", default="SST-2", help="the GLUE folder name (SST-2, MRPC, ...)")
+    p.add_argument("--glue_dir", default=None, help="default $GLUE_DIR, else ../shared/data/glue")
+    p.add_argument("--out", required=True, help="the new GLUE folder (train with GLUE_DIR = this)")
+    p.add_argument("--limit", type=int, default=0, help="augment the first N training rows only (0: all)")
+    p.add_argument("--batch_size", type=int, default=64, help="MLM queries a forward pass")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+
+
+def _augment(args) -> int:
+    """`plmjax augment`: <out>/<task>/train.tsv holds every original row followed by its augmented copies (one text
+    column at a time), dev/test are copied, and augment.json records the MLM, the options and the sizes."""
+    import json
+    from plmjax import interactive as pi
+    from plmjax import launch
+    from plmjax.compression import augment_glue
+    from plmjax.data.finetune import glue
+    tasks = {t.folder: t for t in glue.TASKS.values()}
+    if args.task not in tasks:
+        raise ValueError(f"--task {args.task!r}: choose one of {sorted(tasks)}.")
+    options = launch.augment_options()
+    model = pi.load(args.mlm)
+    sizes = augment_glue.augment_folder(pi.masked_lm(model), tasks[args.task], args.glue_dir or
+                                        glue.default_glue_dir(), args.out, options, args.limit, args.batch_size)
+    record = {"mlm": os.path.abspath(args.mlm), "mlm_config": model.config.name, "task": args.task,
+              "options": dataclasses.asdict(options), **sizes}
+    with open(os.path.join(args.out, args.task, "augment.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    print(f"{args.task}: {sizes['examples']:,} training rows -> {sizes['augmented_examples']:,} "
+          f"({sizes['augmented_examples'] / max(1, sizes['examples']):.1f}x, {sizes['bytes'] / 1e6:.1f} MB) in "
+          f"{sizes['seconds']:.0f} s; GLUE_DIR = {args.out!r}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from plmjax import launch
     parser = argparse.ArgumentParser(prog="plmjax", description=__doc__.split("\n")[0])
@@ -147,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["eval"].add_argument("--out", default=None, help="fine-tuning: where the results table and the "
                                      "submission file go (default: <model dir>/eval)")
     _add_convert_parser(sub)
+    _add_augment_parser(sub)
     from plmjax.bench import command as bench_command
     from plmjax.evaluation import infer, perturbed_masking
     from plmjax.plan import command as plan_command
@@ -174,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             return plan_command.run(args)
         if args.command == "parse":
             return perturbed_masking.run(args)
+        if args.command == "augment":
+            launch.parse_gin(args.gin_file, args.gin_param, clear=True)
+            return _augment(args)
         if args.command == "infer":  # one command, one configuration: no binding of an earlier call in this process
             if args.gin_file or args.gin_param:
                 launch.parse_gin(args.gin_file, args.gin_param, clear=True)

@@ -37,10 +37,10 @@ t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --mo
 # 3-layer student distilled on each, and plainly fine-tuned on the subset
 t plmjax train --gin_file=gin_configs/compression/minilm_mlm_wikitext2.gin --model_dir=runs/minilm_mlm_wikitext2 \
   "${quiet[@]}"
-t python scripts/augment_glue.py --mlm runs/minilm_mlm_wikitext2 --task SST-2 --out runs/glue_aug4k --limit 4000 \
-  --copies 20
-t python scripts/augment_glue.py --mlm runs/minilm_mlm_wikitext2 --task SST-2 --out runs/glue_4k --limit 4000 \
-  --copies 0
+t plmjax augment --gin_file=gin_configs/compression/augment.gin --mlm runs/minilm_mlm_wikitext2 --task SST-2 \
+  --out runs/glue_aug4k --limit 4000
+t plmjax augment --gin_file=gin_configs/compression/augment.gin --mlm runs/minilm_mlm_wikitext2 --task SST-2 \
+  --out runs/glue_4k --limit 4000 --gin_param='augment.copies = 0'
 for data in aug4k 4k; do
   t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin \
     --model_dir=runs/tinybert3_${data}_stage1 "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_${data}'" \

@@ -1,6 +1,7 @@
 """TinyBERT data augmentation: BERT's basic tokenizer, the released code's MLM query (masked sentence as segment A,
 the original as segment B), candidates against a brute-force top-K of the model's own softmax, the sampling's
 statistics, determinism, and the GLUE folder the task reader reads back."""
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import plmjax.interactive as pi
-from plmjax import convert, models
+from plmjax import cli, convert, models
 from plmjax.compression import augment, augment_glue
 from plmjax.data.finetune import glue
 
@@ -129,7 +130,7 @@ def test_copies_are_distinct_new_and_deterministic():
         augment.Options(replace_prob=1.5)
 
 
-def test_augment_folder_is_read_back_by_the_glue_reader(mlm_dir, tmp_path):
+def test_augment_folder_is_read_back_by_the_glue_reader(mlm_dir, tmp_path, capsys):
     source = tmp_path / 'glue' / 'SST-2'
     source.mkdir(parents=True)
     rows = ['a funny film .\t1', 'boring script , dull music\t0', 'the\t1']
@@ -145,8 +146,15 @@ def test_augment_folder_is_read_back_by_the_glue_reader(mlm_dir, tmp_path):
     assert [e['sentence'] for e in examples] == [t for g in groups for t in g]
     assert [e['label'] for e in examples] == [1] * len(groups[0]) + [0] * len(groups[1]) + [1]  # 'the': no copy
     assert (tmp_path / 'aug' / 'SST-2' / 'dev.tsv').read_text() == (source / 'dev.tsv').read_text()
+    # `plmjax augment`: the options from gin (the recipe's file, then bindings), the progress bar, augment.json
     again = tmp_path / 'again'
-    augment_glue.augment_folder(mlm, glue.TASKS['sst2'], str(tmp_path / 'glue'), str(again), options, limit=2,
-                                batch_size=3, progress=True)  # the progress bar too
+    common = ['augment', '--mlm', str(mlm_dir), '--glue_dir', str(tmp_path / 'glue'), '--out', str(again),
+              '--limit', '2', '--batch_size', '3', '--gin_file', 'gin_configs/compression/augment.gin']
+    assert cli.main([*common, '--gin_param', 'augment.copies = 5', '--gin_param', 'augment.seed = 1']) == 0
     assert (again / 'SST-2' / 'train.tsv').read_text().splitlines() == \
         (tmp_path / 'aug' / 'SST-2' / 'train.tsv').read_text().splitlines()[:1 + len(groups[0]) + len(groups[1])]
+    record = json.loads((again / 'SST-2' / 'augment.json').read_text())
+    assert record['options'] == {**dataclasses.asdict(options), 'num_candidates': 15, 'replace_prob': 0.4}
+    assert record['examples'] == 2 and record['mlm'] == str(mlm_dir)
+    assert cli.main([*common, '--gin_param', 'augment.copys = 5']) == 2
+    assert 'copys' in capsys.readouterr().err
