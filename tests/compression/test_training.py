@@ -14,8 +14,8 @@ from plmjax.train import step as step_lib
 from tests.compression import helpers
 
 
-def _run(options, mesh, steps, learning_rate=3e-3, confident_teacher=False, with_grads=True):
-    module = helpers.pair(options)
+def _run(options, mesh, steps, learning_rate=3e-3, confident_teacher=False, with_grads=True, module=None):
+    module = module or helpers.pair(options)
     objective = distill.objective(options)
     tx, schedule = optim.make_optimizer("adamw", learning_rate=learning_rate, warmup_steps=1, total_steps=100)
     tx = distill.optimizer(tx)
@@ -65,6 +65,30 @@ def test_sharded_equals_one_device(one_device_run):
             assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(a)), 1e-30)
     kernel = state_8.params["teacher"]["bert"]["encoder"]["layers_0"]["mlp"]
     assert any(leaf.sharding.shard_shape(leaf.shape) != leaf.shape for leaf in jax.tree.leaves(kernel))
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: the 1- and 8-device steps of a quantized student
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 fake CPU devices (tests/conftest.py)")
+def test_quantized_student_sharded_equals_one_device():
+    """A BinaryBERT student (split binary weights: the twins shard like their tensors) in the same step on a
+    (2, 2, 2) mesh: the numbers of 1 device. Binary weights (sign and mean |w|) and float activations, so that no
+    rounding boundary of an 8-bit activation grid turns a reduction-order difference into a different level."""
+    from plmjax.compression import quantize
+    options = distill.DistillOptions(stage="all", fit_dense=False)
+    student = quantize.quantized_model(models.build_model("encoder_classifier", helpers.teacher_config(),
+                                                          num_labels=3), "split_binary", activation_bits=None)
+    module = distill.distillation_model(models.build_model("encoder_classifier", helpers.teacher_config(),
+                                                           num_labels=3), student, options)
+    losses_1, grads_1, _, _ = _run(options, sharding.create_mesh(devices=jax.devices()[:1]), 3, module=module)
+    eight = sharding.create_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+    losses_8, grads_8, _, state_8 = _run(options, eight, 3, module=module)
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+    for g1, g8 in zip(grads_1, grads_8):
+        assert set(g1["student"]["bert"]["encoder"]["layers_0"]["mlp"]["wi"]) == {"kernel", "kernel_split", "bias"}
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
+            assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(a)), 1e-30)
+    twin = state_8.params["student"]["bert"]["encoder"]["layers_0"]["mlp"]["wi"]["kernel_split"]
+    assert twin.sharding.shard_shape(twin.shape) != twin.shape
 
 
 def test_prediction_stage_trains_the_student_towards_the_teacher():
