@@ -21,10 +21,12 @@ weight), 1 bit (binary) or 8 bits a value with its float32 scales, the rest as f
 tree; `packed_bytes` gives the size those arrays take on disk.
 
 `tws_split`: BinaryBERT's ternary weight splitting (two latent weights whose binary quantizations sum to the
-ternary one).
+ternary one); `tws_params`: a ternary model's tree split so (a `<name>_split` twin beside each quantized tensor),
+the start of the split binary model (`split_binary`: BWN(w) + BWN(w_split)).
 
-`quantized_apply`: the quantization-aware forward pass, weights fake-quantized by `quantize_weights` and the input
-of every product (`Projection`) by `activation_interceptor` (flax's method interception: no forked model);
+`quantized_apply`: the quantization-aware forward pass, weights fake-quantized by `quantize_weights` and the inputs
+of every product (every `Projection`, and Q, K, the attention probabilities and V inside attention) by
+`activation_interceptor` (flax's method interception: no forked model);
 `quantized_model`: a model whose every apply is that pass (what the trainer and the evaluation run).
 `save_packed` / `load_packed`: the packed weights as one .npz file, and back to the fake-quantized tree.
 
