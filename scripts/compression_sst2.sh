@@ -19,8 +19,17 @@ t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --mo
 t plmjax train --gin_file=gin_configs/experiments/minilm_sst2.gin --model_dir=runs/layers123_finetune "${quiet[@]}" \
   --gin_param='bert_base.num_encoder_layers = 3' --gin_param="INIT_CHECKPOINT = 'runs/minilm_sst2_layers123'" \
   --gin_param='NUM_STEPS = 500' --gin_param='LEARNING_RATE = 5e-5'
-# (d) TernaryBERT: 2-bit weights, 8-bit activations
-t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_sst2 "${quiet[@]}"
+# (a) with a longer stage 2 (1,500 steps) from the same stage-1 student
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --model_dir=runs/tinybert3_stage2_long \
+  "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
+  --gin_param="INIT_CHECKPOINT = 'runs/tinybert3_stage1/student'" --gin_param='NUM_STEPS = 1500' \
+  --gin_param='LEARNING_RATE = 5e-5'
+# (d) TernaryBERT: ternary weights, 8-bit activations (every product's inputs, Q, K, probabilities and V included)
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_sst2 "${quiet[@]}" \
+  --gin_param='NUM_STEPS = 800'
+# (d) BinaryBERT: the ternary student split (TWS) into two binary weights a tensor, then binary fine-tuning
+t plmjax convert --tws --model_dir runs/ternary_sst2/student --out runs/ternary_sst2_tws
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_binary.gin --model_dir=runs/binary_sst2 "${quiet[@]}"
 # (c) DynaBERT: rewire, then width-adaptive training
 t plmjax convert --rewire --task glue_sst2_tsv --sequence_length 64 --model_dir runs/minilm_sst2 \
   --out runs/minilm_sst2_rewired
@@ -58,3 +67,19 @@ t plmjax train --gin_file=gin_configs/experiments/minilm_sst2.gin --model_dir=ru
 t plmjax train --gin_file=gin_configs/compression/minilm_sst2_dynabert.gin --model_dir=runs/dynabert_wd "${quiet[@]}" \
   --gin_param="TEACHER_CHECKPOINT = 'runs/dynabert_w/student'" --gin_param="INIT_CHECKPOINT = 'runs/dynabert_w/student'" \
   --gin_param="DEPTH_MULTS = (1.0, 0.75, 0.5)" --gin_param="LAMBDA2 = 1.0" --gin_param='NUM_STEPS = 100'
+# augmentation with the longer stage 2, against plain fine-tuning on the same subset for as many steps
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --model_dir=runs/tinybert3_aug4k_stage2_long \
+  "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_aug4k'" --gin_param="DISTILL_STAGE = 'prediction'" \
+  --gin_param="INIT_CHECKPOINT = 'runs/tinybert3_aug4k_stage1/student'" --gin_param='NUM_STEPS = 1500' \
+  --gin_param='LEARNING_RATE = 5e-5'
+t plmjax train --gin_file=gin_configs/experiments/minilm_sst2.gin --model_dir=runs/layers123_4k_finetune_long "${quiet[@]}" \
+  --gin_param="GLUE_DIR = 'runs/glue_4k'" --gin_param='bert_base.num_encoder_layers = 3' \
+  --gin_param="INIT_CHECKPOINT = 'runs/minilm_sst2_layers123'" --gin_param='NUM_STEPS = 1500' \
+  --gin_param='LEARNING_RATE = 5e-5'
+# (b) TinyBERT4's shape with augmentation (the 4,000-sentence subset and its copies)
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_aug4k_stage1 \
+  "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_aug4k'" --gin_param='NUM_STEPS = 500'
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_aug4k_stage2 \
+  "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_aug4k'" --gin_param="DISTILL_STAGE = 'prediction'" \
+  --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_aug4k_stage1/student'" --gin_param='NUM_STEPS = 500' \
+  --gin_param='LEARNING_RATE = 5e-5'
