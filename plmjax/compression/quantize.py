@@ -17,8 +17,8 @@ Fake quantization (float in, float out, straight-through gradients; the code's `
   biases, norms, position and token-type embeddings stay float32, as in the code.
 
 Real export: `pack_weights` stores each quantized tensor as codes packed 5 to a byte (ternary: base 3, 1.6 bits a
-weight), 1 bit (binary) or 8 bits a value with its float32 scales, the rest as float32; `unpack_weights` rebuilds exactly the fake-quantized
-tree; `packed_bytes` gives the size those arrays take on disk.
+weight), 1 bit (binary) or 8 bits a value with its float32 scales, the rest as float32; `unpack_weights` rebuilds
+exactly the fake-quantized tree; `packed_bytes` gives the size those arrays take on disk.
 
 `tws_split`: BinaryBERT's ternary weight splitting (two latent weights whose binary quantizations sum to the
 ternary one); `tws_params`: a ternary model's tree split so (a `<name>_split` twin beside each quantized tensor),
