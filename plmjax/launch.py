@@ -3,7 +3,7 @@
 Only the edges are configurable (t5x's rule): the run functions `train` and `evaluate` (plmjax.train.loop), the
 mesh (`create_mesh`), the optimizer builder (`make_optimizer`), the sharding rules table (`logical_axis_rules`),
 the PEFT methods' options (`lora`, `adapter`, `prompt_tuning`, `prefix_tuning`), TinyBERT distillation
-(`distill`), TinyBERT's data augmentation (`augment.*`: K, p, N, seed), in-context evaluation
+(`distill`), bert2BERT's two-stage pre-training (`two_stage`), TinyBERT's data augmentation (`augment.*`: K, p, N, seed), in-context evaluation
 (`in_context_evaluate`), and `plmjax infer`'s settings (`infer.*`); model
 presets are registered by plmjax.models.config and tasks by plmjax.tasks.
 This module sits above the trainer and evaluation, so it is where a fine-tuning run gets its official scoring.
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import gin
 
 from plmjax import evaluation, peft, sharding
-from plmjax.compression import augment, distill
+from plmjax.compression import augment, distill, two_stage
 from plmjax.evaluation import infer
 from plmjax.prompting import in_context
 from plmjax.train import loop, optim
@@ -39,6 +39,8 @@ PEFT_OPTIONS = {method: gin.external_configurable(options, method, module="plmja
                 for method, (_, options) in peft.METHODS.items()}
 # A TinyBERT run: `train.distill = @distill()`, `distill.teacher_config`, `distill.stage`, ... (gin_configs/compression/)
 distill_settings = gin.external_configurable(distill.DistillRun, "distill")
+# bert2BERT's two-stage pre-training: `train.two_stage = @two_stage()`, `two_stage.block_layers`, `.stage1_steps`
+two_stage_settings = gin.external_configurable(two_stage.TwoStage, "two_stage")
 augment_options = gin.external_configurable(augment.Options, "augment")  # plmjax augment: `augment.copies` (N), ...
 infer_settings = gin.external_configurable(infer.settings, "infer")  # plmjax infer's settings: `infer.strategy`
 in_context_evaluate = gin.external_configurable(in_context.evaluate, "in_context_evaluate",

@@ -140,7 +140,8 @@ def extract(params: Any, config: TransformerConfig, width_mult: float, depth_mul
     small = sub_config(config, width_mult, depth_mult, layers)
     heads, neurons = np.arange(small.num_heads), np.arange(small.mlp_dim)
     stack = _layers(params, config)
-    kept = {f"layers_{j}": _permute_layer(stack[i], heads, neurons)
+    full_width = (small.num_heads, small.mlp_dim) == (config.num_heads, config.mlp_dim)
+    kept = {f"layers_{j}": stack[i] if full_width else _permute_layer(stack[i], heads, neurons)
             for j, i in enumerate(_chosen_layers(config, depth_mult, layers))}
     return small, _replace_layers(params, kept)
 

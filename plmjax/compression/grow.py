@@ -20,8 +20,8 @@ Depth (L -> L'): stacking, layer i of the grown model is layer i mod L of the wi
 StackBERT-style depth growth); `grow_params(..., depth_first=False)` always grows width first.
 
 Works on the unrolled layout (`layers_0 ...`); a scanned checkpoint is first rewritten with `plmjax convert
---layout unrolled`. The two-stage pre-training schedule of the paper (train sub-models, then the full one) is
-not here.
+--layout unrolled`. The paper's two-stage pre-training schedule (train sub-models of the grown model's bottom
+layers, then the full one) is a trainer option: `compression.two_stage` (`train.two_stage = @two_stage()`).
 """
 from __future__ import annotations
 

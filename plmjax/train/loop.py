@@ -146,6 +146,7 @@ def train(
     preemption_grace_s: float = 120.0,
     allow_data_order_change: bool = False,
     distill: Any = None,
+    two_stage: Any = None,
 ) -> dict[str, float]:
     """Trains (or resumes) a model; returns the final evaluation metrics.
 
@@ -181,6 +182,9 @@ def train(
     distill: a TinyBERT run (`plmjax.compression.distill.DistillRun`; gin `train.distill = @distill()`): the
       frozen teacher (read from `distill.teacher_checkpoint`) and the student (the run's model, initialized from
       `init_checkpoint`) in one step; the student is evaluated alone and written to `model_dir/student`.
+    two_stage: bert2BERT's two-stage pre-training of a grown encoder (`plmjax.compression.two_stage.TwoStage`; gin
+      `train.two_stage = @two_stage()`, `two_stage.block_layers`, `two_stage.stage1_steps`): the first
+      `stage1_steps` steps each train a sampled sub-model's top block and the MLM head, the rest the full model.
     """
     _check_required("train", model_config=model_config, architecture=architecture, objective=objective, task=task,
                     task_feature_lengths=task_feature_lengths)
@@ -190,6 +194,8 @@ def train(
                           "'shard' each host would bucket its own examples and run different shapes).")
     if input_sharding not in ("shard", "slice"):
         raise ConfigError(f"train.input_sharding={input_sharding!r}: use 'shard' or 'slice'.")
+    if two_stage is not None:
+        _check_two_stage(two_stage, model_config, architecture, objective, num_steps, peft, distill)
     start = time.time()
     mesh = mesh if mesh is not None else sharding.create_mesh()
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
@@ -204,6 +210,9 @@ def train(
     if distill is not None:
         from plmjax.compression import distill as distill_lib
         tx = distill_lib.optimizer(tx)  # set_to_zero on the teacher
+    if two_stage is not None:
+        from plmjax.compression import two_stage as two_stage_lib
+        tx = two_stage_lib.optimizer(tx, two_stage, model_config)  # only the trained groups, each its own count
     faults.lock_model_dir(model_dir)  # creates it; a second run on it refuses (released at the end)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints)
 
@@ -235,7 +244,7 @@ def train(
             f.write(operative_config() if operative_config else "")
 
     train_step = step_lib.jit_train_step(run.module, run.objective, tx, schedule, mesh, shardings,
-                                         grad_accum_steps=grad_accum_steps, rules=run.rules)
+                                         grad_accum_steps=grad_accum_steps, rules=run.rules, two_stage=two_stage)
     # The saved iterator state continues the stream where it stopped; without one (a checkpoint written before
     # plmjax saved it, or by another number of processes) the consumed batches are read again and dropped.
     batches = pipeline.DataIterator(pipeline.get_dataset(
@@ -343,6 +352,13 @@ def train(
             json.dump(summary, f, indent=2)
     faults.unlock_model_dir(model_dir)
     return final
+
+
+def _check_two_stage(two_stage, model_config, architecture, objective, num_steps, peft, distill) -> None:
+    if peft or distill is not None:
+        raise ConfigError(f"train.two_stage and train.{'peft' if peft else 'distill'} cannot be combined: bert2BERT's "
+                          "schedule pre-trains a whole grown encoder; remove one of the two bindings.")
+    two_stage.check(model_config, architecture, objective, num_steps)
 
 
 @dataclasses.dataclass

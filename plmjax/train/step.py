@@ -15,6 +15,7 @@ import optax
 from flax import linen as nn
 
 from plmjax import sharding
+from plmjax.compression import two_stage as two_stage_lib
 from plmjax.objectives.base import Objective
 from plmjax.train import metrics as metrics_lib
 from plmjax.train.state import TrainState
@@ -72,14 +73,41 @@ def accumulated_grads(params, batch, rng, module, objective, grad_accum_steps: i
     return grads, metrics
 
 
+def _two_stage_grads(state: TrainState, batch, rng, module, objective, grad_accum_steps, two_stage):
+    """bert2BERT's two-stage schedule (`compression.two_stage`): (grads, metrics, the parameter groups to update)
+    of the sub-model the step samples in stage 1 (its top block and the head) or of the full model after it; a
+    `lax.switch`, so only the chosen depth is computed."""
+    subs = two_stage.sub_models(module)
+    branches = [functools.partial(accumulated_grads, batch=batch, rng=rng, module=model, objective=objective,
+                                  grad_accum_steps=grad_accum_steps) for model in [*subs, module]]
+    index = two_stage.branch(rng, state.step, module.config)
+    grads, metrics = jax.lax.switch(index, branches, state.params)
+    depths = jnp.asarray([sub.depth for sub in subs] + [module.config.num_encoder_layers], jnp.float32)
+    metrics = dict(metrics, sub_model_layers=(depths[index], jnp.ones((), jnp.float32)))
+    return grads, metrics, two_stage.trained_groups(index, module.config)
+
+
 def train_step(state: TrainState, batch, *, module, objective: Objective, tx: optax.GradientTransformation,
-               schedule, grad_accum_steps: int = 1):
+               schedule, grad_accum_steps: int = 1, two_stage=None):
     """One update. Not `optax.apply_if_finite`: that wraps the optimizer state (another checkpoint tree) and sees
-    only the gradients; here the loss is checked too and the state keeps its structure."""
+    only the gradients; here the loss is checked too and the state keeps its structure. `two_stage`
+    (`compression.two_stage.TwoStage`, `tx` wrapped by `two_stage.optimizer`): bert2BERT's schedule, stage 1
+    updating only a sampled sub-model's top block and head (every other parameter and its optimizer state
+    unchanged), then the ordinary step."""
     rng = jax.random.fold_in(state.rng, state.step)
-    grads, metrics = accumulated_grads(state.params, batch, rng, module, objective, grad_accum_steps)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if two_stage is None:
+        grads, metrics = accumulated_grads(state.params, batch, rng, module, objective, grad_accum_steps)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+    else:
+        if not isinstance(state.opt_state, two_stage_lib.TwoStageState):
+            raise TypeError("train_step(two_stage=...) needs the optimizer wrapped by "
+                            "compression.two_stage.optimizer (its per-group update counts).")
+        grads, metrics, trained = _two_stage_grads(state, batch, rng, module, objective, grad_accum_steps,
+                                                   two_stage)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, trained=trained)
+        params = two_stage_lib.keep_untrained(optax.apply_updates(state.params, updates), state.params,
+                                              module.config, two_stage, trained)
     one = jnp.ones((), jnp.float32)
     grad_norm = optax.global_norm(grads).astype(jnp.float32)
     metrics = dict(metrics, learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one),
@@ -101,9 +129,9 @@ def eval_step(params, batch, *, module, objective: Objective):
 
 
 def jit_train_step(module, objective, tx, schedule, mesh, state_shardings, *, grad_accum_steps=1,
-                   rules=sharding.LOGICAL_AXIS_RULES):
+                   rules=sharding.LOGICAL_AXIS_RULES, two_stage=None):
     step = functools.partial(train_step, module=module, objective=objective, tx=tx, schedule=schedule,
-                             grad_accum_steps=grad_accum_steps)
+                             grad_accum_steps=grad_accum_steps, two_stage=two_stage)
     jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
                      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
     return sharding.in_mesh(jitted, mesh, rules)

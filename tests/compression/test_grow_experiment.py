@@ -39,3 +39,23 @@ def test_steps_saved_exact_and_lower_bounds():
     assert saved(None, 120, 600) == "> 480 (> 80%)"  # scratch did not get there within 600 steps
     assert saved(None, 120, 600, cost=180.0) == "> 300 (> 50%)"
     assert saved(400, None, 600) == "-"
+
+
+def test_stage1_flops_per_token_by_hand():
+    """A two-stage step: forward through the sub-model, backward through its top block and the head's transform,
+    the frozen tied projection's input gradient only."""
+    script = _script()
+    large = config_lib.tiny_encoder(vocab_size=4096, emb_dim=128, num_heads=8, mlp_dim=256, num_encoder_layers=4)
+    layer, transform, vocab = 65536 + 65536 + 8192, 16384, 524288
+    assert script.stage1_flops_per_token(large, 32, 2, 2) == (2 * (2 * layer + transform + vocab)
+                                                             + 4 * (2 * layer + transform) + 2 * vocab)
+    assert script.stage1_flops_per_token(large, 32, 4, 2) < script.train_flops_per_token(large, 32)
+    # all four layers as one block: a full step less the tied table's weight gradient
+    assert script.stage1_flops_per_token(large, 32, 4, 4) == script.train_flops_per_token(large, 32) - 2 * vocab
+
+
+def test_full_model_steps_counts_stage1_at_its_sampled_depths():
+    rows = [{"step": 10, "sub_model_layers": 2.0}, {"step": 20, "sub_model_layers": 3.0},
+            {"step": 30, "sub_model_layers": 4.0}, {"step": 40, "sub_model_layers": 4.0}]
+    cost = lambda depth: depth / 10  # noqa: E731
+    assert _script().full_model_steps(rows, 20, cost) == {0: 0.0, 10: 2.0, 20: 5.0, 30: 15.0, 40: 25.0}
