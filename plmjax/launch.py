@@ -3,9 +3,9 @@
 Only the edges are configurable (t5x's rule): the run functions `train` and `evaluate` (plmjax.train.loop), the
 mesh (`create_mesh`), the optimizer builder (`make_optimizer`), the sharding rules table (`logical_axis_rules`),
 the PEFT methods' options (`lora`, `adapter`, `prompt_tuning`, `prefix_tuning`), TinyBERT distillation
-(`distill`), bert2BERT's two-stage pre-training (`two_stage`), TinyBERT's data augmentation (`augment.*`: K, p, N, seed), in-context evaluation
-(`in_context_evaluate`), and `plmjax infer`'s settings (`infer.*`); model
-presets are registered by plmjax.models.config and tasks by plmjax.tasks.
+(`distill`), bert2BERT's two-stage pre-training (`two_stage`), TinyBERT's data augmentation (`augment.*`: K, p,
+N, seed), in-context evaluation (`in_context_evaluate`), and `plmjax infer`'s settings (`infer.*`); model presets
+are registered by plmjax.models.config and tasks by plmjax.tasks.
 This module sits above the trainer and evaluation, so it is where a fine-tuning run gets its official scoring.
 
 Flags: `--gin_file=F` (repeatable), `--gin_param='NAME = VALUE'` (repeatable), and t5x's `--gin.NAME=VALUE`.
