@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,11 +151,17 @@ def test_augment_folder_is_read_back_by_the_glue_reader(mlm_dir, tmp_path, capsy
     again = tmp_path / 'again'
     common = ['augment', '--mlm', str(mlm_dir), '--glue_dir', str(tmp_path / 'glue'), '--out', str(again),
               '--limit', '2', '--batch_size', '3', '--gin_file', 'gin_configs/compression/augment.gin']
-    assert cli.main([*common, '--gin_param', 'augment.copies = 5', '--gin_param', 'augment.seed = 1']) == 0
+    try:
+        assert cli.main([*common, '--gin_param', 'augment.copies = 5', '--gin_param', 'augment.seed = 1']) == 0
+    finally:
+        gin.clear_config()  # no binding reaches later tests
     assert (again / 'SST-2' / 'train.tsv').read_text().splitlines() == \
         (tmp_path / 'aug' / 'SST-2' / 'train.tsv').read_text().splitlines()[:1 + len(groups[0]) + len(groups[1])]
     record = json.loads((again / 'SST-2' / 'augment.json').read_text())
     assert record['options'] == {**dataclasses.asdict(options), 'num_candidates': 15, 'replace_prob': 0.4}
     assert record['examples'] == 2 and record['mlm'] == str(mlm_dir)
-    assert cli.main([*common, '--gin_param', 'augment.copys = 5']) == 2
+    try:
+        assert cli.main([*common, '--gin_param', 'augment.copys = 5']) == 2
+    finally:
+        gin.clear_config()
     assert 'copys' in capsys.readouterr().err

@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,8 +178,11 @@ def test_misconfigured_runs_give_one_message(tmp_path, settings, message):
 
 
 def test_a_bad_gin_binding_is_one_line_from_plmjax_train(tmp_path, capsys):
-    status = cli.main(["train", "--gin_file=gin_configs/experiments/tiny_bert_mlm.gin", f"--model_dir={tmp_path}/r",
-                       "--gin_param=train.two_stage = @two_stage()", "--gin_param=two_stage.block_layers = 3",
-                       "--gin_param=two_stage.stage1_steps = 10"])
+    try:
+        status = cli.main(["train", "--gin_file=gin_configs/experiments/tiny_bert_mlm.gin",
+                           f"--model_dir={tmp_path}/r", "--gin_param=train.two_stage = @two_stage()",
+                           "--gin_param=two_stage.block_layers = 3", "--gin_param=two_stage.stage1_steps = 10"])
+    finally:
+        gin.clear_config()  # the recipe's bindings (tiny_encoder.vocab_size, ...) must not reach later tests
     assert status == 2
     assert "two_stage.block_layers=3 does not divide the model's 2 layers" in capsys.readouterr().err
