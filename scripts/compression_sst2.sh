@@ -27,6 +27,9 @@ t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --mo
 # (d) TernaryBERT: ternary weights, 8-bit activations (every product's inputs, Q, K, probabilities and V included)
 t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_sst2 "${quiet[@]}" \
   --gin_param='NUM_STEPS = 800'
+# (d) the same with LAT (loss-aware ternarization)
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/lat_sst2 "${quiet[@]}" \
+  --gin_param="QUANTIZE = 'lat'" --gin_param='NUM_STEPS = 800'
 # (d) BinaryBERT: the ternary student split (TWS) into two binary weights a tensor, then binary fine-tuning
 t plmjax convert --tws --model_dir runs/ternary_sst2/student --out runs/ternary_sst2_tws
 t plmjax train --gin_file=gin_configs/compression/minilm_sst2_binary.gin --model_dir=runs/binary_sst2 "${quiet[@]}"
