@@ -196,13 +196,18 @@ def _is_split(path: str) -> bool:
     return path.endswith(SPLIT_SUFFIX) and _rule(path[:-len(SPLIT_SUFFIX)]) is not None
 
 
-def _split_binary(params: Any, clip: float) -> Any:
-    flat = traverse_util.flatten_dict(params, sep="/")
+def _check_twins(flat: dict) -> None:
+    """A split binary model's flat tree ({'a/b/kernel': ...}) has the twin of every quantized tensor."""
     missing = [path for path in flat if _rule(path) and path + SPLIT_SUFFIX not in flat]
     if missing:
         raise ValueError(f"quantize='split_binary' needs a second latent weight beside each quantized one, and "
                          f"{missing[0]}{SPLIT_SUFFIX} (and {len(missing) - 1} more) is not there: split a ternary "
                          "checkpoint first (`plmjax convert --tws`, BinaryBERT's ternary weight splitting).")
+
+
+def _split_binary(params: Any, clip: float) -> Any:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    _check_twins(flat)
     out = {path: (bwn(w, clip, rowwise=_rule(path) == "rowwise") + bwn(
         flat[path + SPLIT_SUFFIX], clip, rowwise=_rule(path) == "rowwise") if _rule(path) else w)
         for path, w in flat.items() if not _is_split(path)}
@@ -428,7 +433,7 @@ def pack_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> di
     _check_method(method)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
     if method == SPLIT_BINARY:
-        quantize_weights(params, method, clip)  # the split checks
+        _check_twins(flat)
         return {path: (_pack_one(w, "binary", _rule(path.removesuffix(SPLIT_SUFFIX)) == "rowwise", clip) if (
             _rule(path) or _is_split(path)) else w) for path, w in flat.items()}
     return {path: (_pack_one(w, method, _rule(path) == "rowwise", clip) if _rule(path) else w)

@@ -71,8 +71,12 @@ class TwoStage:
         """The sub-models' layer counts, l_b, 2 l_b, ..., L (the index a step samples picks one)."""
         return list(range(self.block_layers, config.num_encoder_layers + 1, self.block_layers))
 
-    def check(self, config, architecture: str, objective: str, num_steps: int) -> None:
+    def check(self, config, architecture: str, objective: str, num_steps: int, peft=None, distill=None) -> None:
         """One error naming the gin binding that is wrong."""
+        if peft or distill is not None:
+            raise TwoStageConfigError(
+                f"train.two_stage and train.{'peft' if peft else 'distill'} cannot be combined: bert2BERT's "
+                "schedule pre-trains a whole grown encoder; remove one of the two bindings.")
         if (architecture, objective) != ("encoder", "mlm"):
             raise TwoStageConfigError(
                 f"train.two_stage trains sub-models of an encoder on MLM batches (MODEL_ARCH = 'encoder', OBJECTIVE "

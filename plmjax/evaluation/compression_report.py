@@ -67,9 +67,9 @@ def report(checkpoints: Mapping[str, str], task: str, split: str = 'validation',
         run = dataclasses.replace(run, module=_module(saved))
         scores = evaluation.evaluate_params(saved.params, run, task, split, batch_size=eval_batch_size)
         packed = os.path.join(os.path.dirname(saved.checkpoint), 'packed.npz')
-        rows.append({'name': name, 'checkpoint': path, **scores,
-                     'parameters': quantize.parameter_count(saved.params),
-                     'float32_bytes': quantize.parameter_count(saved.params) * 4,
+        parameters = quantize.parameter_count(saved.params)  # the deployed model's (a split model's twins not)
+        rows.append({'name': name, 'checkpoint': path, **scores, 'parameters': parameters,
+                     'float32_bytes': parameters * 4,
                      'checkpoint_bytes': directory_bytes(os.path.join(saved.checkpoint, str(saved.step))),
                      'packed_bytes': os.path.getsize(packed) if os.path.exists(packed) else None,
                      'quantize': (saved.metadata.get('quantize') or {}).get('method')})

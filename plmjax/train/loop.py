@@ -195,7 +195,7 @@ def train(
     if input_sharding not in ("shard", "slice"):
         raise ConfigError(f"train.input_sharding={input_sharding!r}: use 'shard' or 'slice'.")
     if two_stage is not None:
-        _check_two_stage(two_stage, model_config, architecture, objective, num_steps, peft, distill)
+        two_stage.check(model_config, architecture, objective, num_steps, peft=peft, distill=distill)
     start = time.time()
     mesh = mesh if mesh is not None else sharding.create_mesh()
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
@@ -352,13 +352,6 @@ def train(
             json.dump(summary, f, indent=2)
     faults.unlock_model_dir(model_dir)
     return final
-
-
-def _check_two_stage(two_stage, model_config, architecture, objective, num_steps, peft, distill) -> None:
-    if peft or distill is not None:
-        raise ConfigError(f"train.two_stage and train.{'peft' if peft else 'distill'} cannot be combined: bert2BERT's "
-                          "schedule pre-trains a whole grown encoder; remove one of the two bindings.")
-    two_stage.check(model_config, architecture, objective, num_steps)
 
 
 @dataclasses.dataclass
