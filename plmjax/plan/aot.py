@@ -34,7 +34,7 @@ from flax import linen as nn
 
 from plmjax import models, sharding
 from plmjax.data import feature_converters
-from plmjax.plan import hardware
+from plmjax.plan import hardware, loops
 from plmjax.train import optim
 from plmjax.train import setup as setup_lib
 from plmjax.train import state as state_lib
@@ -70,6 +70,8 @@ class Plan:
     model_flops: float | None  # per device: 3 x forward-and-loss FLOPs of the whole batch / devices
     compile_seconds: float
     compiler_message: str = ""  # the compiler's own words when it refused the program (out of memory)
+    scan_layers: bool = False  # layers in a loop: flops and bytes_accessed extrapolated from unrolled compiles
+    cost_compile_seconds: float = 0.0  # the time those unrolled compiles took (plan.loops)
 
     @property
     def total_bytes(self) -> int:
@@ -199,16 +201,22 @@ def check_divisible(abstract_state, mesh_shape: Mapping[str, int]) -> None:
                     "`<preset>.vocab_size = ...`; num_heads must be a multiple of tensor).")
 
 
-def forward_flops(module, objective, abstract_params, abstract_batch) -> float:
+def forward_flops(config, run, abstract_batch) -> float:
     """FLOPs of the forward pass and loss of the whole batch, from XLA's cost analysis of the unpartitioned,
-    unrematerialized program (lowered only, never compiled)."""
+    unrematerialized program (lowered only, never compiled), for `config`: `run.model_config` or the same model
+    unrolled (scanned layers are a loop whose body the cost analysis counts once)."""
     unsharded = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
+    module = run.module if config == run.model_config else run.module.clone(config=config)
+    dummy = state_lib.dummy_inputs(run.architecture, 1, run.task_feature_lengths)
+    params = jax.eval_shape(lambda: module.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, **dummy,
+                                                deterministic=True)["params"])
+    params = nn.meta.unbox(params)
 
     def loss(params, batch):
-        outputs = module.apply({"params": params}, **objective.model_inputs(batch), deterministic=True)
-        return objective.loss_fn(batch, outputs)[0]
+        outputs = module.apply({"params": params}, **run.objective.model_inputs(batch), deterministic=True)
+        return run.objective.loss_fn(batch, outputs)[0]
 
-    return float(_cost(jax.jit(loss).lower(unsharded(abstract_params), unsharded(abstract_batch)))["flops"])
+    return float(_cost(jax.jit(loss).lower(unsharded(params), unsharded(abstract_batch)))["flops"])
 
 
 def _cost(lowered_or_compiled) -> dict[str, float]:
@@ -234,22 +242,11 @@ def parse_out_of_memory(message: str, argument_bytes: int) -> int | None:
     return None
 
 
-def plan_train_step(model_config, architecture: str, objective: str, task_feature_lengths: Mapping[str, int], *,
-                    topology: str, mesh_shape: Mapping[str, int], batch_size: int, optimizer=None,
-                    grad_accum_steps: int = 1, rules=sharding.LOGICAL_AXIS_RULES, name: str | None = None) -> Plan:
-    """Compiles `plmjax train`'s step for `topology` ('v5e:4x4') over a `('data', 'fsdp', 'tensor')` mesh of its
-    devices (`mesh_shape`: {'data': .., 'fsdp': .., 'tensor': ..}, one may be -1); returns the compiler's figures.
-
-    optimizer: `(tx, schedule)` as `train.optimizer` (default: `optim.make_optimizer`'s AdamW).
-    """
-    chip, _ = hardware.parse_topology(topology)
-    devices = hardware.topology_devices(topology)
-    mesh = sharding.create_mesh(devices=devices, **mesh_shape)
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % (data_parallel * grad_accum_steps):
-        raise ValueError(f"Batch size {batch_size} does not split over data x fsdp = {data_parallel} devices "
-                         f"(x grad_accum_steps={grad_accum_steps}): use a multiple of "
-                         f"{data_parallel * grad_accum_steps} (--batch_size).")
+def _compile_step(model_config, architecture: str, objective: str, task_feature_lengths: Mapping[str, int], mesh,
+                  batch_size: int, optimizer, grad_accum_steps: int, rules) -> dict:
+    """`plmjax train`'s step for `model_config` over `mesh`, lowered and compiled with abstract arguments: the run,
+    its abstract state and batch, and the compiler's memory and cost analyses (memory None and `message` the
+    compiler's words when it refused the program for lack of HBM)."""
     run = setup_lib.setup(model_config, architecture, objective, task_feature_lengths, mesh, rules=rules)
     tx, schedule = optimizer if optimizer is not None else optim.make_optimizer(total_steps=1000)
     abstract_state, shardings = state_lib.state_shardings(run.module, tx, architecture, run.task_feature_lengths,
@@ -261,25 +258,56 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
     start = time.time()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         lowered = train_step.__wrapped__.lower(abstract_state, batch)  # the jitted step inside jit_train_step's mesh
-    message, memory, cost = "", None, {}
-    state_bytes = per_device_bytes(abstract_state)
-    arguments = state_bytes + per_device_bytes(batch)
+    out = dict(run=run, abstract_state=abstract_state, batch=batch, message="", memory=None, cost={})
     try:
         compiled = lowered.compile()
-        memory, cost = compiled.memory_analysis(), _cost(compiled)
+        out.update(memory=compiled.memory_analysis(), cost=_cost(compiled))
     except Exception as error:  # noqa: BLE001  only the compiler's out-of-memory refusal is a result
+        arguments = per_device_bytes(abstract_state) + per_device_bytes(batch)
         temps = parse_out_of_memory(str(error), arguments)
         if temps is None:
             raise
-        message = str(error).strip().splitlines()[0]
-    compile_seconds = time.time() - start
+        out.update(message=str(error).strip().splitlines()[0], temps=temps)
+    out["seconds"] = time.time() - start
+    return out
+
+
+def plan_train_step(model_config, architecture: str, objective: str, task_feature_lengths: Mapping[str, int], *,
+                    topology: str, mesh_shape: Mapping[str, int], batch_size: int, optimizer=None,
+                    grad_accum_steps: int = 1, rules=sharding.LOGICAL_AXIS_RULES, name: str | None = None) -> Plan:
+    """Compiles `plmjax train`'s step for `topology` ('v5e:4x4') over a mesh of its devices (`mesh_shape`: axis
+    sizes of `sharding.MESH_AXES`, one may be -1); returns the compiler's figures.
+
+    optimizer: `(tx, schedule)` as `train.optimizer` (default: `optim.make_optimizer`'s AdamW).
+    With `scan_layers`, the FLOPs and bytes come from the step unrolled at two small depths (`plan.loops`): XLA's
+    cost analysis counts a loop body once.
+    """
+    chip, _ = hardware.parse_topology(topology)
+    devices = hardware.topology_devices(topology)
+    mesh = sharding.create_mesh(devices=devices, **mesh_shape)
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % (data_parallel * grad_accum_steps):
+        raise ValueError(f"Batch size {batch_size} does not split over data x fsdp = {data_parallel} devices "
+                         f"(x grad_accum_steps={grad_accum_steps}): use a multiple of "
+                         f"{data_parallel * grad_accum_steps} (--batch_size).")
+    compile_ = lambda cfg: _compile_step(cfg, architecture, objective, task_feature_lengths, mesh,  # noqa: E731
+                                         batch_size, optimizer, grad_accum_steps, rules)
+    step = compile_(model_config)
+    run, abstract_state, batch, memory, cost = (step[k] for k in ("run", "abstract_state", "batch", "memory", "cost"))
+    state_bytes = per_device_bytes(abstract_state)
     if memory is not None:
         mem = dict(argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
                    alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
                    code_bytes=memory.generated_code_size_in_bytes)
     else:  # refused: the compiler's temporaries beside the (known) arguments
-        mem = dict(argument_bytes=arguments, output_bytes=0, alias_bytes=0, temp_bytes=temps, code_bytes=0)
-    fwd = forward_flops(run.module, run.objective, abstract_state.params, batch)
+        mem = dict(argument_bytes=state_bytes + per_device_bytes(batch), output_bytes=0, alias_bytes=0,
+                   temp_bytes=step["temps"], code_bytes=0)
+    cost_seconds, forward_config = 0.0, model_config
+    if model_config.scan_layers:
+        forward_config = dataclasses.replace(model_config, scan_layers=False)
+        if memory is not None:
+            cost, cost_seconds = loops.extrapolated_cost(model_config, lambda cfg: compile_(cfg)["cost"])
+    fwd = forward_flops(forward_config, run, batch)
     cfg = model_config
     return Plan(
         model=name or cfg.name, topology=topology, chip=chip, devices=len(devices),
@@ -287,4 +315,5 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         lengths={k: int(v.shape[1]) for k, v in batch.items()}, remat_policy=cfg.remat_policy, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype, parameters=models.count_params(abstract_state.params), state_bytes=state_bytes,
         flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"), model_flops=3 * fwd / len(devices),
-        compile_seconds=compile_seconds, compiler_message=message, **mem)
+        compile_seconds=step["seconds"], compiler_message=step["message"], scan_layers=cfg.scan_layers,
+        cost_compile_seconds=cost_seconds, **mem)

@@ -28,7 +28,7 @@ class TrainState:
     rng: jax.Array  # base PRNG key; step s uses fold_in(rng, s)
 
 
-def _dummy_inputs(architecture: str, batch_size: int, lengths: dict[str, int]) -> dict[str, jax.Array]:
+def dummy_inputs(architecture: str, batch_size: int, lengths: dict[str, int]) -> dict[str, jax.Array]:
     if architecture == "encoder_decoder":
         return {
             "encoder_input_ids": jnp.ones((batch_size, lengths["inputs"]), jnp.int32),
@@ -46,7 +46,7 @@ def _boxed_state(module: nn.Module, tx: optax.GradientTransformation, rng: jax.A
 def state_shardings(module, tx, architecture: str, lengths: dict[str, int], mesh: Mesh,
                     rules=sharding.LOGICAL_AXIS_RULES, batch_size: int = 1):
     """(abstract unboxed state, NamedSharding tree) for the state, without allocating it."""
-    dummy = _dummy_inputs(architecture, batch_size, lengths)
+    dummy = dummy_inputs(architecture, batch_size, lengths)
     boxed = jax.eval_shape(lambda r: _boxed_state(module, tx, r, dummy), jax.random.key(0))
     shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
     # optax.MaskedNode (the state of a frozen leaf under multi_transform, PEFT) is an empty tuple, which flax's
@@ -62,7 +62,7 @@ def create_train_state(module, tx, architecture: str, lengths: dict[str, int], m
                        rules=sharding.LOGICAL_AXIS_RULES) -> tuple[TrainState, Any]:
     """Initializes a sharded `TrainState`; returns it with its sharding tree."""
     _, shardings = state_shardings(module, tx, architecture, lengths, mesh, rules)
-    dummy = _dummy_inputs(architecture, 1, lengths)
+    dummy = dummy_inputs(architecture, 1, lengths)
 
     def init(rng):
         return nn.meta.unbox(_boxed_state(module, tx, rng, dummy))
