@@ -59,6 +59,7 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
 def read_gin_run(gin_files: list[str], gin_params: list[str]) -> dict:
     """The run settings `plmjax train` would read from these gin files (the mesh as create_mesh's bindings)."""
     settings = launch.run_settings(gin_files, gin_params, MESH_AXES)
+    settings.pop("task")  # the step's shapes come from the feature lengths; the data is never read
     if settings["rules"] is None:
         settings.pop("rules")
     return settings

@@ -168,3 +168,25 @@ def test_gin_run_settings_are_what_train_reads():
     assert settings["mesh_shape"] == {"data": 2, "fsdp": 2, "tensor": 2}
     tx, _ = settings["optimizer"]
     assert hasattr(tx, "update")
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_plmjax_plan_runs_from_the_command_line(tmp_path, capsys):
+    """`plmjax plan` end to end on a tiny recipe with scanned layers: the terminal summary and the JSON line."""
+    import gin
+
+    from plmjax import cli
+    out = tmp_path / "plans.jsonl"
+    try:
+        status = cli.main(["plan", "--gin_file=gin_configs/experiments/tiny_gpt_lm.gin",
+                           "--gin_param=tiny_decoder.scan_layers = True", "--gin_param=tiny_decoder.dropout_rate = 0.0",
+                           "--topology=v4:2x2x1", "--mesh=data=4", "--batch_size=8", f"--out={out}"])
+    finally:
+        gin.clear_config()
+    assert status == 0
+    summary = capsys.readouterr().out
+    assert "tiny_decoder on v4:2x2x1" in summary and "unrolled at two small depths" in summary
+    [record] = report.read_records(out)
+    assert record["scan_layers"] and record["fits"] and record["batch_size"] == 8
+    assert record["flops"] >= record["model_flops"] > 0
