@@ -2,9 +2,12 @@
 
 Every parameter and large activation in plmjax carries logical axis names from
 `batch length embed heads kv mlp vocab expert layers`. `LOGICAL_AXIS_RULES` maps them onto the mesh axes
-`('data', 'fsdp', 'tensor')`. Rules are tried in order and a mesh axis is used at most once per array
-(flax's semantics), so for an activation `[batch, length, embed]` the batch takes `('data', 'fsdp')` and
-embed stays replicated, while a parameter `[embed, mlp]` is split over `fsdp` and `tensor`.
+`('data', 'fsdp', 'tensor', 'expert')`. Rules are tried in order and a mesh axis is used at most once per array
+(flax's semantics), so for an activation `[batch, length, embed]` the batch takes `('data', 'fsdp', 'expert')` and
+embed stays replicated, while a parameter `[embed, mlp]` is split over `fsdp` and `tensor`. Expert parallelism
+(plmjax.layers.moe): expert weights `[expert, embed, mlp]` and the experts' activations `[expert, batch, ...]` are
+split over `expert` (tried before `batch`, whose second rule then leaves `expert` out); outside the experts the
+`expert` axis splits the batch, as MaxText does, and XLA's partitioner inserts the all-to-alls between the two.
 A run may replace rules (`logical_axis_rules(overrides)`, gin: `train.logical_axis_rules = @logical_axis_rules()`).
 """
 
@@ -19,10 +22,12 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("expert", "expert"),
+    ("batch", ("data", "fsdp", "expert")),
+    ("batch", ("data", "fsdp")),  # arrays whose 'expert' axis already takes the expert mesh axis
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
@@ -30,7 +35,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", None),
     ("length", None),
     ("layers", None),
-    ("expert", None),
 )
 
 
@@ -47,13 +51,14 @@ def logical_axis_rules(overrides: Sequence[tuple[str, str | tuple[str, ...] | No
     return overrides + tuple(rule for rule in base if rule[0] not in named)
 
 
-def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `('data', 'fsdp', 'tensor')` mesh over all (or the given) devices; one size may be -1 (the rest).
+def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None,
+                expert: int = 1) -> Mesh:
+    """A `('data', 'fsdp', 'tensor', 'expert')` mesh over all (or the given) devices; one size may be -1 (the rest).
 
     Axes are `Auto`, as linen's logical constraints need (make_mesh's default Explicit axes break them).
     """
     devices = list(devices) if devices is not None else jax.devices()
-    shape = [data, fsdp, tensor]
+    shape = [data, fsdp, tensor, expert]
     if shape.count(-1) > 1:
         raise ValueError(f"Mesh shape {dict(zip(MESH_AXES, shape))}: at most one axis may be -1.")
     known = math.prod(s for s in shape if s != -1)
@@ -61,12 +66,12 @@ def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequenc
         if len(devices) % known:
             raise ValueError(
                 f"Mesh shape {dict(zip(MESH_AXES, shape))} does not divide the {len(devices)} devices: "
-                "change create_mesh.data/fsdp/tensor in the mesh gin file.")
+                "change create_mesh.data/fsdp/tensor/expert in the mesh gin file.")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
         raise ValueError(
             f"Mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but {len(devices)} are "
-            "available: change create_mesh.data/fsdp/tensor in the mesh gin file (one of them may be -1).")
+            "available: change create_mesh.data/fsdp/tensor/expert in the mesh gin file (one of them may be -1).")
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 

@@ -42,6 +42,14 @@ class TransformerConfig:
     # MLP.
     activation: str = 'gelu'             # 'relu' | 'gelu' (exact erf) | 'gelu_new' (tanh approximation) | 'silu'
     gated_mlp: bool = False              # GeGLU/SwiGLU: act(x wi_0) * (x wi_1), as T5 v1.1
+    # Mixture of experts (plmjax.layers.moe): every moe_layer_interval-th layer's MLP (layers i with
+    # (i + 1) % interval == 0 in each stack) becomes num_experts expert MLPs behind a learned router.
+    num_experts: int = 0                 # 0: dense MLPs everywhere
+    num_experts_per_token: int = 1       # 1: Switch Transformer (top-1); 2: GShard (top-2)
+    expert_capacity_factor: float = 1.25  # capacity = ceil(factor * length * k / num_experts) per sequence
+    moe_layer_interval: int = 1          # 2: every other layer (Switch Transformer)
+    router_aux_loss_weight: float = 0.01  # Switch's load-balancing loss (alpha), averaged over MoE layers
+    router_z_loss_weight: float = 0.001  # ST-MoE's router z-loss
     # Normalization.
     norm: str = 'layernorm'              # 'layernorm' | 'rmsnorm' (T5: no mean, no bias, variance in float32)
     norm_eps: float = 1e-12
@@ -111,12 +119,35 @@ class TransformerConfig:
         if self.scan_layers and self.shared_layers:
             raise ValueError('scan_layers=True scans over distinct layers; shared_layers=True (ALBERT) has one layer '
                              'reused num_layers times: use scan_layers=False with shared_layers.')
+        if self.num_experts:
+            self._check_moe()
         if self.query_layer and self.num_decoder_layers < 1:
             raise ValueError('query_layer=True needs num_decoder_layers >= 1 (the query layer is the last of them).')
         if self.embedding_size not in (None, self.emb_dim) and self.tie_embeddings and not self.mlm_head_transform:
             raise ValueError(
                 f'tied output embeddings of size embedding_size={self.embedding_size} need mlm_head_transform=True '
                 f'to map emb_dim={self.emb_dim} to it (as ELECTRA\'s generator head does).')
+
+    def _check_moe(self):
+        if self.num_experts < 2 or self.num_experts_per_token not in (1, 2) or self.moe_layer_interval < 1:
+            raise ValueError(f'TransformerConfig.num_experts={self.num_experts} (0 or >= 2), num_experts_per_token='
+                             f'{self.num_experts_per_token} (1 or 2) or moe_layer_interval={self.moe_layer_interval} '
+                             '(>= 1) is out of range.')
+        if self.expert_capacity_factor <= 0:
+            raise ValueError('TransformerConfig.expert_capacity_factor must be > 0, got '
+                             f'{self.expert_capacity_factor}.')
+        if self.shared_layers:
+            raise ValueError('num_experts > 0 with shared_layers=True (ALBERT) is not supported: set num_experts = 0.')
+        stacks = (self.num_encoder_layers, self.num_decoder_layers - self.query_layer)  # the query layer is dense
+        uneven = [n for n in stacks if n % self.moe_layer_interval]
+        if self.scan_layers and uneven:
+            raise ValueError(f'scan_layers=True scans blocks of moe_layer_interval={self.moe_layer_interval} layers, '
+                             f'which must divide the number of layers of each stack (got {uneven}): change '
+                             'moe_layer_interval or use scan_layers=False.')
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer `index` (0-based, within its stack) has a mixture-of-experts MLP."""
+        return self.num_experts > 0 and (index + 1) % self.moe_layer_interval == 0
 
     @property
     def compute_dtype(self):
@@ -240,6 +271,26 @@ def pangu_alpha_13b(**overrides) -> TransformerConfig:
                                        'mlp_dim': 20480, 'num_decoder_layers': 40}, overrides)
 
 
+_MOE = dict(num_experts=8, num_experts_per_token=1, expert_capacity_factor=1.25, moe_layer_interval=2)
+
+
+@gin.configurable
+def tiny_moe_decoder(**overrides) -> TransformerConfig:
+    """tiny_decoder with a 4-expert Switch (top-1) MLP in its second layer, for tests and smoke runs."""
+    return _preset('tiny_moe_decoder', {**_GPT2, 'vocab_size': 512, 'emb_dim': 64, 'num_heads': 4, 'head_dim': 16,
+                                        'mlp_dim': 128, 'num_decoder_layers': 2, 'max_length': 128, **_MOE,
+                                        'num_experts': 4}, overrides)
+
+
+@gin.configurable
+def pangu_alpha_moe(**overrides) -> TransformerConfig:
+    """A PanGu-α-style mixture of experts: PanGu-α 2.6B (2560 wide, 31 GPT layers + the query layer) with 8
+    GShard top-2 experts in every GPT layer (the query layer stays dense): 14.0B parameters, 4.3B used per token."""
+    return _preset('pangu_alpha_moe', {**_PANGU, 'emb_dim': 2560, 'num_heads': 32, 'head_dim': 80,
+                                       'mlp_dim': 10240, 'num_decoder_layers': 32, **_MOE,
+                                       'num_experts_per_token': 2, 'moe_layer_interval': 1}, overrides)
+
+
 # --- Encoder-decoders: T5, BART ----------------------------------------------------------------------------
 
 _T5 = dict(vocab_size=32128, emb_dim=512, num_heads=8, head_dim=64, mlp_dim=2048, num_encoder_layers=6,
@@ -275,6 +326,14 @@ def t5_base(**overrides) -> TransformerConfig:
 
 
 @gin.configurable
+def switch_base_8(**overrides) -> TransformerConfig:
+    """Switch-Base-8 (Fedus et al., 2021): T5-base with a top-1 8-expert MLP in every other layer (layers 1, 3, ..
+    of encoder and decoder), capacity factor 1.25; 620M parameters, T5-base's FLOPs per token."""
+    return _preset('switch_base_8', {**_T5, 'emb_dim': 768, 'num_heads': 12, 'mlp_dim': 3072,
+                                     'num_encoder_layers': 12, 'num_decoder_layers': 12, **_MOE}, overrides)
+
+
+@gin.configurable
 def t5_v1_1_small(**overrides) -> TransformerConfig:
     """T5 v1.1 small: 8+8 layers, 512 wide, 6 heads, gated GELU, untied output layer."""
     return _preset('t5_v1_1_small', {**_T5_V1_1, 'num_heads': 6, 'mlp_dim': 1024, 'num_encoder_layers': 8,
@@ -295,4 +354,5 @@ def bart_base(**overrides) -> TransformerConfig:
 PRESETS = {fn.__name__: fn for fn in (
     tiny_encoder, bert_base, bert_large, nezha_base, roberta_base, electra_small,
     tiny_decoder, gpt2_small, gpt2_xl, pangu_alpha_350m, pangu_alpha_2_6b, pangu_alpha_13b,
-    tiny_encoder_decoder, t5_small, t5_base, t5_v1_1_small, bart_base)}
+    tiny_encoder_decoder, t5_small, t5_base, t5_v1_1_small, bart_base,
+    tiny_moe_decoder, pangu_alpha_moe, switch_base_8)}

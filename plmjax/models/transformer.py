@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from plmjax.layers import attention, embedding, mlp, norms, position
+from plmjax.layers import attention, embedding, mlp, moe, norms, position
 from plmjax.layers import dense as dense_layer
 from plmjax.layers import dropout as dropout_lib
 from plmjax.models import layout
@@ -22,7 +22,7 @@ _REMAT_POLICIES = {'full': None, 'dots_saveable': jax.checkpoint_policies.dots_s
                    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 # Collections whose variables a scanned stack holds per layer, stacked on axis 0 (the decoding cache, decoding's
 # weights layout, sown intermediates, params).
-SCANNED_COLLECTIONS = ('params', 'cache', 'decoding_weights', 'intermediates')
+SCANNED_COLLECTIONS = ('params', 'cache', 'decoding_weights', 'intermediates', moe.AUX_COLLECTION)
 
 
 def check_length(length: int, config: TransformerConfig, what: str = 'input') -> None:
@@ -111,9 +111,11 @@ class Embedder(nn.Module):
 
 class TransformerLayer(nn.Module):
     """Self-attention, optional cross-attention, MLP; pre- or post-LN; residual dropout. Sows its output as
-    'hidden_states' into the 'intermediates' collection (plmjax.models.intermediates)."""
+    'hidden_states' into the 'intermediates' collection (plmjax.models.intermediates). moe: the MLP is a
+    mixture of experts (plmjax.layers.moe; its router losses sown into 'aux_loss')."""
     config: TransformerConfig
     cross_attention: bool = False
+    moe: bool = False
 
     @nn.compact
     def __call__(self, x, *, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
@@ -151,10 +153,18 @@ class TransformerLayer(nn.Module):
                                                  deterministic=deterministic)
 
             x = residual(x, cross_attention, 'cross_attention_norm')
-        feed_forward = mlp.Mlp(mlp_dim=cfg.mlp_dim, activation=cfg.activation, gated=cfg.gated_mlp,
-                               use_bias=cfg.use_bias, dropout_rate=cfg.activation_dropout_rate, dtype=cfg.compute_dtype,
-                               param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype,
-                               kernel_init=kernel_init(cfg), name='mlp')
+        if self.moe:
+            feed_forward = moe.MoeMlp(
+                num_experts=cfg.num_experts, mlp_dim=cfg.mlp_dim, num_experts_per_token=cfg.num_experts_per_token,
+                capacity_factor=cfg.expert_capacity_factor, activation=cfg.activation, gated=cfg.gated_mlp,
+                use_bias=cfg.use_bias, dropout_rate=cfg.activation_dropout_rate, dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype, kernel_init=kernel_init(cfg),
+                router_init=kernel_init(cfg), name='mlp')
+        else:
+            feed_forward = mlp.Mlp(mlp_dim=cfg.mlp_dim, activation=cfg.activation, gated=cfg.gated_mlp,
+                                   use_bias=cfg.use_bias, dropout_rate=cfg.activation_dropout_rate,
+                                   dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype,
+                                   kernel_init=kernel_init(cfg), name='mlp')
         x = residual(x, lambda h: feed_forward(h, deterministic=deterministic), 'mlp_norm')
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         self.sow('intermediates', 'hidden_states', x)
@@ -175,13 +185,39 @@ class _LayerBody(TransformerLayer):
                                 deterministic=self.deterministic, decode=self.decode), None
 
 
+def _layer_body(cfg: TransformerConfig):
+    """_LayerBody, rematerialized by cfg.remat_policy (inside nn.scan, prevent_cse is not needed: flax's advice)."""
+    if cfg.remat_policy == 'none':
+        return _LayerBody
+    return nn.remat(_LayerBody, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+
+class _LayerBlock(nn.Module):
+    """config.moe_layer_interval consecutive layers (`layers_0 .. layers_{n-1}`), the last with a mixture-of-experts
+    MLP: the uniform body of a scanned stack whose every n-th layer is MoE. Same signature as _LayerBody."""
+    config: TransformerConfig
+    cross_attention: bool = False
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x, *inputs):
+        for j in range(self.config.moe_layer_interval):
+            x, _ = _layer_body(self.config)(self.config, cross_attention=self.cross_attention,
+                                            moe=self.config.is_moe_layer(j), deterministic=self.deterministic,
+                                            decode=self.decode, name=f'layers_{j}')(x, *inputs)
+        return x, None
+
+
 class TransformerStack(nn.Module):
     """Embedder -> num_layers TransformerLayers -> optional final norm. Relative positions (T5 bias, NEZHA) are
     computed once per stack and shared by all its layers, as in T5 (where layer 0 owns the bias table).
 
     Layers are unrolled (`layers_0 .. layers_{n-1}`) or, with config.scan_layers, one nn.scan over the layer
     (`layers`, every variable stacked on a leading axis named 'layers'; plmjax.models.layout converts). Both give
-    the same numbers, except that dropout draws other masks: the scan splits the 'dropout' rng per layer."""
+    the same numbers, except that dropout draws other masks: the scan splits the 'dropout' rng per layer. With
+    mixture-of-experts layers every config.moe_layer_interval-th layer (interval > 1), the scan runs over blocks of
+    that many layers (`layers/layers_{j}`, _LayerBlock); plmjax.models.layout does not convert that layout."""
     config: TransformerConfig
     num_layers: int
     token_embedder: nn.Module
@@ -210,17 +246,20 @@ class TransformerStack(nn.Module):
 
         if cfg.shared_layers and decode:  # one module's cache cannot hold the keys of every layer
             raise ValueError('Cached decoding does not support shared_layers=True (ALBERT-style layer sharing).')
-        body = _LayerBody
-        if cfg.remat_policy != 'none':  # inside nn.scan, prevent_cse is not needed (flax's advice)
-            body = nn.remat(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        body = _layer_body(cfg)
         inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
         if cfg.scan_layers:
-            body = nn.scan(body, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
+            block = cfg.moe_layer_interval if cfg.num_experts and cfg.moe_layer_interval > 1 else 1
+            kwargs = dict(cross_attention=self.cross_attention, deterministic=deterministic, decode=decode)
+            if block == 1:
+                kwargs['moe'] = cfg.num_experts > 0
+            body = nn.scan(body if block == 1 else _LayerBlock, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                            split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,) * len(inputs),
-                           length=self.num_layers, metadata_params={nn.PARTITION_NAME: layout.LAYERS})
-            x, _ = body(cfg, self.cross_attention, deterministic, decode, name=layout.LAYERS)(x, *inputs)
+                           length=self.num_layers // block, metadata_params={nn.PARTITION_NAME: layout.LAYERS})
+            x, _ = body(cfg, **kwargs, name=layout.LAYERS)(x, *inputs)
         else:
-            layers = [body(cfg, self.cross_attention, deterministic, decode, name=f'layers_{i}')
+            layers = [body(cfg, cross_attention=self.cross_attention, moe=cfg.is_moe_layer(i),
+                           deterministic=deterministic, decode=decode, name=f'layers_{i}')
                       for i in range(1 if cfg.shared_layers else self.num_layers)]
             for i in range(self.num_layers):
                 x, _ = layers[i % len(layers)](x, *inputs)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from plmjax.layers import moe
+
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
 
@@ -82,3 +84,25 @@ def example_weights(batch) -> jax.Array:
     size = batch["encoder_input_tokens"].shape[0]
     weights = batch.get("example_weights")
     return jnp.ones((size,), jnp.float32) if weights is None else weights.reshape(size).astype(jnp.float32)
+
+
+def router_losses(aux: Mapping, config, loss_weight: jax.Array) -> tuple[jax.Array, Metrics]:
+    """The mixture-of-experts router losses of one apply (`plmjax.layers.moe`), to add to the summed loss.
+
+    aux: the model's 'aux_loss' collection (each MoE layer's 'load_balancing_loss', 'router_z_loss' and
+    'dropped_fraction'; a scanned stack's stacked per layer). Each is averaged over the MoE layers; the term is
+    loss_weight * (config.router_aux_loss_weight * load_balancing + config.router_z_loss_weight * z_loss), so that
+    after the train step divides the summed loss by the total loss weight the objective is
+    mean token loss + the weighted router losses. Metrics: 'moe_<name>' as (value, 1) per (micro-)batch."""
+    found: dict[str, list[jax.Array]] = {name: [] for name in moe.AUX_NAMES}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(aux)[0]:
+        names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey) and key.key in found]
+        if names:
+            found[names[-1]].append(jnp.ravel(leaf).astype(jnp.float32))
+    if not found["load_balancing_loss"]:
+        return jnp.zeros((), jnp.float32), {}
+    means = {name: jnp.mean(jnp.concatenate(values)) for name, values in found.items()}
+    term = loss_weight * (config.router_aux_loss_weight * means["load_balancing_loss"]
+                          + config.router_z_loss_weight * means["router_z_loss"])
+    one = jnp.ones((), jnp.float32)
+    return term, {f"moe_{name}": (value, one) for name, value in means.items()}

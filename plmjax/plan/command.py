@@ -18,9 +18,8 @@ import json
 import os
 
 from plmjax import launch
+from plmjax.sharding import MESH_AXES
 from plmjax.models.config import DTYPES, REMAT_POLICIES
-
-MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +27,7 @@ def add_parser(subparsers) -> None:
     launch.add_gin_flags(p)
     p.add_argument("--topology", required=True, help="TPU slice as <chip>:<shape>, e.g. v5e:4x4 (v5e-16), "
                    "v5e:8x8 (v5e-64), v5p:4x4x4 (v5p-128: 64 chips), v6e:4x4, v4:2x2x2")
-    p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=16 or fsdp=16,tensor=4 (unnamed axes "
+    p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=16, fsdp=16,tensor=4 or data=4,expert=4 (unnamed axes "
                    "are 1; one may be -1: the rest of the devices). Default: the gin file's create_mesh bindings")
     p.add_argument("--batch_size", type=int, default=None, help="global batch (default: train.batch_size)")
     p.add_argument("--remat", choices=REMAT_POLICIES, default=None,

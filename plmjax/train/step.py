@@ -16,9 +16,25 @@ from flax import linen as nn
 
 from plmjax import sharding
 from plmjax.compression import two_stage as two_stage_lib
-from plmjax.objectives.base import Objective
+from plmjax.layers import moe
+from plmjax.objectives.base import Objective, router_losses
 from plmjax.train import metrics as metrics_lib
 from plmjax.train.state import TrainState
+
+
+def apply_and_loss(module: nn.Module, params, batch, inputs, objective: Objective, **kwargs):
+    """(summed loss to differentiate, metrics) of the module on `inputs`: the objective's summed loss plus, for a
+    mixture-of-experts model (config.num_experts > 0), its weighted router losses (`objectives.base.router_losses`,
+    also reported as metrics); `metrics['loss']` stays the objective's own loss."""
+    config = getattr(module, "config", None)
+    if config is None or not getattr(config, "num_experts", 0):
+        outputs = module.apply({"params": params}, **inputs, **kwargs)
+        _, metrics = objective.loss_fn(batch, outputs)
+        return metrics["loss"][0], metrics
+    outputs, state = module.apply({"params": params}, **inputs, mutable=[moe.AUX_COLLECTION], **kwargs)
+    _, metrics = objective.loss_fn(batch, outputs)
+    term, router_metrics = router_losses(state.get(moe.AUX_COLLECTION, {}), config, metrics["loss"][1])
+    return metrics["loss"][0] + term, {**metrics, **router_metrics}
 
 
 def loss_and_grads(params, batch, rng, module: nn.Module, objective: Objective, deterministic: bool = False):
@@ -31,10 +47,8 @@ def loss_and_grads(params, batch, rng, module: nn.Module, objective: Objective, 
 
     def grads_with(inputs):
         def summed_loss(p):
-            outputs = module.apply({"params": p}, **inputs, deterministic=deterministic,
-                                   rngs=None if deterministic else {"dropout": rng})
-            _, metrics = objective.loss_fn(batch, outputs)
-            return metrics["loss"][0], metrics
+            return apply_and_loss(module, p, batch, inputs, objective, deterministic=deterministic,
+                                  rngs=None if deterministic else {"dropout": rng})
 
         (_, metrics), grads = jax.value_and_grad(summed_loss, has_aux=True)(params)
         return grads, metrics
@@ -123,8 +137,7 @@ def train_step(state: TrainState, batch, *, module, objective: Objective, tx: op
 
 
 def eval_step(params, batch, *, module, objective: Objective):
-    outputs = module.apply({"params": params}, **objective.model_inputs(batch), deterministic=True)
-    _, metrics = objective.loss_fn(batch, outputs)
+    _, metrics = apply_and_loss(module, params, batch, objective.model_inputs(batch), objective, deterministic=True)
     return metrics
 
 
