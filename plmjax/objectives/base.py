@@ -82,3 +82,11 @@ def example_weights(batch) -> jax.Array:
     size = batch["encoder_input_tokens"].shape[0]
     weights = batch.get("example_weights")
     return jnp.ones((size,), jnp.float32) if weights is None else weights.reshape(size).astype(jnp.float32)
+
+
+def packed_inputs(batch, side: str, prefix: str = "") -> dict[str, Any]:
+    """A packed batch's `{side}_segment_ids` and `{side}_positions` (seqio's converters with pack=True) as the
+    module keyword arguments `{prefix}segment_ids`, `{prefix}positions`; {} for an unpacked batch."""
+    if f"{side}_segment_ids" not in batch:
+        return {}
+    return {f"{prefix}{name}": batch[f"{side}_{name}"] for name in ("segment_ids", "positions")}
