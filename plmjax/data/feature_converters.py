@@ -2,7 +2,11 @@
 
 `MLMFeatureConverter` is plmjax's own (seqio's EncoderFeatureConverter weights only positions that hold
 [MASK], missing BERT's randomized and kept positions); the decoder and encoder-decoder families use seqio's
-converters without packing. `make_feature_converter(family)` builds the right one by name (for gin). Two MLM
+converters. `make_feature_converter(family, pack=...)` builds the right one by name (for gin). Packing
+(`pack=True`, gin `train.pack = True`) is seqio's: `seqio.utils.trim_and_pack_dataset` fills each row with
+several examples and adds `{encoder,decoder}_segment_ids` (1, 2, ... per example, 0 on padding) and
+`*_positions` (restarting at 0 in each example), for the families in PACKABLE. The MLM families do not pack:
+their tasks' `masking.pack_for_mlm` already fills every row by concatenating documents. Two MLM
 variants carry further features: `SentencePairFeatureConverter` (NSP/SOP) and `SpanBoundaryFeatureConverter`
 (SpanBERT's span-boundary objective). The fine-tuning families (classification, span_extraction,
 multiple_choice, tagging) pass the fine-tuning tasks' final features through, padded to the inputs length.
@@ -40,7 +44,8 @@ class MLMFeatureConverter(seqio.FeatureConverter):
 
     def __init__(self, pack: bool = False, **kwargs):
         if pack:
-            raise ValueError("MLMFeatureConverter does not pack: pack_for_mlm already fills every example.")
+            raise ValueError("The MLM feature converters do not pack: masking.pack_for_mlm already fills every "
+                             "row by concatenating documents; set train.pack = False.")
         super().__init__(pack=False, **kwargs)
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -231,12 +236,22 @@ def register_feature_converter(family: str, converter) -> None:
     _FAMILIES[family] = converter
 
 
-def make_feature_converter(family: str, **kwargs) -> seqio.FeatureConverter:
-    """The unpacked converter for a model family: encoder | decoder | prefix_lm | encoder_decoder, the MLM
+# The families whose converters pack (seqio's): their batches gain *_segment_ids and *_positions.
+PACKABLE = ("decoder", "prefix_lm", "encoder_decoder")
+
+
+def make_feature_converter(family: str, pack: bool = False, **kwargs) -> seqio.FeatureConverter:
+    """The converter for a model family: encoder | decoder | prefix_lm | encoder_decoder, the MLM
     variants encoder_sentence_pair | encoder_span_boundary, or a fine-tuning kind classification (also
-    regression) | span_extraction | multiple_choice (kwarg num_choices) | tagging."""
+    regression) | span_extraction | multiple_choice (kwarg num_choices) | tagging. pack: seqio packing, for the
+    families in PACKABLE only."""
     if family not in _FAMILIES:
         hint = " (import plmjax.prompting.pet or plmjax.tasks, which register it)" if family == "pet" else ""
         raise ValueError(f"Unknown model family {family!r} for the feature converter{hint}; expected one of "
                          f"{sorted(_FAMILIES)}.")
-    return _FAMILIES[family](pack=False, **kwargs)
+    if pack and family not in PACKABLE:
+        why = ("masking.pack_for_mlm already fills every row by concatenating documents" if family.startswith(
+            "encoder") else "its examples are one per row")
+        raise ValueError(f"The {family!r} feature converter does not pack ({why}); packing serves {PACKABLE}: "
+                         "set train.pack = False.")
+    return _FAMILIES[family](pack=pack, **kwargs)

@@ -28,13 +28,16 @@ Initializer = Callable[..., jax.Array]
 
 def make_attention_mask(*, key_mask: jax.Array | None = None, causal: bool = False,
                         query_positions: jax.Array | None = None, key_positions: jax.Array | None = None,
-                        query_prefix: jax.Array | None = None, key_prefix: jax.Array | None = None
+                        query_prefix: jax.Array | None = None, key_prefix: jax.Array | None = None,
+                        query_segment_ids: jax.Array | None = None, key_segment_ids: jax.Array | None = None
                         ) -> jax.Array | None:
     """Boolean [batch or 1, 1, query, key], True where the query may attend to the key; None if nothing is masked.
 
     key_mask: [batch, key], nonzero for real keys (padding mask). causal: a query sees keys at positions <= its own
     (needs query_positions [query] and key_positions [key]). query_prefix [batch, query], key_prefix [batch, key]:
     prefix LM, nonzero on the prefix; prefix positions also see each other bidirectionally.
+    query_segment_ids [batch, query], key_segment_ids [batch, key]: packed examples (seqio's `*_segment_ids`, 0 on
+    padding); a query sees only keys of its own segment, so no attention crosses from one example to another.
     """
     mask = None
 
@@ -50,6 +53,8 @@ def make_attention_mask(*, key_mask: jax.Array | None = None, causal: bool = Fal
         mask = combine(visible)
     if key_mask is not None:
         mask = combine((key_mask != 0)[:, None, None, :])  # [batch, 1, 1, key]
+    if query_segment_ids is not None:
+        mask = combine(query_segment_ids[:, None, :, None] == key_segment_ids[:, None, None, :])  # [batch, 1, q, k]
     return mask
 
 
@@ -59,6 +64,7 @@ class AttentionContext(NamedTuple):
     key_positions: jax.Array  # [key]
     mask: jax.Array | None  # [batch or 1, 1, query, key] bool
     cache_index: jax.Array | None  # where this chunk's keys go in the cache (decoding only)
+    segment_ids: jax.Array | None = None  # [batch, query] packed examples' segment ids (0: padding); None unpacked
 
 
 class SelfAttentionContext(nn.Module):
@@ -68,13 +74,17 @@ class SelfAttentionContext(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, input_mask: jax.Array | None = None,
                  prefix_mask: jax.Array | None = None, positions: jax.Array | None = None,
-                 decode: bool = False) -> AttentionContext:
+                 segment_ids: jax.Array | None = None, decode: bool = False) -> AttentionContext:
         """positions: [batch, length] per-row position ids for the position embeddings (a left-padded prompt's
-        first real token at 0, as `transformers`' position_ids); the mask still follows the input (cache) order."""
-        context = self._context(input_ids, input_mask, prefix_mask, decode)
+        first real token at 0, as `transformers`' position_ids; a packed row's positions restarting at 0 in each
+        segment); the mask still follows the input (cache) order. segment_ids: [batch, length] of a packed batch
+        (0: padding): attention stays inside each segment (not with decode)."""
+        if segment_ids is not None and decode:
+            raise ValueError('Packed inputs (segment_ids) are for training and scoring, not cached decoding.')
+        context = self._context(input_ids, input_mask, prefix_mask, decode, segment_ids)
         return context if positions is None else context._replace(positions=positions)
 
-    def _context(self, input_ids, input_mask, prefix_mask, decode) -> AttentionContext:
+    def _context(self, input_ids, input_mask, prefix_mask, decode, segment_ids=None) -> AttentionContext:
         batch, length = input_ids.shape
         if decode and self.has_variable('cache', 'cache_index'):
             return self._decode_step(batch, length, input_mask, prefix_mask)
@@ -84,8 +94,9 @@ class SelfAttentionContext(nn.Module):
             self.variable('cache', 'key_prefix', jnp.zeros, (batch, length), jnp.bool_)
         positions = jnp.arange(length)
         mask = make_attention_mask(key_mask=input_mask, causal=self.causal, query_positions=positions,
-                                   key_positions=positions, query_prefix=prefix_mask, key_prefix=prefix_mask)
-        return AttentionContext(positions, positions, mask, None)
+                                   key_positions=positions, query_prefix=prefix_mask, key_prefix=prefix_mask,
+                                   query_segment_ids=segment_ids, key_segment_ids=segment_ids)
+        return AttentionContext(positions, positions, mask, None, segment_ids)
 
     def _decode_step(self, batch, length, input_mask, prefix_mask) -> AttentionContext:
         index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))

@@ -14,16 +14,19 @@ class EncoderModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, input_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, mlm_positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
                  deterministic: bool = True) -> dict[str, jax.Array]:
         """input_ids [batch, length] -> {'hidden_states': [b, l, emb], 'logits': [b, l, vocab] float32 (MLM head),
         'pooled': [b, emb] (only with config.pooler)}. input_mask: 1 for real tokens; default input_ids != pad_id.
         mlm_positions: [b, p] int positions; the MLM head then runs only there and 'logits' is [b, p, vocab]
-        (BERT's masked_lm_positions: the vocab projection at the ~15% predicted positions, not at all of them)."""
+        (BERT's masked_lm_positions: the vocab projection at the ~15% predicted positions, not at all of them).
+        segment_ids, positions: [b, l] of a packed batch (`encoder_segment_ids`, `encoder_positions`)."""
         cfg = self.config
         transformer.check_length(input_ids.shape[1], cfg)
         if input_mask is None:
             input_mask = input_ids != cfg.pad_id
-        context = attention.SelfAttentionContext(causal=False, name='context')(input_ids, input_mask=input_mask)
+        context = attention.SelfAttentionContext(causal=False, name='context')(
+            input_ids, input_mask=input_mask, segment_ids=segment_ids, positions=positions)
         token_embedder = transformer.make_token_embedder(cfg)
         hidden = transformer.TransformerStack(cfg, cfg.num_encoder_layers, token_embedder, name='encoder')(
             input_ids, context, token_type_ids=token_type_ids, deterministic=deterministic)

@@ -232,14 +232,17 @@ class TransformerStack(nn.Module):
         x = Embedder(cfg, self.token_embedder, name='embedder')(input_ids, context.positions, token_type_ids,
                                                                  deterministic)
         bias = relative_kv = rotary_positions = None
+        # Packed rows: relative positions from the row's indices; inside a segment (the only keys a query sees)
+        # index differences equal the per-segment positions' differences, and the bias stays [1, heads, q, k].
+        relative_query = context.positions if context.segment_ids is None else context.key_positions
         if cfg.position == 't5_relative':
             bias = position.T5RelativePositionBias(
                 num_heads=cfg.num_heads, num_buckets=cfg.relative_num_buckets, max_distance=cfg.relative_max_distance,
                 bidirectional=not self.causal, embedding_init=embedding_init(cfg), param_dtype=cfg.params_dtype,
-                name='relative_attention_bias')(context.positions, context.key_positions)
+                name='relative_attention_bias')(relative_query, context.key_positions)
         elif cfg.position == 'nezha_relative':
             relative_kv = position.nezha_relative_positions(
-                context.positions, context.key_positions, max_relative_position=cfg.nezha_max_relative_position,
+                relative_query, context.key_positions, max_relative_position=cfg.nezha_max_relative_position,
                 depth=cfg.head_dim, dtype=jnp.promote_types(cfg.compute_dtype, jnp.float32))
         elif cfg.position == 'rotary':
             rotary_positions = context.positions

@@ -106,3 +106,11 @@ def router_losses(aux: Mapping, config, loss_weight: jax.Array) -> tuple[jax.Arr
                           + config.router_z_loss_weight * means["router_z_loss"])
     one = jnp.ones((), jnp.float32)
     return term, {f"moe_{name}": (value, one) for name, value in means.items()}
+
+
+def packed_inputs(batch, side: str, prefix: str = "") -> dict[str, Any]:
+    """A packed batch's `{side}_segment_ids` and `{side}_positions` (seqio's converters with pack=True) as the
+    module keyword arguments `{prefix}segment_ids`, `{prefix}positions`; {} for an unpacked batch."""
+    if f"{side}_segment_ids" not in batch:
+        return {}
+    return {f"{prefix}{name}": batch[f"{side}_{name}"] for name in ("segment_ids", "positions")}

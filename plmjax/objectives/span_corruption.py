@@ -4,7 +4,7 @@ Corruption (noise density, mean span length, sentinels) runs in the input pipeli
 corrupted `encoder_input_tokens` and predicts the sentinel-delimited spans in `decoder_target_tokens`.
 """
 
-from plmjax.objectives.base import Objective, token_cross_entropy
+from plmjax.objectives.base import Objective, packed_inputs, token_cross_entropy
 
 
 def model_inputs(batch):
@@ -13,6 +13,8 @@ def model_inputs(batch):
         "decoder_input_ids": batch["decoder_input_tokens"],
         "encoder_mask": batch["encoder_input_tokens"] > 0,
         "decoder_mask": batch["decoder_target_tokens"] > 0,
+        **packed_inputs(batch, "encoder", "encoder_"),  # a packed batch (train.pack = True): segment ids, positions
+        **packed_inputs(batch, "decoder", "decoder_"),
     }
 
 

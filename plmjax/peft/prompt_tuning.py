@@ -35,6 +35,8 @@ class PromptTuningOptions:
 
 def prompt_context(context, n: int, causal: bool):
     """The AttentionContext of [prompt; tokens] from the tokens' context (n prompt positions in front)."""
+    if context.segment_ids is not None:
+        raise ValueError('Prompt tuning does not support packed batches: set train.pack = False.')
     length = context.positions.shape[0]
     positions = jnp.arange(n + length)
     mask = context.mask  # [batch or 1, 1, length or 1, length] bool, or None (nothing masked)

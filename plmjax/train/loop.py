@@ -137,7 +137,7 @@ def train(
     init_checkpoint: Optional[str] = None,
     peft: Optional[str] = None,
     peft_options: Any = None,
-    length_buckets: Optional[Sequence[int]] = None,
+    length_buckets: Optional[Sequence[int]] = None, pack: bool = False,
     logical_axis_rules: Optional[Sequence] = None,
     finetune_evaluator: Optional[FinetuneEvaluator] = None,
     operative_config: Optional[Callable[[], str]] = None,
@@ -164,6 +164,7 @@ def train(
     length_buckets: e.g. (16, 32, 64): batch similar-length examples and trim each batch to its bucket
       (`pipeline.get_dataset`); one compiled step per bucket. Several processes need input_sharding='slice'
       (every host then reads the same batch, so all hosts run the same shapes).
+    pack: seqio packing, several examples per row with segment ids (the families of feature_converters.PACKABLE).
     peft_options: the PEFT method's options dataclass (gin: `lora.rank = 8`, ...); default its defaults.
     logical_axis_rules: the logical-axis -> mesh-axes table (default `sharding.LOGICAL_AXIS_RULES`; gin:
       `train.logical_axis_rules = @logical_axis_rules()`).
@@ -201,6 +202,7 @@ def train(
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
                 peft_options=peft_options, rules=logical_axis_rules, distill=distill)
     check_vocabulary(task, model_config)
+    converter = feature_converters.make_feature_converter(run.objective.feature_converter, pack=pack)  # may refuse
     if is_finetune_run(run):
         _finetune_scorer(run, finetune_evaluator)
     tx, schedule = optimizer if optimizer is not None else optim.make_optimizer(total_steps=num_steps)
@@ -247,11 +249,10 @@ def train(
                                          grad_accum_steps=grad_accum_steps, rules=run.rules, two_stage=two_stage)
     # The saved iterator state continues the stream where it stopped; without one (a checkpoint written before
     # plmjax saved it, or by another number of processes) the consumed batches are read again and dropped.
-    batches = pipeline.DataIterator(pipeline.get_dataset(
-        task, task_feature_lengths=run.task_feature_lengths, feature_converter=feature_converters.make_feature_converter(
-            run.objective.feature_converter), split="train", batch_size=batch_size, shuffle=True, seed=seed,
-        shard_info=sharding.host_shard_info() if input_sharding == "shard" else None,
-        skip_batches=0 if data_state is not None else data_position, length_buckets=length_buckets))
+    batches = pipeline.DataIterator(pipeline.get_dataset(task, task_feature_lengths=run.task_feature_lengths,
+        feature_converter=converter, split="train", batch_size=batch_size, shuffle=True, seed=seed,
+        shard_info=sharding.host_shard_info() if input_sharding == "shard" else None, length_buckets=length_buckets,
+        skip_batches=0 if data_state is not None else data_position))
     if data_state is not None:
         batches.restore(data_state)
     eval_fn = evaluate_lib.make_eval_fn(run, shardings.params)
@@ -279,7 +280,7 @@ def train(
             state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh, run.rules))
             step += 1
             monitor.add(step, step_metrics.pop("nonfinite"))
-            totals = step_metrics if totals is None else metrics_lib.add_metrics(totals, step_metrics)
+            totals = metrics_lib.accumulate(totals, step_metrics, batch)  # + the batch's padding_fraction
             tokens_since += batch_size * max(value.shape[-1] for value in batch.values())  # global batch
             examples_since += batch_size
             checkpoint_due = step % checkpoint_every == 0 or step == num_steps

@@ -34,6 +34,26 @@ def add_metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return {name: (a[name][0] + b[name][0], a[name][1] + b[name][1]) for name in a}
 
 
+# The token features whose zeros (seqio's padding id) are padding: decoder inputs start with 0, so the targets.
+PADDING_FEATURES = ("encoder_input_tokens", "decoder_target_tokens")
+
+
+def padding_counts(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The `padding_fraction` pair of a host batch: (padding positions, positions) over its PADDING_FEATURES."""
+    rows = [np.asarray(batch[name]) for name in PADDING_FEATURES if name in batch]
+    padding = sum(int(np.sum(row == 0)) for row in rows)
+    return np.float32(padding), np.float32(sum(row.size for row in rows))
+
+
+def accumulate(totals: Optional[Mapping[str, Any]], step_metrics: Mapping[str, Any],
+               batch: Mapping[str, Any]) -> dict[str, Any]:
+    """`totals` (None at the start of a log interval) plus a train step's metrics and `padding_fraction`, the
+    fraction of padded token positions in its batch (counted on the host, over this host's rows; packing
+    lowers it)."""
+    step_metrics = dict(step_metrics, padding_fraction=padding_counts(batch))
+    return step_metrics if totals is None else add_metrics(totals, step_metrics)
+
+
 def reduce_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
     """`{name: (total, count)}` -> `{name: total / count}` as Python floats (NaN where count is 0)."""
     host = jax.device_get(dict(totals))

@@ -115,3 +115,19 @@ def test_loss_curve_errors_name_the_problem(tmp_path):
     bad.write_text('{"step": 1, "split": "train", "accuracy": 1.0}\n')
     with pytest.raises(ValueError, match="no 'loss' values"):
         metrics_lib.plot_loss_curve(str(bad), str(tmp_path / "x.png"))
+
+
+def test_padding_fraction_counts_by_hand():
+    """Zeros of encoder_input_tokens and decoder_target_tokens are padding; decoder_input_tokens (0 first) and
+    other features are not counted. Hand count: 3 of 8 encoder positions, 5 of 6 decoder targets."""
+    batch = {"encoder_input_tokens": np.array([[5, 6, 0, 0], [7, 8, 9, 0]]),
+             "decoder_target_tokens": np.array([[4, 0, 0], [0, 0, 0]]),
+             "decoder_input_tokens": np.array([[0, 4, 0], [0, 0, 0]]),
+             "decoder_loss_weights": np.zeros((2, 3), np.float32)}
+    assert metrics_lib.padding_counts(batch) == (8.0, 14.0)
+    step = {"loss": (np.float32(2.0), np.float32(1.0))}
+    totals = metrics_lib.accumulate(None, step, batch)
+    totals = metrics_lib.accumulate(totals, step, {"decoder_target_tokens": np.array([[1, 2, 3, 0]])})
+    reduced = metrics_lib.reduce_metrics(totals)
+    assert reduced["padding_fraction"] == pytest.approx((8 + 1) / (14 + 4), rel=1e-7)
+    assert reduced["loss"] == 2.0
