@@ -261,7 +261,7 @@ def _compile_step(model_config, architecture: str, objective: str, task_feature_
     out = dict(run=run, abstract_state=abstract_state, batch=batch, message="", memory=None, cost={})
     try:
         compiled = lowered.compile()
-        out.update(memory=compiled.memory_analysis(), cost=_cost(compiled))
+        out.update(memory=compiled.memory_analysis(), cost=_cost(compiled), compiled=compiled)
     except Exception as error:  # noqa: BLE001  only the compiler's out-of-memory refusal is a result
         arguments = per_device_bytes(abstract_state) + per_device_bytes(batch)
         temps = parse_out_of_memory(str(error), arguments)
