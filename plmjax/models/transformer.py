@@ -14,7 +14,7 @@ import flax.linen as nn
 from plmjax.layers import attention, embedding, mlp, norms, position
 from plmjax.layers import dense as dense_layer
 from plmjax.layers import dropout as dropout_lib
-from plmjax.models import layout
+from plmjax.models import layout, pipeline
 from plmjax.models.config import PRESETS, TransformerConfig
 
 # jax.checkpoint policies of TransformerConfig.remat_policy ('full': None, jax.checkpoint's default, saves nothing).
@@ -214,7 +214,13 @@ class TransformerStack(nn.Module):
         if cfg.remat_policy != 'none':  # inside nn.scan, prevent_cse is not needed (flax's advice)
             body = nn.remat(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
-        if cfg.scan_layers:
+        if cfg.scan_layers and cfg.pipeline_stages > 1:  # GPipe stages over the 'stage' mesh axis
+            if decode or self.is_mutable_collection('intermediates'):
+                raise ValueError('A pipelined stack (pipeline_stages > 1) runs training and scoring steps only: no '
+                                 'cached decoding, no sown intermediates. Set pipeline_stages = 1 for these.')
+            x = pipeline.Pipeline(cfg, body, (cfg, self.cross_attention, deterministic, decode), self.num_layers,
+                                  name=pipeline.PIPELINE)(x, *inputs[:-1])
+        elif cfg.scan_layers:
             body = nn.scan(body, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                            split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,) * len(inputs),
                            length=self.num_layers, metadata_params={nn.PARTITION_NAME: layout.LAYERS})

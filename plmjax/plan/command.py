@@ -19,8 +19,7 @@ import os
 
 from plmjax import launch
 from plmjax.models.config import DTYPES, REMAT_POLICIES
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from plmjax.sharding import MESH_AXES
 
 
 def add_parser(subparsers) -> None:
