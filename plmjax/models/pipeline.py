@@ -13,8 +13,10 @@ each stage's output on to the next stage (jnp.roll over the stage axis: a collec
     stage 1    -    m0   m1   m2   m3
     stage 2    -    -    m0   m1   m2
 
-A stage outside 0 <= t - s < M computes on filler whose output is dropped: the bubble, a fraction
-(S - 1) / (M + S - 1) of all stage-iterations (`bubble_fraction`).
+A stage outside 0 <= t - s < M computes on filler whose output is dropped: the bubble, a fraction (S - 1) / (M + S - 1)
+of all stage-iterations (`bubble_fraction`). Both loops (the iterations, the layers of a stage) are scans; with
+scan_layers=False they are unrolled (same parameters), as the plan's cost analysis needs (XLA counts a loop body
+once).
 
 Microbatch m holds the rows m, m + M, m + 2M, ... of the batch (a strided split keeps each data-parallel device's rows
 on that device). The attention context inputs with a batch dimension (self-attention mask, cross mask, encoder output,
@@ -96,6 +98,7 @@ class Pipeline(nn.Module):
         stages = self.config.pipeline_stages
         stage = nn.scan(self.layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                         in_axes=(nn.broadcast,) * (len(CONTEXT_INPUTS) + 1), length=self.num_layers // stages,
+                        unroll=1 if self.config.scan_layers else self.num_layers // stages,
                         metadata_params={nn.PARTITION_NAME: layout.LAYERS})
         self.layers = nn.vmap(stage, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                               in_axes=0, out_axes=0, axis_size=stages, spmd_axis_name=STAGE,
@@ -119,7 +122,8 @@ class Pipeline(nn.Module):
             return module.iteration(state, t, xs, context, batched)
 
         loop = nn.scan(iteration, variable_broadcast='params', split_rngs={'params': False, 'dropout': True},
-                       in_axes=(0, nn.broadcast, nn.broadcast), length=micro + stages - 1)
+                       in_axes=(0, nn.broadcast, nn.broadcast), length=micro + stages - 1,
+                       unroll=1 if cfg.scan_layers else micro + stages - 1)
         _, last = loop(self, state, jnp.arange(micro + stages - 1), xs, context)  # [iterations, rows, length, emb]
         return _unmicrobatch(last[stages - 1:])  # the last stage's outputs, microbatch 0 first
 
@@ -132,8 +136,8 @@ class Pipeline(nn.Module):
         shifted = jnp.roll(state, 1, axis=0)  # stage s receives stage s - 1's output
         inputs = jnp.where((stage == 0)[:, None, None, None], xs[jnp.minimum(t, micro - 1)][None], shifted)
         inputs = nn.with_logical_constraint(inputs, (STAGE, 'batch', 'length', 'embed'))
-        per_stage = [None if a is None else jnp.take(a, current, axis=0) if b else jnp.broadcast_to(a, (stages,) + a.shape)
-                     for a, b in zip(context, batched)]
+        per_stage = [None if a is None else jnp.take(a, current, axis=0) if b  # [stages, rows, ...]: own microbatch
+                     else jnp.broadcast_to(a, (stages,) + a.shape) for a, b in zip(context, batched)]
         out, _ = self.layers(inputs, *per_stage, None)  # cache_index None: no cached decoding
         out = nn.with_logical_constraint(out, (STAGE, 'batch', 'length', 'embed'))
         return out, out[-1]

@@ -214,7 +214,7 @@ class TransformerStack(nn.Module):
         if cfg.remat_policy != 'none':  # inside nn.scan, prevent_cse is not needed (flax's advice)
             body = nn.remat(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
-        if cfg.scan_layers and cfg.pipeline_stages > 1:  # GPipe stages over the 'stage' mesh axis
+        if cfg.pipeline_stages > 1:  # GPipe stages over the 'stage' mesh axis (plmjax.models.pipeline)
             if decode or self.is_mutable_collection('intermediates'):
                 raise ValueError('A pipelined stack (pipeline_stages > 1) runs training and scoring steps only: no '
                                  'cached decoding, no sown intermediates. Set pipeline_stages = 1 for these.')

@@ -116,7 +116,8 @@ def plan_from_record(record: dict) -> "Plan":
 def markdown_table(records: list[dict]) -> str:
     """One row per plan record: model, slice, mesh, batch, remat, memory per chip, FLOPs, roofline, MFU; a note
     under the table when a row's compiled FLOPs are undercounted."""
-    header = ("| model | params | slice | mesh (data,fsdp,tensor,stage) | batch x tokens | remat | state GiB | temps GiB | "
+    header = ("| model | params | slice | mesh (data,fsdp,tensor,stage) | batch x tokens | remat | state GiB | "
+              "temps GiB | "
               "total GiB / HBM | fits | TFLOPs/chip (compiled / model) | roofline step | MFU | compile |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for plan in map(plan_from_record, records):
@@ -130,7 +131,8 @@ def markdown_table(records: list[dict]) -> str:
             flops, step, mfu = "-", "-", "-"
         slice_ = f"{slice_name(plan.chip, chips)} ({plan.topology.split(':')[1]})"
         lines.append(
-            f"| {plan.model}{_pipeline_note(plan)} | {plan.parameters / 1e9:.2f} B | {slice_} | {','.join(map(str, plan.mesh.values()))} | "
+            f"| {plan.model}{_pipeline_note(plan)} | {plan.parameters / 1e9:.2f} B | {slice_} | "
+            f"{','.join(map(str, plan.mesh.values()))} | "
             f"{plan.batch_size} x {plan.tokens_per_step // plan.batch_size} | {plan.remat_policy} | "
             f"{plan.state_bytes / GIB:.2f} | {plan.temp_bytes / GIB:.2f} | "
             f"{plan.total_bytes / GIB:.1f} / {plan.hbm_bytes / GIB:.0f} | {'yes' if plan.fits else '**no**'} | "
