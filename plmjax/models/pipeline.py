@@ -78,7 +78,7 @@ def _has_batch_dim(name: str, a) -> bool:
     if name == 'rotary_positions':
         return a.ndim == 2  # [batch, length], or [length] shared
     if name in ('mask', 'cross_mask', 'bias'):
-        return a.shape[0] != 1  # [batch or 1, heads or 1, q, k]
+        return a.ndim == 4 and a.shape[0] != 1  # [batch or 1, heads or 1, q, k]
     return False  # relative_kv [q, k, depth]
 
 
@@ -109,9 +109,10 @@ class Pipeline(nn.Module):
         cfg = self.config
         stages, micro = cfg.pipeline_stages, cfg.pipeline_microbatches
         if self.is_initializing():  # the parameters do not depend on the microbatches; init may run on one row
-            check_pipeline(cfg, self.num_layers, micro)
+            check_pipeline(cfg, self.num_layers, micro)  # the layers only
             micro = 1
-        check_pipeline(cfg, self.num_layers, x.shape[0] if micro > 1 else cfg.pipeline_microbatches)
+        else:
+            check_pipeline(cfg, self.num_layers, x.shape[0])
         context = (mask, encoded, cross_mask, bias, relative_kv, rotary_positions)
         batched = tuple(_has_batch_dim(name, a) for name, a in zip(CONTEXT_INPUTS, context))
         context = tuple(_microbatch(a, micro) if b else a for a, b in zip(context, batched))
