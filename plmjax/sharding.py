@@ -1,13 +1,14 @@
 """Mesh construction and the one table that maps logical axis names onto mesh axes.
 
 Every parameter and large activation in plmjax carries logical axis names from
-`batch length embed heads kv mlp vocab expert layers`. `LOGICAL_AXIS_RULES` maps them onto the mesh axes
-`('data', 'fsdp', 'tensor', 'expert')`. Rules are tried in order and a mesh axis is used at most once per array
+`batch length embed heads kv mlp vocab expert layers stage`. `LOGICAL_AXIS_RULES` maps them onto the mesh axes
+`('data', 'fsdp', 'tensor', 'expert', 'stage')`. Rules are tried in order and a mesh axis is used at most once per array
 (flax's semantics), so for an activation `[batch, length, embed]` the batch takes `('data', 'fsdp', 'expert')` and
 embed stays replicated, while a parameter `[embed, mlp]` is split over `fsdp` and `tensor`. Expert parallelism
 (plmjax.layers.moe): expert weights `[expert, embed, mlp]` and the experts' activations `[expert, batch, ...]` are
 split over `expert` (tried before `batch`, whose second rule then leaves `expert` out); outside the experts the
 `expert` axis splits the batch, as MaxText does, and XLA's partitioner inserts the all-to-alls between the two.
+A pipelined stack's leading [stages] axis is split over `stage` (plmjax.models.pipeline).
 A run may replace rules (`logical_axis_rules(overrides)`, gin: `train.logical_axis_rules = @logical_axis_rules()`).
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MESH_AXES = ("data", "fsdp", "tensor", "expert", "stage")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("expert", "expert"),
@@ -35,6 +36,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", None),
     ("length", None),
     ("layers", None),
+    ("stage", "stage"),  # a pipelined stack's leading [stages] axis (plmjax.models.pipeline)
 )
 
 
@@ -52,13 +54,15 @@ def logical_axis_rules(overrides: Sequence[tuple[str, str | tuple[str, ...] | No
 
 
 def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None,
-                expert: int = 1) -> Mesh:
-    """A `('data', 'fsdp', 'tensor', 'expert')` mesh over all (or the given) devices; one size may be -1 (the rest).
+                expert: int = 1, stage: int = 1) -> Mesh:
+    """A `('data', 'fsdp', 'tensor', 'expert', 'stage')` mesh over all (or the given) devices; one size
+    may be -1 (the rest). `stage` splits a pipelined layer stack (TransformerConfig.pipeline_stages) into its
+    stages.
 
     Axes are `Auto`, as linen's logical constraints need (make_mesh's default Explicit axes break them).
     """
     devices = list(devices) if devices is not None else jax.devices()
-    shape = [data, fsdp, tensor, expert]
+    shape = [data, fsdp, tensor, expert, stage]
     if shape.count(-1) > 1:
         raise ValueError(f"Mesh shape {dict(zip(MESH_AXES, shape))}: at most one axis may be -1.")
     known = math.prod(s for s in shape if s != -1)
@@ -66,12 +70,12 @@ def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequenc
         if len(devices) % known:
             raise ValueError(
                 f"Mesh shape {dict(zip(MESH_AXES, shape))} does not divide the {len(devices)} devices: "
-                "change create_mesh.data/fsdp/tensor/expert in the mesh gin file.")
+                "change create_mesh.data/fsdp/tensor/expert/stage in the mesh gin file.")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
         raise ValueError(
             f"Mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but {len(devices)} are "
-            "available: change create_mesh.data/fsdp/tensor/expert in the mesh gin file (one of them may be -1).")
+            "available: change create_mesh.data/fsdp/tensor/expert/stage in the mesh gin file (one of them may be -1).")
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 

@@ -93,6 +93,15 @@ class TransformerConfig:
                                          # one layer to compile. Same numbers; convert checkpoints with
                                          # plmjax.models.layout. gin: `bert_base.scan_layers = True`. Default off
                                          # everywhere (converters and golden trees are unrolled).
+    pipeline_stages: int = 1             # > 1: GPipe pipeline over the mesh's 'stage' axis (plmjax.models.pipeline):
+                                         # each stack's layers split into this many stages (params
+                                         # `pipeline/layers` [stages, layers/stage, ...] whatever scan_layers;
+                                         # scan_layers=False unrolls the pipeline's loops: (microbatches +
+                                         # stages - 1) x layers/stage bodies to compile, as the plan's cost
+                                         # analysis needs). Use scan_layers=True to train.
+    pipeline_microbatches: int = 1       # the batch runs through the pipeline in this many microbatches; bubble
+                                         # fraction (stages - 1) / (microbatches + stages - 1). gin:
+                                         # `gpt2_xl.pipeline_stages = 4`, `gpt2_xl.pipeline_microbatches = 16`.
 
     def __post_init__(self):
         def check_choice(field, choices):
@@ -116,11 +125,20 @@ class TransformerConfig:
             raise ValueError(f'{self.position} positions need an even head_dim, got head_dim={self.head_dim}.')
         if self.position == 'sinusoidal' and self.token_embedding_size % 2:
             raise ValueError(f'sinusoidal positions need an even embedding width, got {self.token_embedding_size}.')
+        if self.pipeline_stages > 1 and self.shared_layers:
+            raise ValueError('pipeline_stages > 1 splits distinct layers into stages; shared_layers=True (ALBERT) has '
+                             'one layer: use pipeline_stages=1 with shared_layers.')
         if self.scan_layers and self.shared_layers:
             raise ValueError('scan_layers=True scans over distinct layers; shared_layers=True (ALBERT) has one layer '
                              'reused num_layers times: use scan_layers=False with shared_layers.')
         if self.num_experts:
             self._check_moe()
+        if self.pipeline_stages < 1 or self.pipeline_microbatches < 1:
+            raise ValueError('TransformerConfig.pipeline_stages and pipeline_microbatches must be >= 1, got '
+                             f'{self.pipeline_stages} and {self.pipeline_microbatches}.')
+        if self.pipeline_stages > 1 and self.num_experts:
+            raise ValueError('pipeline_stages > 1 with num_experts > 0 (a pipelined mixture of experts) is not '
+                             'supported: set pipeline_stages = 1 or num_experts = 0.')
         if self.query_layer and self.num_decoder_layers < 1:
             raise ValueError('query_layer=True needs num_decoder_layers >= 1 (the query layer is the last of them).')
         if self.embedding_size not in (None, self.emb_dim) and self.tie_embeddings and not self.mlm_head_transform:

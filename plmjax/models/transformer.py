@@ -14,7 +14,7 @@ import flax.linen as nn
 from plmjax.layers import attention, embedding, mlp, moe, norms, position
 from plmjax.layers import dense as dense_layer
 from plmjax.layers import dropout as dropout_lib
-from plmjax.models import layout
+from plmjax.models import layout, pipeline
 from plmjax.models.config import PRESETS, TransformerConfig
 
 # jax.checkpoint policies of TransformerConfig.remat_policy ('full': None, jax.checkpoint's default, saves nothing).
@@ -251,7 +251,13 @@ class TransformerStack(nn.Module):
             raise ValueError('Cached decoding does not support shared_layers=True (ALBERT-style layer sharing).')
         body = _layer_body(cfg)
         inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
-        if cfg.scan_layers:
+        if cfg.pipeline_stages > 1:  # GPipe stages over the 'stage' mesh axis (plmjax.models.pipeline)
+            if decode or self.is_mutable_collection('intermediates'):
+                raise ValueError('A pipelined stack (pipeline_stages > 1) runs training and scoring steps only: no '
+                                 'cached decoding, no sown intermediates. Set pipeline_stages = 1 for these.')
+            x = pipeline.Pipeline(cfg, body, (cfg, self.cross_attention, False, deterministic, decode), self.num_layers,
+                                  name=pipeline.PIPELINE)(x, *inputs[:-1])
+        elif cfg.scan_layers:
             block = cfg.moe_layer_interval if cfg.num_experts and cfg.moe_layer_interval > 1 else 1
             kwargs = dict(cross_attention=self.cross_attention, deterministic=deterministic, decode=decode)
             if block == 1:

@@ -34,6 +34,7 @@ from flax import linen as nn
 
 from plmjax import models, sharding
 from plmjax.data import feature_converters
+from plmjax.models import pipeline
 from plmjax.plan import hardware, loops
 from plmjax.train import optim
 from plmjax.train import setup as setup_lib
@@ -72,6 +73,13 @@ class Plan:
     compiler_message: str = ""  # the compiler's own words when it refused the program (out of memory)
     scan_layers: bool = False  # layers in a loop: flops and bytes_accessed extrapolated from unrolled compiles
     cost_compile_seconds: float = 0.0  # the time those unrolled compiles took (plan.loops)
+    pipeline_stages: int = 1  # GPipe stages over the 'stage' mesh axis (TransformerConfig.pipeline_stages)
+    pipeline_microbatches: int = 1
+
+    @property
+    def bubble_fraction(self) -> float:
+        """The pipeline's idle fraction of stage-iterations, (stages - 1) / (microbatches + stages - 1)."""
+        return pipeline.bubble_fraction(self.pipeline_stages, self.pipeline_microbatches)
 
     @property
     def total_bytes(self) -> int:
@@ -304,7 +312,8 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
                    temp_bytes=step["temps"], code_bytes=0)
     cost_seconds, forward_config = 0.0, model_config
     if model_config.scan_layers:
-        forward_config = dataclasses.replace(model_config, scan_layers=False)
+        # a pipeline's model FLOPs are the unpipelined stack's: its useful work, without the bubble's filler
+        forward_config = dataclasses.replace(model_config, scan_layers=False, pipeline_stages=1)
         if memory is not None:
             cost, cost_seconds = loops.extrapolated_cost(model_config, lambda cfg: compile_(cfg)["cost"])
     fwd = forward_flops(forward_config, run, batch)
@@ -316,4 +325,5 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         param_dtype=cfg.param_dtype, parameters=models.count_params(abstract_state.params), state_bytes=state_bytes,
         flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"), model_flops=3 * fwd / len(devices),
         compile_seconds=step["seconds"], compiler_message=step["message"], scan_layers=cfg.scan_layers,
-        cost_compile_seconds=cost_seconds, **mem)
+        cost_compile_seconds=cost_seconds, pipeline_stages=cfg.pipeline_stages,
+        pipeline_microbatches=cfg.pipeline_microbatches, **mem)

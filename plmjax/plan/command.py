@@ -27,8 +27,9 @@ def add_parser(subparsers) -> None:
     launch.add_gin_flags(p)
     p.add_argument("--topology", required=True, help="TPU slice as <chip>:<shape>, e.g. v5e:4x4 (v5e-16), "
                    "v5e:8x8 (v5e-64), v5p:4x4x4 (v5p-128: 64 chips), v6e:4x4, v4:2x2x2")
-    p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=16, fsdp=16,tensor=4 or data=4,expert=4 (unnamed axes "
-                   "are 1; one may be -1: the rest of the devices). Default: the gin file's create_mesh bindings")
+    p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=16, fsdp=16,tensor=4, data=4,expert=4 or "
+                   "fsdp=16,stage=4 (unnamed axes are 1; one may be -1: the rest of the devices). Default: the gin "
+                   "file's create_mesh bindings")
     p.add_argument("--batch_size", type=int, default=None, help="global batch (default: train.batch_size)")
     p.add_argument("--remat", choices=REMAT_POLICIES, default=None,
                    help="rematerialize each layer with this policy (default: the model config's remat_policy)")

@@ -7,13 +7,15 @@ tiny GPT reports the same FLOPs with 2 and with 4 layers). The memory analysis, 
 A layer stack's cost is linear in its number of layers (every layer is the same program). So the cost of the
 scanned step is taken from the same step unrolled at two small depths, compiled for the same slice, mesh and
 batch: cost(n) = cost(s) + (n - s) x (cost(s + u) - cost(s)) / u per stack, where s is the smallest depth the
-model accepts and u the layers of one repeating unit (1; an MoE model's expert interval). Stacks of equal depth
+model accepts and u the layers of one repeating unit (1; an MoE model's expert interval; a pipeline's number of
+stages: unrolled, its M + S - 1 iterations each run one more layer per stage). Stacks of equal depth
 (T5's encoder and decoder) grow together, two compiles; stacks of different depths take one compile more each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Callable, Mapping
 
@@ -21,8 +23,10 @@ LAYER_FIELDS = ("num_encoder_layers", "num_decoder_layers")
 
 
 def repeating_unit(config) -> int:
-    """Layers of the smallest repeating block of a stack: an MoE model alternates dense and expert layers."""
-    return getattr(config, "moe_layer_interval", 1) if getattr(config, "num_experts", 0) else 1
+    """Layers of the smallest repeating block of a stack: an MoE model alternates dense and expert layers; a
+    pipeline grows by one layer per stage."""
+    unit = getattr(config, "moe_layer_interval", 1) if getattr(config, "num_experts", 0) else 1
+    return math.lcm(unit, config.pipeline_stages)
 
 
 def _smallest_depth(config, field: str) -> int:

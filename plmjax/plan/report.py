@@ -29,6 +29,13 @@ def _tokens(plan: Plan) -> str:
     return " + ".join(f"{v} {k}" for k, v in lengths.items())
 
 
+def _pipeline_note(plan: Plan) -> str:
+    if plan.pipeline_stages <= 1:
+        return ""
+    return (f" (pipeline {plan.pipeline_stages} stages x {plan.pipeline_microbatches} microbatches, bubble "
+            f"{100 * plan.bubble_fraction:.0f}%)")
+
+
 def format_plan(plan: Plan) -> str:
     """The terminal summary of one plan (every figure per chip, as the compiler reports it per device)."""
     chips = plan.devices // plan.devices_per_chip
@@ -36,6 +43,9 @@ def format_plan(plan: Plan) -> str:
              f"{_mesh(plan.mesh)}, batch {plan.batch_size} x ({_tokens(plan)}) tokens, remat {plan.remat_policy}, "
              f"{plan.dtype} compute, {plan.param_dtype} parameters"]
     rows = [("parameters", f"{plan.parameters / 1e9:.3f} B")]
+    if plan.pipeline_stages > 1:
+        rows.append(("pipeline", f"{plan.pipeline_stages} stages x {plan.pipeline_microbatches} microbatches "
+                                 f"(GPipe), bubble {100 * plan.bubble_fraction:.1f}% of stage-iterations"))
     if plan.compiler_message:
         rows.append(("compiler", plan.compiler_message))
     rows += [
@@ -106,7 +116,7 @@ def plan_from_record(record: dict) -> "Plan":
 def markdown_table(records: list[dict]) -> str:
     """One row per plan record: model, slice, mesh, batch, remat, memory per chip, FLOPs, roofline, MFU; a note
     under the table when a row's compiled FLOPs are undercounted."""
-    header = ("| model | params | slice | mesh (data,fsdp,tensor) | batch x tokens | remat | state GiB | temps GiB | "
+    header = ("| model | params | slice | mesh | batch x tokens | remat | state GiB | temps GiB | "
               "total GiB / HBM | fits | TFLOPs/chip (compiled / model) | roofline step | MFU | compile |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for plan in map(plan_from_record, records):
@@ -120,7 +130,8 @@ def markdown_table(records: list[dict]) -> str:
             flops, step, mfu = "-", "-", "-"
         slice_ = f"{slice_name(plan.chip, chips)} ({plan.topology.split(':')[1]})"
         lines.append(
-            f"| {plan.model} | {plan.parameters / 1e9:.2f} B | {slice_} | {','.join(map(str, plan.mesh.values()))} | "
+            f"| {plan.model}{_pipeline_note(plan)} | {plan.parameters / 1e9:.2f} B | {slice_} | "
+            f"{_mesh_cell(plan.mesh)} | "
             f"{plan.batch_size} x {plan.tokens_per_step // plan.batch_size} | {plan.remat_policy} | "
             f"{plan.state_bytes / GIB:.2f} | {plan.temp_bytes / GIB:.2f} | "
             f"{plan.total_bytes / GIB:.1f} / {plan.hbm_bytes / GIB:.0f} | {'yes' if plan.fits else '**no**'} | "
@@ -128,6 +139,11 @@ def markdown_table(records: list[dict]) -> str:
     if any(plan_from_record(r).flops_undercounted for r in records):
         lines += ["", UNDERCOUNT_NOTE]
     return "\n".join(lines)
+
+
+def _mesh_cell(mesh) -> str:
+    """The mesh axes that split something, e.g. 'data=4,fsdp=16' (every axis of size 1 left out)."""
+    return ",".join(f"{k}={v}" for k, v in mesh.items() if v > 1) or "1 device"
 
 
 def _compile_cell(plan: Plan) -> str:

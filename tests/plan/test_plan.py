@@ -42,7 +42,8 @@ def plans():
 @needs_libtpu
 def test_doubling_the_batch_doubles_flops_and_activations_not_the_state(plans):
     small, large = plans
-    assert small.devices == 4 and small.devices_per_chip == 1 and small.mesh == {"data": 4, "fsdp": 1, "tensor": 1, "expert": 1}
+    assert small.devices == 4 and small.devices_per_chip == 1
+    assert small.mesh == {"data": 4, "fsdp": 1, "tensor": 1, "expert": 1, "stage": 1}
     # Model FLOPs (XLA's count of the forward pass, x3) per device match the closed form of the matmuls; the rest
     # is elementwise work, a few percent at this width.
     tokens_per_device = BATCH * LENGTH / 4
@@ -152,9 +153,10 @@ def test_topology_and_mesh_flags():
     for bad in ("v5e", "v7:4x4", "v5e:4xfour"):
         with pytest.raises(ValueError, match="--topology"):
             hardware.parse_topology(bad)
-    assert command.parse_mesh("fsdp=16,tensor=4") == {"data": 1, "fsdp": 16, "tensor": 4, "expert": 1}
-    assert command.parse_mesh("data=2,expert=4") == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4}
-    assert command.parse_mesh("data=-1") == {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}
+    assert command.parse_mesh("fsdp=16,tensor=4") == {"data": 1, "fsdp": 16, "tensor": 4, "expert": 1, "stage": 1}
+    assert command.parse_mesh("data=2,expert=4") == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4, "stage": 1}
+    assert command.parse_mesh("data=-1") == {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1, "stage": 1}
+    assert command.parse_mesh("fsdp=4,stage=4") == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 1, "stage": 4}
     with pytest.raises(ValueError, match="--mesh"):
         command.parse_mesh("pipeline=2")
 
@@ -166,7 +168,7 @@ def test_gin_run_settings_are_what_train_reads():
     assert (settings["architecture"], settings["objective"]) == ("decoder", "causal_lm")
     assert settings["task_feature_lengths"] == {"targets": 32}
     assert settings["batch_size"] == 8
-    assert settings["mesh_shape"] == {"data": 2, "fsdp": 2, "tensor": 2, "expert": 1}
+    assert settings["mesh_shape"] == {"data": 2, "fsdp": 2, "tensor": 2, "expert": 1, "stage": 1}
     tx, _ = settings["optimizer"]
     assert hasattr(tx, "update")
 
