@@ -12,7 +12,7 @@ from typing import Optional
 import gin
 import jax.numpy as jnp
 
-from plmjax.layers import matmul, mlp, norms
+from plmjax.layers import flash, matmul, mlp, norms
 
 ACTIVATIONS = tuple(mlp.ACTIVATIONS)
 NORMS = norms.NORMS
@@ -85,6 +85,11 @@ class TransformerConfig:
                                          # one layer to compile. Same numbers; convert checkpoints with
                                          # plmjax.models.layout. gin: `bert_base.scan_layers = True`. Default off
                                          # everywhere (converters and golden trees are unrolled).
+    attention_kernel: str = 'einsum'     # 'einsum' (the reference; CPU) | 'flash': the Pallas TPU flash-attention
+                                         # kernel for training/scoring passes (plmjax.layers.flash: causal,
+                                         # padding, T5 bias; decoding falls back to einsum; needs
+                                         # attention_dropout_rate=0 in training). gin: `t5_base.attention_kernel
+                                         # = 'flash'`.
 
     def __post_init__(self):
         def check_choice(field, choices):
@@ -99,6 +104,10 @@ class TransformerConfig:
         check_choice('param_dtype', DTYPES)
         check_choice('matmul_dtype', matmul.MATMUL_DTYPES)
         check_choice('remat_policy', REMAT_POLICIES)
+        check_choice('attention_kernel', flash.KERNELS)
+        if self.attention_kernel != 'einsum' and self.position == 'nezha_relative':
+            raise ValueError(f'attention_kernel={self.attention_kernel!r} cannot add NEZHA\'s relative keys/values '
+                             f'(position=\'nezha_relative\'): use attention_kernel=\'einsum\'.')
         for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'max_length'):
             if getattr(self, field) <= 0:
                 raise ValueError(f'TransformerConfig.{field} must be positive, got {getattr(self, field)}.')

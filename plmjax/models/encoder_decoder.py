@@ -3,7 +3,7 @@ head; one token embedding shared by encoder inputs, decoder inputs and (when tie
 import jax
 import flax.linen as nn
 
-from plmjax.layers import attention
+from plmjax.layers import attention, flash
 from plmjax.models import heads, transformer
 from plmjax.models.config import TransformerConfig
 
@@ -49,8 +49,10 @@ class EncoderDecoderModel(nn.Module):
         transformer.check_length(decoder_input_ids.shape[1], self.config, 'decoder input')
         context = self.decoder_context(decoder_input_ids, input_mask=decoder_mask, decode=decode)
         cross_mask = attention.make_attention_mask(key_mask=encoder_mask)
+        cross_kernel_mask = flash.KernelMask(None if context.kernel_mask is None else context.kernel_mask.q_segment_ids,
+                                             flash.segment_ids_from_mask(encoder_mask))
         hidden = self.decoder(decoder_input_ids, context, encoded=encoded, cross_mask=cross_mask,
-                              deterministic=deterministic, decode=decode)
+                              deterministic=deterministic, decode=decode, cross_kernel_mask=cross_kernel_mask)
         return {'hidden_states': hidden, 'logits': self.lm_head(hidden, self.token_embedder, decode=decode)}
 
     def __call__(self, encoder_input_ids: jax.Array, decoder_input_ids: jax.Array, *,

@@ -117,17 +117,19 @@ class TransformerLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
-                 cache_index=None, query=None, deterministic=True, decode=False):
+                 cache_index=None, query=None, deterministic=True, decode=False, kernel_mask=None,
+                 cross_kernel_mask=None):
         """x: [batch, length, emb] -> [batch, length, emb]. query: [batch, length, emb] replaces the self-attention's
         query input (PanGu-α's query layer: queries from position embeddings, keys and values from x).
         encoded: [batch, in_length, emb] for cross-attention; with decode=True its keys/values are computed and
-        cached when it is given (the prefill) and read from the cache when it is None (the steps after)."""
+        cached when it is given (the prefill) and read from the cache when it is None (the steps after).
+        kernel_mask, cross_kernel_mask: `mask`, `cross_mask` as the flash kernel takes them (layers.flash)."""
         cfg = self.config
         attend = lambda name: attention.MultiHeadAttention(  # noqa: E731
             num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale_scores=cfg.scale_attention,
             dropout_rate=cfg.attention_dropout_rate, rotary_base=cfg.rotary_base, dtype=cfg.compute_dtype,
             param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype, kernel_init=kernel_init(cfg),
-            query_kernel_init=query_kernel_init(cfg), name=name)
+            query_kernel_init=query_kernel_init(cfg), kernel=cfg.attention_kernel, name=name)
         dropout = dropout_lib.Dropout(cfg.dropout_rate)
 
         def residual(x, sublayer, norm_name):
@@ -138,7 +140,8 @@ class TransformerLayer(nn.Module):
         def self_attention(h):
             return attend('self_attention')(
                 h if query is None else query.astype(h.dtype), h, mask=mask, bias=bias, relative_kv=relative_kv,
-                rotary_positions=rotary_positions, cache_index=cache_index, decode=decode, deterministic=deterministic)
+                rotary_positions=rotary_positions, cache_index=cache_index, decode=decode, deterministic=deterministic,
+                kernel_mask=kernel_mask)
 
         x = residual(x, self_attention, 'self_attention_norm')
         if self.cross_attention:
@@ -148,7 +151,7 @@ class TransformerLayer(nn.Module):
 
             def cross_attention(h):  # decoding: keys/values of `encoded` cached once, read when encoded is None
                 return attend('cross_attention')(h, encoded, mask=cross_mask, decode=decode, fixed_kv=True,
-                                                 deterministic=deterministic)
+                                                 deterministic=deterministic, kernel_mask=cross_kernel_mask)
 
             x = residual(x, cross_attention, 'cross_attention_norm')
         feed_forward = mlp.Mlp(mlp_dim=cfg.mlp_dim, activation=cfg.activation, gated=cfg.gated_mlp,
@@ -169,10 +172,12 @@ class _LayerBody(TransformerLayer):
     deterministic: bool = True
     decode: bool = False
 
-    def __call__(self, x, mask, encoded, cross_mask, bias, relative_kv, rotary_positions, cache_index):
+    def __call__(self, x, mask, encoded, cross_mask, bias, relative_kv, rotary_positions, cache_index,
+                 kernel_mask=None, cross_kernel_mask=None):
         return super().__call__(x, mask=mask, encoded=encoded, cross_mask=cross_mask, bias=bias,
                                 relative_kv=relative_kv, rotary_positions=rotary_positions, cache_index=cache_index,
-                                deterministic=self.deterministic, decode=self.decode), None
+                                deterministic=self.deterministic, decode=self.decode, kernel_mask=kernel_mask,
+                                cross_kernel_mask=cross_kernel_mask), None
 
 
 class TransformerStack(nn.Module):
@@ -191,7 +196,8 @@ class TransformerStack(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, context: attention.AttentionContext, *,
                  token_type_ids: jax.Array | None = None, encoded: jax.Array | None = None,
-                 cross_mask: jax.Array | None = None, deterministic: bool = True, decode: bool = False) -> jax.Array:
+                 cross_mask: jax.Array | None = None, deterministic: bool = True, decode: bool = False,
+                 cross_kernel_mask=None) -> jax.Array:
         cfg = self.config
         x = Embedder(cfg, self.token_embedder, name='embedder')(input_ids, context.positions, token_type_ids,
                                                                  deterministic)
@@ -213,7 +219,8 @@ class TransformerStack(nn.Module):
         body = _LayerBody
         if cfg.remat_policy != 'none':  # inside nn.scan, prevent_cse is not needed (flax's advice)
             body = nn.remat(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-        inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
+        inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index,
+                  context.kernel_mask, cross_kernel_mask)
         if cfg.scan_layers:
             body = nn.scan(body, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                            split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,) * len(inputs),
