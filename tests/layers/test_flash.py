@@ -30,7 +30,7 @@ INTERPRET = lambda: pltpu.force_tpu_interpret_mode(True)  # noqa: E731
 
 
 def _pair(config):
-    return (dataclasses.replace(config, attention_kernel='einsum'), dataclasses.replace(config, attention_kernel='flash'))
+    return tuple(dataclasses.replace(config, attention_kernel=kernel) for kernel in ('einsum', 'flash'))
 
 
 def _close(actual, expected, real):
@@ -137,7 +137,9 @@ def test_errors_and_fallbacks():
     # Fallbacks to the einsum path (no interpret mode needed: no kernel runs): cached decoding, asking for the
     # attention probabilities.
     cache = kernel.init(jax.random.key(0), ids, decode=True)['cache']
-    step = lambda m: m.apply({**params, 'cache': cache}, ids[:, :5], decode=True, mutable=['cache'])[0]['logits']  # noqa: E731
+    def step(module):
+        return module.apply({**params, 'cache': cache}, ids[:, :5], decode=True, mutable=['cache'])[0]['logits']
+
     np.testing.assert_array_equal(step(kernel), step(reference))
     probs = lambda m: m.apply(params, ids, mutable=['intermediates'])[1]  # noqa: E731
     assert jax.tree.all(jax.tree.map(np.array_equal, probs(kernel), probs(reference)))
