@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plmjax.layers import dropout, matmul, position
+from plmjax.layers import dropout, flash, matmul, position
 from plmjax.layers.dense import Projection
 
 Initializer = Callable[..., jax.Array]
@@ -65,6 +65,7 @@ class AttentionContext(NamedTuple):
     mask: jax.Array | None  # [batch or 1, 1, query, key] bool
     cache_index: jax.Array | None  # where this chunk's keys go in the cache (decoding only)
     segment_ids: jax.Array | None = None  # [batch, query] packed examples' segment ids (0: padding); None unpacked
+    kernel_mask: flash.KernelMask | None = None  # the mask as the flash kernel takes it; None: it has no such form
 
 
 class SelfAttentionContext(nn.Module):
@@ -96,7 +97,10 @@ class SelfAttentionContext(nn.Module):
         mask = make_attention_mask(key_mask=input_mask, causal=self.causal, query_positions=positions,
                                    key_positions=positions, query_prefix=prefix_mask, key_prefix=prefix_mask,
                                    query_segment_ids=segment_ids, key_segment_ids=segment_ids)
-        return AttentionContext(positions, positions, mask, None, segment_ids)
+        kernel_ids = flash.segment_ids_from_mask(input_mask) if segment_ids is None else segment_ids
+        # the prefix-LM mask has no kernel form
+        kernel_mask = None if prefix_mask is not None else flash.KernelMask(kernel_ids, kernel_ids, self.causal)
+        return AttentionContext(positions, positions, mask, None, segment_ids, kernel_mask)
 
     def _decode_step(self, batch, length, input_mask, prefix_mask) -> AttentionContext:
         index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
@@ -150,13 +154,15 @@ class MultiHeadAttention(nn.Module):
     kernel_init: Initializer = nn.initializers.normal(0.02)
     query_kernel_init: Initializer | None = None
     out_kernel_init: Initializer | None = None
+    kernel: str = 'einsum'  # one of flash.KERNELS (TransformerConfig.attention_kernel; `_use_flash`)
 
     @nn.compact
     def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
                  bias: jax.Array | None = None, relative_kv: jax.Array | None = None,
                  rotary_positions: jax.Array | None = None, cache_index: jax.Array | None = None,
                  decode: bool = False, deterministic: bool = True,
-                 extra_kv: tuple[jax.Array, jax.Array] | None = None, fixed_kv: bool = False) -> jax.Array:
+                 extra_kv: tuple[jax.Array, jax.Array] | None = None, fixed_kv: bool = False,
+                 kernel_mask: flash.KernelMask | None = None) -> jax.Array:
         """inputs_q [batch, q, emb], inputs_kv [batch, k, emb] (None: self-attention) -> [batch, q, emb].
 
         mask: bool [batch or 1, 1 or heads, q, k]. bias: float [batch or 1, heads, q, k], added to the scores.
@@ -169,6 +175,7 @@ class MultiHeadAttention(nn.Module):
           With decode=True they live in the cache as 'cross_key'/'cross_value' [batch, heads, k, kv]: computed from
           inputs_kv and stored when inputs_kv is given (the prefill, or `init`), read back without any projection
           when inputs_kv is None (every later step). Without decode, inputs_kv is required and nothing is cached.
+        kernel_mask: `mask` as the flash kernel takes it (causal flag, segment ids), for kernel='flash'.
         """
         if fixed_kv and inputs_kv is None and not decode:
             raise ValueError('fixed_kv attention needs inputs_kv, except in cached decoding (decode=True), where '
@@ -197,13 +204,50 @@ class MultiHeadAttention(nn.Module):
                 self._write_fixed_cache(key, value)
             elif decode:
                 key, value = self._update_cache(key, value, cache_index)
+        if self._use_flash(decode, extra_kv, relative_kv, kernel_mask, deterministic):
+            operands = [x.astype(self.matmul_dtype or x.dtype) for x in (query, key, value)]
+            out = flash.flash_attention(*operands, kernel_mask, bias=bias,
+                                        scale=self.head_dim ** -0.5 if self.scale_scores else 1.0).astype(self.dtype)
+        else:
+            out = self._einsum_attention(query, key, value, mask, bias, relative_kv, decode and not fixed_kv,
+                                         deterministic, extra_kv)
+        out = nn.with_logical_constraint(out, heads_axes)
+        out = Projection(features=(inputs_q.shape[-1],), kernel_axes=('heads', 'kv', 'embed'), num_input_axes=2,
+                         use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                         matmul_dtype=self.matmul_dtype, kernel_init=self.out_kernel_init or self.kernel_init,
+                         name='out')(out)
+        return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+    def _use_flash(self, decode, extra_kv, relative_kv, kernel_mask, deterministic) -> bool:
+        """Whether this call runs the flash kernel. With kernel='flash', three cases fall back to the einsum path
+        on purpose: cached decoding (chunks of one token against the cache), prefix tuning's extra_kv (keys every
+        query sees, before the causal diagonal) and a mutable 'intermediates' collection (the caller asks for the
+        attention scores/probs, which the kernel never forms). Three raise: NEZHA's relative keys/values, a mask
+        without kernel form (prefix LM) and attention dropout in training."""
+        if self.kernel not in flash.KERNELS:
+            raise ValueError(f'MultiHeadAttention.kernel={self.kernel!r} is not one of {flash.KERNELS}.')
+        if self.kernel == 'einsum' or decode or extra_kv is not None or self.is_mutable_collection('intermediates'):
+            return False
+        fix = 'or set `TransformerConfig.attention_kernel = \'einsum\'` (gin: `<preset>.attention_kernel = "einsum"`).'
+        if relative_kv is not None:
+            raise ValueError(f'The flash attention kernel cannot add NEZHA\'s relative keys/values: {fix}')
+        if kernel_mask is None:
+            raise ValueError(f'This attention\'s mask has no flash-kernel form (causal + segment ids): a prefix-LM '
+                             f'mask, or a caller that passed only a boolean mask. Drop the prefix mask {fix}')
+        if self.dropout_rate > 0 and not deterministic:
+            raise ValueError(f'The flash attention kernel has no attention dropout, and this is a training call with '
+                             f'attention_dropout_rate={self.dropout_rate}: set `<preset>.attention_dropout_rate = 0.0` '
+                             f'(MaxText trains without it), {fix}')
+        return True
+
+    def _einsum_attention(self, query, key, value, mask, bias, relative_kv, self_cache, deterministic, extra_kv):
+        """The reference path: scores [batch, heads, q, k], mask, softmax, dropout -> context [batch, q, heads, kv]."""
         if extra_kv is not None:
             key, value, mask, bias, relative_kv = _prepend_kv(extra_kv, key, value, mask, bias, relative_kv)
 
         # Decoding reads the self-attention cache in the compute dtype: rounding the whole cache for each step's
         # small products would cost more than the products (and XLA:CPU updates a bf16 cache through float32, not
         # in place). Cross-attention (fixed_kv) multiplies as without the cache, so its numbers do not change.
-        self_cache = decode and not fixed_kv
         matmul_dtype = None if self_cache else self.matmul_dtype
         scores = self.score_product(query, key, matmul_dtype)  # [batch, heads, q, k]
         if relative_kv is not None:
@@ -226,12 +270,7 @@ class MultiHeadAttention(nn.Module):
         out = self.context_product(probs, value, matmul_dtype)  # [batch, q, heads, kv]
         if relative_kv is not None:
             out = out + jnp.einsum('bhqk,qkd->bqhd', probs, relative_kv.astype(self.dtype))
-        out = nn.with_logical_constraint(out, heads_axes)
-        out = Projection(features=(inputs_q.shape[-1],), kernel_axes=('heads', 'kv', 'embed'), num_input_axes=2,
-                         use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                         matmul_dtype=self.matmul_dtype, kernel_init=self.out_kernel_init or self.kernel_init,
-                         name='out')(out)
-        return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+        return out
 
     # The two products of attention are methods so that a flax method interceptor can reach their inputs
     # (TernaryBERT's 8-bit Q, K, V and attention probabilities: compression.quantize.activation_interceptor).

@@ -12,7 +12,7 @@ from typing import Optional
 import gin
 import jax.numpy as jnp
 
-from plmjax.layers import matmul, mlp, norms
+from plmjax.layers import flash, matmul, mlp, norms
 
 ACTIVATIONS = tuple(mlp.ACTIVATIONS)
 NORMS = norms.NORMS
@@ -102,6 +102,11 @@ class TransformerConfig:
     pipeline_microbatches: int = 1       # the batch runs through the pipeline in this many microbatches; bubble
                                          # fraction (stages - 1) / (microbatches + stages - 1). gin:
                                          # `gpt2_xl.pipeline_stages = 4`, `gpt2_xl.pipeline_microbatches = 16`.
+    attention_kernel: str = 'einsum'     # 'einsum' (the reference; CPU) | 'flash': the Pallas TPU flash-attention
+                                         # kernel for training/scoring passes (plmjax.layers.flash: causal,
+                                         # padding, T5 bias; decoding falls back to einsum; needs
+                                         # attention_dropout_rate=0 in training). gin: `t5_base.attention_kernel
+                                         # = 'flash'`.
 
     def __post_init__(self):
         def check_choice(field, choices):
@@ -116,6 +121,10 @@ class TransformerConfig:
         check_choice('param_dtype', DTYPES)
         check_choice('matmul_dtype', matmul.MATMUL_DTYPES)
         check_choice('remat_policy', REMAT_POLICIES)
+        check_choice('attention_kernel', flash.KERNELS)
+        if self.attention_kernel != 'einsum' and self.position == 'nezha_relative':
+            raise ValueError(f'attention_kernel={self.attention_kernel!r} cannot add NEZHA\'s relative keys/values '
+                             f'(position=\'nezha_relative\'): use attention_kernel=\'einsum\'.')
         for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'max_length'):
             if getattr(self, field) <= 0:
                 raise ValueError(f'TransformerConfig.{field} must be positive, got {getattr(self, field)}.')
@@ -136,6 +145,9 @@ class TransformerConfig:
         if self.pipeline_stages < 1 or self.pipeline_microbatches < 1:
             raise ValueError('TransformerConfig.pipeline_stages and pipeline_microbatches must be >= 1, got '
                              f'{self.pipeline_stages} and {self.pipeline_microbatches}.')
+        if self.pipeline_stages > 1 and self.attention_kernel != 'einsum':
+            raise ValueError("pipeline_stages > 1 runs the einsum attention only: set attention_kernel = 'einsum' or "
+                             'pipeline_stages = 1.')
         if self.pipeline_stages > 1 and self.num_experts:
             raise ValueError('pipeline_stages > 1 with num_experts > 0 (a pipelined mixture of experts) is not '
                              'supported: set pipeline_stages = 1 or num_experts = 0.')

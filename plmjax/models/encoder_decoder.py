@@ -3,7 +3,7 @@ head; one token embedding shared by encoder inputs, decoder inputs and (when tie
 import jax
 import flax.linen as nn
 
-from plmjax.layers import attention
+from plmjax.layers import attention, flash
 from plmjax.models import heads, transformer
 from plmjax.models.config import TransformerConfig
 
@@ -60,8 +60,12 @@ class EncoderDecoderModel(nn.Module):
                                        positions=decoder_positions, decode=decode)
         cross_mask = attention.make_attention_mask(key_mask=encoder_mask, query_segment_ids=decoder_segment_ids,
                                                    key_segment_ids=encoder_segment_ids)
+        encoder_kernel_ids = (flash.segment_ids_from_mask(encoder_mask) if encoder_segment_ids is None
+                              else encoder_segment_ids)
+        cross_kernel_mask = flash.KernelMask(None if context.kernel_mask is None else context.kernel_mask.q_segment_ids,
+                                             encoder_kernel_ids)
         hidden = self.decoder(decoder_input_ids, context, encoded=encoded, cross_mask=cross_mask,
-                              deterministic=deterministic, decode=decode)
+                              deterministic=deterministic, decode=decode, cross_kernel_mask=cross_kernel_mask)
         return {'hidden_states': hidden, 'logits': self.lm_head(hidden, self.token_embedder, decode=decode)}
 
     def __call__(self, encoder_input_ids: jax.Array, decoder_input_ids: jax.Array, *,

@@ -92,7 +92,7 @@ class QueryLayer(nn.Module):
         query = jnp.broadcast_to(query_embedder(context.positions), hidden.shape)  # [batch, length, emb]
         return transformer.TransformerLayer(cfg, name='layer')(
             hidden, mask=context.mask, cache_index=context.cache_index, query=query, deterministic=deterministic,
-            decode=decode)
+            decode=decode, kernel_mask=context.kernel_mask)
 
 
 # --- Pre-training heads: NSP/SOP (BERT, ALBERT), span boundary (SpanBERT), replaced-token detection (ELECTRA) ---

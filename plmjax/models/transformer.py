@@ -119,17 +119,19 @@ class TransformerLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, mask, encoded=None, cross_mask=None, bias=None, relative_kv=None, rotary_positions=None,
-                 cache_index=None, query=None, deterministic=True, decode=False):
+                 cache_index=None, query=None, deterministic=True, decode=False, kernel_mask=None,
+                 cross_kernel_mask=None):
         """x: [batch, length, emb] -> [batch, length, emb]. query: [batch, length, emb] replaces the self-attention's
         query input (PanGu-α's query layer: queries from position embeddings, keys and values from x).
         encoded: [batch, in_length, emb] for cross-attention; with decode=True its keys/values are computed and
-        cached when it is given (the prefill) and read from the cache when it is None (the steps after)."""
+        cached when it is given (the prefill) and read from the cache when it is None (the steps after).
+        kernel_mask, cross_kernel_mask: `mask`, `cross_mask` as the flash kernel takes them (layers.flash)."""
         cfg = self.config
         attend = lambda name: attention.MultiHeadAttention(  # noqa: E731
             num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale_scores=cfg.scale_attention,
             dropout_rate=cfg.attention_dropout_rate, rotary_base=cfg.rotary_base, dtype=cfg.compute_dtype,
             param_dtype=cfg.params_dtype, matmul_dtype=cfg.matmul_dtype, kernel_init=kernel_init(cfg),
-            query_kernel_init=query_kernel_init(cfg), name=name)
+            query_kernel_init=query_kernel_init(cfg), kernel=cfg.attention_kernel, name=name)
         dropout = dropout_lib.Dropout(cfg.dropout_rate)
 
         def residual(x, sublayer, norm_name):
@@ -140,7 +142,8 @@ class TransformerLayer(nn.Module):
         def self_attention(h):
             return attend('self_attention')(
                 h if query is None else query.astype(h.dtype), h, mask=mask, bias=bias, relative_kv=relative_kv,
-                rotary_positions=rotary_positions, cache_index=cache_index, decode=decode, deterministic=deterministic)
+                rotary_positions=rotary_positions, cache_index=cache_index, decode=decode, deterministic=deterministic,
+                kernel_mask=kernel_mask)
 
         x = residual(x, self_attention, 'self_attention_norm')
         if self.cross_attention:
@@ -150,7 +153,7 @@ class TransformerLayer(nn.Module):
 
             def cross_attention(h):  # decoding: keys/values of `encoded` cached once, read when encoded is None
                 return attend('cross_attention')(h, encoded, mask=cross_mask, decode=decode, fixed_kv=True,
-                                                 deterministic=deterministic)
+                                                 deterministic=deterministic, kernel_mask=cross_kernel_mask)
 
             x = residual(x, cross_attention, 'cross_attention_norm')
         if self.moe:
@@ -179,10 +182,12 @@ class _LayerBody(TransformerLayer):
     deterministic: bool = True
     decode: bool = False
 
-    def __call__(self, x, mask, encoded, cross_mask, bias, relative_kv, rotary_positions, cache_index):
+    def __call__(self, x, mask, encoded, cross_mask, bias, relative_kv, rotary_positions, cache_index,
+                 kernel_mask=None, cross_kernel_mask=None):
         return super().__call__(x, mask=mask, encoded=encoded, cross_mask=cross_mask, bias=bias,
                                 relative_kv=relative_kv, rotary_positions=rotary_positions, cache_index=cache_index,
-                                deterministic=self.deterministic, decode=self.decode), None
+                                deterministic=self.deterministic, decode=self.decode, kernel_mask=kernel_mask,
+                                cross_kernel_mask=cross_kernel_mask), None
 
 
 def _layer_body(cfg: TransformerConfig):
@@ -227,7 +232,8 @@ class TransformerStack(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, context: attention.AttentionContext, *,
                  token_type_ids: jax.Array | None = None, encoded: jax.Array | None = None,
-                 cross_mask: jax.Array | None = None, deterministic: bool = True, decode: bool = False) -> jax.Array:
+                 cross_mask: jax.Array | None = None, deterministic: bool = True, decode: bool = False,
+                 cross_kernel_mask=None) -> jax.Array:
         cfg = self.config
         x = Embedder(cfg, self.token_embedder, name='embedder')(input_ids, context.positions, token_type_ids,
                                                                  deterministic)
@@ -250,13 +256,14 @@ class TransformerStack(nn.Module):
         if cfg.shared_layers and decode:  # one module's cache cannot hold the keys of every layer
             raise ValueError('Cached decoding does not support shared_layers=True (ALBERT-style layer sharing).')
         body = _layer_body(cfg)
-        inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index)
+        inputs = (context.mask, encoded, cross_mask, bias, relative_kv, rotary_positions, context.cache_index,
+                  context.kernel_mask, cross_kernel_mask)
         if cfg.pipeline_stages > 1:  # GPipe stages over the 'stage' mesh axis (plmjax.models.pipeline)
             if decode or self.is_mutable_collection('intermediates'):
                 raise ValueError('A pipelined stack (pipeline_stages > 1) runs training and scoring steps only: no '
                                  'cached decoding, no sown intermediates. Set pipeline_stages = 1 for these.')
             x = pipeline.Pipeline(cfg, body, (cfg, self.cross_attention, False, deterministic, decode), self.num_layers,
-                                  name=pipeline.PIPELINE)(x, *inputs[:-1])
+                                  name=pipeline.PIPELINE)(x, *inputs[:6])  # no cache, einsum attention
         elif cfg.scan_layers:
             block = cfg.moe_layer_interval if cfg.num_experts and cfg.moe_layer_interval > 1 else 1
             kwargs = dict(cross_attention=self.cross_attention, deterministic=deterministic, decode=decode)

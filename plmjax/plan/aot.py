@@ -214,6 +214,9 @@ def forward_flops(config, run, abstract_batch) -> float:
     unrematerialized program (lowered only, never compiled), for `config`: `run.model_config` or the same model
     unrolled (scanned layers are a loop whose body the cost analysis counts once)."""
     unsharded = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
+    if getattr(config, "attention_kernel", "einsum") != "einsum":  # the model's FLOPs, in the reference attention
+        config = dataclasses.replace(config, attention_kernel="einsum")  # (a TPU kernel does not lower for the host,
+        # and XLA counts a Mosaic call's FLOPs only from its cost estimate)
     module = run.module if config == run.model_config else run.module.clone(config=config)
     dummy = state_lib.dummy_inputs(run.architecture, 1, run.task_feature_lengths)
     params = jax.eval_shape(lambda: module.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, **dummy,
