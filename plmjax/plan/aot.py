@@ -35,7 +35,7 @@ from flax import linen as nn
 from plmjax import models, sharding
 from plmjax.data import feature_converters
 from plmjax.models import pipeline
-from plmjax.plan import hardware, loops
+from plmjax.plan import hardware, kernels, loops
 from plmjax.train import optim
 from plmjax.train import setup as setup_lib
 from plmjax.train import state as state_lib
@@ -73,6 +73,7 @@ class Plan:
     compiler_message: str = ""  # the compiler's own words when it refused the program (out of memory)
     scan_layers: bool = False  # layers in a loop: flops and bytes_accessed extrapolated from unrolled compiles
     cost_compile_seconds: float = 0.0  # the time those unrolled compiles took (plan.loops)
+    attention_kernel: str = "einsum"  # 'flash': FLOPs include the kernel's backward, which XLA counts as 0
     pipeline_stages: int = 1  # GPipe stages over the 'stage' mesh axis (TransformerConfig.pipeline_stages)
     pipeline_microbatches: int = 1
 
@@ -272,7 +273,10 @@ def _compile_step(model_config, architecture: str, objective: str, task_feature_
     out = dict(run=run, abstract_state=abstract_state, batch=batch, message="", memory=None, cost={})
     try:
         compiled = lowered.compile()
-        out.update(memory=compiled.memory_analysis(), cost=_cost(compiled), compiled=compiled)
+        cost = dict(_cost(compiled))
+        if model_config.attention_kernel != "einsum":  # XLA counts no FLOPs for the kernel's backward (plan.kernels)
+            cost["flops"] = cost.get("flops", 0.0) + kernels.uncounted_flops(compiled.as_text())
+        out.update(memory=compiled.memory_analysis(), cost=cost, compiled=compiled)
     except Exception as error:  # noqa: BLE001  only the compiler's out-of-memory refusal is a result
         arguments = per_device_bytes(abstract_state) + per_device_bytes(batch)
         temps = parse_out_of_memory(str(error), arguments)
@@ -328,5 +332,6 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         param_dtype=cfg.param_dtype, parameters=models.count_params(abstract_state.params), state_bytes=state_bytes,
         flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"), model_flops=3 * fwd / len(devices),
         compile_seconds=step["seconds"], compiler_message=step["message"], scan_layers=cfg.scan_layers,
+        attention_kernel=cfg.attention_kernel,
         cost_compile_seconds=cost_seconds, pipeline_stages=cfg.pipeline_stages,
         pipeline_microbatches=cfg.pipeline_microbatches, **mem)

@@ -62,7 +62,9 @@ def format_plan(plan: Plan) -> str:
                                f"{plan.flops / plan.model_flops:.2f}" + (
                                    " (below 1: XLA's cost analysis undercounts this step, as under tensor "
                                    "parallelism; its real FLOPs are not known, the roofline uses the model's)"
-                                   if plan.flops_undercounted else "")),
+                                   if plan.flops_undercounted else "")
+                               + ("; with the flash kernel's backward FLOPs, which XLA counts as 0 (plan.kernels)"
+                                  if plan.attention_kernel == "flash" else "")),
             ("HBM bytes per chip", f"{plan.bytes_accessed:.3e}"),
             ("roofline step", f"{plan.step_seconds * 1e3:.1f} ms ({plan.bound}-bound at {plan.chip.bf16_tflops:g} "
                               f"TFLOP/s, {plan.chip.hbm_gbps:g} GB/s): "
