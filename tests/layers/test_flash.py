@@ -86,6 +86,19 @@ def test_causal_decoder_equals_einsum():
            output='logits')
 
 
+def test_packed_decoder_equals_einsum():
+    """A packed batch (three segments in a row, then padding; positions restarting per segment): the kernel's
+    segment ids are the batch's, so no query sees another example."""
+    rng = np.random.default_rng(3)
+    segments = np.array([[1] * 15 + [2] * 9 + [3] * 12 + [0] * 4, [1] * 30 + [2] * 10])  # [batch, length]
+    positions = np.concatenate([np.arange(n) for n in (15, 9, 12, 4)] + [np.arange(30), np.arange(10)]).reshape(2, 40)
+    ids = jnp.asarray(np.where(segments > 0, rng.integers(3, 500, size=(2, 40)), 0))
+    real = jnp.asarray(segments > 0)
+    _check(DecoderModel, config_lib.tiny_decoder(), (ids,), dict(segment_ids=jnp.asarray(segments),
+                                                                positions=jnp.asarray(positions)), real,
+           output='logits')
+
+
 def test_t5_relative_bias_equals_einsum():
     rng = np.random.default_rng(2)
     enc, enc_mask = _ids(rng, 2, 40, [40, 17])
