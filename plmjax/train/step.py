@@ -30,11 +30,21 @@ def apply_and_loss(module: nn.Module, params, batch, inputs, objective: Objectiv
     if config is None or not getattr(config, "num_experts", 0):
         outputs = module.apply({"params": params}, **inputs, **kwargs)
         _, metrics = objective.loss_fn(batch, outputs)
-        return metrics["loss"][0], metrics
+        return _summed_loss(metrics)[0], metrics
     outputs, state = module.apply({"params": params}, **inputs, mutable=[moe.AUX_COLLECTION], **kwargs)
     _, metrics = objective.loss_fn(batch, outputs)
-    term, router_metrics = router_losses(state.get(moe.AUX_COLLECTION, {}), config, metrics["loss"][1])
-    return metrics["loss"][0] + term, {**metrics, **router_metrics}
+    summed, weight = _summed_loss(metrics)
+    term, router_metrics = router_losses(state.get(moe.AUX_COLLECTION, {}), config, weight)
+    return summed + term, {**metrics, **router_metrics}
+
+
+def _summed_loss(metrics) -> tuple[jax.Array, jax.Array]:
+    """metrics['loss'], the (summed loss, loss weight) pair; (0, 0) for an evaluation objective that reports no loss
+    (PET's verbalizer scoring: accuracy only)."""
+    if "loss" not in metrics:
+        zero = jnp.zeros((), jnp.float32)
+        return zero, zero
+    return metrics["loss"]
 
 
 def loss_and_grads(params, batch, rng, module: nn.Module, objective: Objective, deterministic: bool = False):
