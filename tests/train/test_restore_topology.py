@@ -218,7 +218,7 @@ def test_8_devices_to_1_device_to_222_mesh_continue_from_the_same_step_and_data(
     restored, record = _restored(probe_one)
     assert (record["step"], record["data_position"], record["device_count"]) == (EVERY, EVERY, 1)
     assert record["data_state"] is not None  # one process wrote it, one process reads it: the iterator state
-    one_device = '{"data": 1, "fsdp": 1, "tensor": 1, "expert": 1}'
+    one_device = '{"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, "stage": 1}'
     assert {json.dumps(v["mesh"]) for v in record["layout"].values()} == {one_device}
     _assert_bitwise(restored, _saved(straight, EVERY), "1 device: restored vs saved at step 4 (8 devices)")
     batches_one = _batches(probe_one)
@@ -234,7 +234,7 @@ def test_8_devices_to_1_device_to_222_mesh_continue_from_the_same_step_and_data(
     assert (record["step"], record["data_position"], record["device_count"]) == (2 * EVERY, 2 * EVERY, 8)
     assert record["data_state"] is not None
     layouts = record["layout"].values()
-    assert {json.dumps(v["mesh"]) for v in layouts} == {'{"data": 2, "fsdp": 2, "tensor": 2, "expert": 1}'}
+    assert {json.dumps(v["mesh"]) for v in layouts} == {'{"data": 2, "fsdp": 2, "tensor": 2, "expert": 1, "stage": 1}'}
     assert any("fsdp" in v["spec"] and "tensor" in v["spec"] for v in layouts)  # really split, not replicated
     _assert_bitwise(restored, _saved(one, 2 * EVERY), "(2,2,2): restored vs saved at step 8 (1 device)")
     batches_222 = _batches(probe_222)
