@@ -3,7 +3,6 @@ the model says they must (against closed forms and against doubling the batch), 
 ends in one message saying by how much and what to change."""
 
 import dataclasses
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +10,8 @@ import pytest
 
 from plmjax import models
 from plmjax.plan import aot, command, hardware, report
+from tests.plan import needs_libtpu
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu is absent: pip install 'jax[tpu]' (plmjax's [tpu] extra)")
 
 # A 2-layer GPT; dropout off so that the step's FLOPs are the model's (threefry dropout masks are a third of a tiny
 # model's FLOPs and slow its compilation). Four v4 chips, data parallel, 16 then 32 sequences of 32 tokens a chip.

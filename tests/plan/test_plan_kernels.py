@@ -4,15 +4,13 @@ the plan adds them from the compiled HLO (`plan.kernels`). With them, the step's
 backward, which keeps the probabilities)."""
 
 import dataclasses
-import importlib.util
 
 import pytest
 
 from plmjax import models, sharding
 from plmjax.plan import aot, hardware, kernels
+from tests.plan import needs_libtpu
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu is absent: pip install 'jax[tpu]' (plmjax's [tpu] extra)")
 NO_DROPOUT = dict(dtype="bfloat16", dropout_rate=0.0, attention_dropout_rate=0.0, max_length=256)
 CASES = [  # the MLM step holds its model twice (a lax.cond over sparse and full logits): counted once
     (models.tiny_encoder(**NO_DROPOUT), "encoder", "mlm", {"inputs": 256, "targets": 256}),

@@ -3,15 +3,13 @@ step's FLOPs and HBM bytes from the same step unrolled at two small depths (`pla
 step unrolled at full depth, compiled for the same slice."""
 
 import dataclasses
-import importlib.util
 
 import pytest
 
 from plmjax import models
 from plmjax.plan import aot, loops
+from tests.plan import needs_libtpu
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu is absent: pip install 'jax[tpu]' (plmjax's [tpu] extra)")
 NO_DROPOUT = dict(dtype="bfloat16", dropout_rate=0.0, attention_dropout_rate=0.0)
 CASES = [  # (config, architecture, objective, feature lengths): one stack; two stacks of different depths
     (models.tiny_decoder(num_decoder_layers=4, **NO_DROPOUT), "decoder", "causal_lm", {"targets": 32}),

@@ -4,15 +4,13 @@ no bubble), the FLOPs and bytes of the scanned pipeline are those of the same pi
 states the bubble fraction."""
 
 import dataclasses
-import importlib.util
 
 import pytest
 
 from plmjax import models
 from plmjax.plan import aot, loops, report
+from tests.plan import needs_libtpu
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu is absent: pip install 'jax[tpu]' (plmjax's [tpu] extra)")
 NO_DROPOUT = dict(dtype="bfloat16", dropout_rate=0.0, attention_dropout_rate=0.0)
 
 
