@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["train"].add_argument("--model_dir", default=None,
                                       help="where checkpoints, metrics and plots go (default runs/<gin file name>)")
     sub.choices["eval"].add_argument("--checkpoint", required=True,
-                                     help="a model dir, its checkpoints/ dir, or one step's dir")
+                                     help="a model dir, its checkpoints/ dir, one step's dir, or a quantized "
+                                     "student's packed low-bit file (<student>/packed.npz)")
     sub.choices["eval"].add_argument("--out", default=None, help="fine-tuning: where the results table and the "
                                      "submission file go (default: <model dir>/eval)")
     _add_convert_parser(sub)

@@ -26,6 +26,7 @@ from plmjax.train import fill_mask_examples
 from plmjax.train import init as init_lib
 from plmjax.train import metrics as metrics_lib
 from plmjax.train import optim
+from plmjax.train import quantized as quantized_lib
 from plmjax.train import saved_model
 from plmjax.train import state as state_lib
 from plmjax.train import step as step_lib
@@ -457,15 +458,22 @@ def evaluate(
     run = setup(model_config, architecture, objective, task_feature_lengths, mesh, task=task, peft=peft,
                 peft_options=peft_options, rules=logical_axis_rules)
     check_vocabulary(task, model_config)
-    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(checkpoint))
-    step = checkpoint_lib.checkpoint_step(checkpoint)
-    run = _as_saved(run, checkpointer.read_metadata(step).get("config") or {}, checkpoint)
+    model_dir = quantized_lib.model_dir_of(checkpoint)  # a packed low-bit file: the saved model beside it
+    checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_root(model_dir))
+    step = checkpoint_lib.checkpoint_step(model_dir)
+    metadata = checkpointer.read_metadata(step)
+    saved = metadata.get("config") or {}
+    run = quantized_lib.as_saved(run, saved, checkpoint)
     # Only the parameters are read, so any optimizer's checkpoint evaluates (optax.identity: no optimizer state).
     abstract, shardings = state_lib.state_shardings(run.module, optax.identity(), architecture,
                                                     run.task_feature_lengths, mesh, run.rules)
-    restored, meta = checkpointer.restore(step=step, abstract_state={"params": abstract.params}, partial=True)
+    if quantized_lib.is_packed(checkpoint):
+        restored = {"params": quantized_lib.load_packed_params(checkpoint, saved, abstract.params, shardings.params)}
+        meta = {"step": metadata.get("step")}
+    else:
+        restored, meta = checkpointer.restore(step=step, abstract_state={"params": abstract.params}, partial=True)
     if is_finetune_run(run):
-        out_dir = out_dir or os.path.join(os.path.dirname(checkpoint_lib.checkpoint_root(checkpoint)), "eval")
+        out_dir = out_dir or os.path.join(os.path.dirname(checkpoint_lib.checkpoint_root(model_dir)), "eval")
         results = _finetune_scorer(run, finetune_evaluator)(restored["params"], run, task, split,
                                                             batch_size=batch_size, out_dir=out_dir,
                                                             checkpoint=checkpoint, param_shardings=shardings.params)
@@ -475,19 +483,6 @@ def evaluate(
     if jax.process_index() == 0:
         print(json.dumps({"checkpoint": checkpoint, "step": meta["step"], "split": split, **results}, indent=2))
     return results
-
-
-def _as_saved(run: RunSetup, saved: Mapping[str, Any], checkpoint: str) -> RunSetup:
-    """A quantized student (its metadata's `quantize`: TernaryBERT / BinaryBERT, a post-training baseline) is
-    evaluated as it was trained: the latent weights quantized at every apply, the activations too."""
-    quantized = saved.get("quantize")
-    if not quantized:
-        return run
-    from plmjax.compression import quantize
-    if jax.process_index() == 0:
-        print(f"{checkpoint}: a {quantized['method']} checkpoint (activations "
-              f"{quantized.get('activation_bits') or 'float'}-bit): evaluated quantized, as it was trained.")
-    return dataclasses.replace(run, module=quantize.as_saved(run.module, saved))
 
 
 def _format_summary(summary: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -129,6 +130,13 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
                             task_feature_lengths=LENGTHS, batch_size=16,
                             mesh=sharding.create_mesh(devices=jax.devices()[:1]))
     assert "evaluated quantized" in capsys.readouterr().out and again["accuracy"] == final["accuracy"]
+    # ... and `plmjax eval --checkpoint <student>/packed.npz` scores the packed 2-bit file the same
+    from_file = launch.evaluate(summary["student_packed"], str(tmp_path / "packed_eval"), model_config=tiny(**TEACHER),
+                                architecture="encoder_classifier", objective="classification", task=TASK,
+                                task_feature_lengths=LENGTHS, batch_size=16,
+                                mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    assert "evaluated its packed weights" in capsys.readouterr().out
+    assert from_file["accuracy"] == final["accuracy"], (from_file, final)
 
     # BinaryBERT: the ternary student split (`plmjax convert --tws`) evaluates as the ternary one (float32 halves:
     # at most one example's decision may move), then binary fine-tuning from it packs and evaluates the same
@@ -149,6 +157,14 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
     unpacked = evaluation.evaluate_params(weights, run, TASK, "validation", batch_size=16)
     assert method == "split_binary" and unpacked["accuracy"] == binary["accuracy"], (unpacked, binary)
     assert evaluate(str(binary_dir / "student"), str(tmp_path / "binary_eval"))["accuracy"] == binary["accuracy"]
+    packed = str(binary_dir / "student" / "packed.npz")
+    assert evaluate(packed, str(tmp_path / "binary_packed_eval"))["accuracy"] == binary["accuracy"]
+    # a packed file beside a model that was not trained quantized: one message naming it
+    plain = tmp_path / "plain"
+    shutil.copytree(teacher_dir, plain)
+    shutil.copy(packed, plain / "packed.npz")
+    with pytest.raises(ConfigError, match="not a quantized one"):
+        evaluate(str(plain / "packed.npz"), str(tmp_path / "plain_eval"))
 
 
 @pytest.mark.slow  # ~40 s on 2 cores
