@@ -33,6 +33,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from plmjax.layers import dropout, matmul, mlp
 
@@ -44,6 +45,17 @@ AUX_NAMES = ('load_balancing_loss', 'router_z_loss', 'dropped_fraction')
 def expert_capacity(tokens_per_group: int, num_experts: int, k: int, capacity_factor: float) -> int:
     """Slots per expert and group: ceil(capacity_factor * tokens_per_group * k / num_experts)."""
     return max(1, math.ceil(capacity_factor * tokens_per_group * k / num_experts))
+
+
+def uniform_dropped_fraction(tokens_per_group: int, num_experts: int, k: int, capacity: int) -> float:
+    """The expected fraction of the k * tokens assignments dropped when the router is uniformly random (each token
+    picks k distinct experts uniformly): an expert's load is Binomial(tokens, k / num_experts), of which
+    max(load - capacity, 0) is dropped whatever the priority order. A reference point for a plan (a trained
+    router is less even; the trainer's `moe_dropped_fraction` metric is the measured one)."""
+    from scipy import stats
+    loads = np.arange(capacity + 1, tokens_per_group + 1)
+    expected_excess = np.sum((loads - capacity) * stats.binom.pmf(loads, tokens_per_group, k / num_experts))
+    return float(num_experts * expected_excess / (k * tokens_per_group))
 
 
 def per_expert_init(init: Initializer) -> Initializer:

@@ -34,6 +34,7 @@ from flax import linen as nn
 
 from plmjax import models, sharding
 from plmjax.data import feature_converters
+from plmjax.layers import moe
 from plmjax.models import pipeline
 from plmjax.plan import hardware, kernels, loops
 from plmjax.train import optim
@@ -76,6 +77,9 @@ class Plan:
     attention_kernel: str = "einsum"  # 'flash': FLOPs include the kernel's backward, which XLA counts as 0
     pipeline_stages: int = 1  # GPipe stages over the 'stage' mesh axis (TransformerConfig.pipeline_stages)
     pipeline_microbatches: int = 1
+    # mixture of experts: experts, k, capacity factor and, per stack ('encoder', 'decoder'), the routing group's
+    # tokens (one sequence), the expert capacity and the dropped fraction at a uniformly random router
+    moe: dict | None = None
 
     @property
     def bubble_fraction(self) -> float:
@@ -334,4 +338,20 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         compile_seconds=step["seconds"], compiler_message=step["message"], scan_layers=cfg.scan_layers,
         attention_kernel=cfg.attention_kernel,
         cost_compile_seconds=cost_seconds, pipeline_stages=cfg.pipeline_stages,
-        pipeline_microbatches=cfg.pipeline_microbatches, **mem)
+        pipeline_microbatches=cfg.pipeline_microbatches, moe=moe_routing(cfg, batch), **mem)
+
+
+def moe_routing(config, batch) -> dict | None:
+    """A mixture-of-experts model's routing at the plan's lengths (`Plan.moe`); None for a dense model."""
+    if not getattr(config, "num_experts", 0):
+        return None
+    k, experts, factor = config.num_experts_per_token, config.num_experts, config.expert_capacity_factor
+    stacks = {}
+    for key, value in batch.items():
+        if key.endswith("_input_tokens"):  # each sequence of a stack is one routing group (plmjax.layers.moe)
+            tokens = int(value.shape[1])
+            capacity = moe.expert_capacity(tokens, experts, k, factor)
+            stacks[key.split("_")[0]] = {"tokens": tokens, "capacity": capacity,
+                                         "uniform_dropped_fraction": moe.uniform_dropped_fraction(
+                                             tokens, experts, k, capacity)}
+    return {"experts": experts, "k": k, "capacity_factor": factor, "stacks": stacks}

@@ -36,6 +36,23 @@ def _pipeline_note(plan: Plan) -> str:
             f"{100 * plan.bubble_fraction:.0f}%)")
 
 
+def _moe_routing(plan: Plan) -> str:
+    """'8 experts, top-1, capacity factor 1.25: encoder 80 slots / 512 tokens (0.1% dropped), ...'."""
+    moe = plan.moe
+    stacks = ", ".join(f"{name} {g['capacity']} slots / {g['tokens']} tokens "
+                       f"({100 * g['uniform_dropped_fraction']:.1f}% dropped)" for name, g in moe["stacks"].items())
+    return f"{moe['experts']} experts, top-{moe['k']}, capacity factor {moe['capacity_factor']:g}: {stacks}"
+
+
+def _moe_note(plan: Plan) -> str:
+    return "" if not plan.moe else f" ({_moe_routing(plan)} at a uniformly random router)"
+
+
+def _model_note(plan: Plan) -> str:
+    """What the table's model cell adds: the pipeline's bubble, the experts' capacity and drop."""
+    return _pipeline_note(plan) + _moe_note(plan)
+
+
 def format_plan(plan: Plan) -> str:
     """The terminal summary of one plan (every figure per chip, as the compiler reports it per device)."""
     chips = plan.devices // plan.devices_per_chip
@@ -46,6 +63,9 @@ def format_plan(plan: Plan) -> str:
     if plan.pipeline_stages > 1:
         rows.append(("pipeline", f"{plan.pipeline_stages} stages x {plan.pipeline_microbatches} microbatches "
                                  f"(GPipe), bubble {100 * plan.bubble_fraction:.1f}% of stage-iterations"))
+    if plan.moe:
+        rows.append(("experts", f"{_moe_routing(plan)} per sequence, the dropped fraction at a uniformly random "
+                                f"router (the trainer's moe_dropped_fraction metric measures a trained one's)"))
     if plan.compiler_message:
         rows.append(("compiler", plan.compiler_message))
     rows += [
@@ -132,7 +152,7 @@ def markdown_table(records: list[dict]) -> str:
             flops, step, mfu = "-", "-", "-"
         slice_ = f"{slice_name(plan.chip, chips)} ({plan.topology.split(':')[1]})"
         lines.append(
-            f"| {plan.model}{_pipeline_note(plan)} | {plan.parameters / 1e9:.2f} B | {slice_} | "
+            f"| {plan.model}{_model_note(plan)} | {plan.parameters / 1e9:.2f} B | {slice_} | "
             f"{_mesh_cell(plan.mesh)} | "
             f"{plan.batch_size} x {plan.tokens_per_step // plan.batch_size} | {plan.remat_policy} | "
             f"{plan.state_bytes / GIB:.2f} | {plan.temp_bytes / GIB:.2f} | "

@@ -1,5 +1,6 @@
 """The mixture-of-experts MLP (plmjax.layers.moe) against the dense MLP and against a float64 numpy brute force:
 routing, capacity and token dropping, the load-balancing and z losses."""
+import itertools
 import math
 
 import flax.linen as nn
@@ -161,3 +162,20 @@ def test_expert_weights_carry_the_expert_axis():
     assert names['router'] == ('embed', None)
     kernels = nn.meta.unbox(boxed)['wi_0_kernel']
     assert not np.allclose(kernels[0], kernels[1])  # each expert initialized with its own key
+
+
+@pytest.mark.parametrize('tokens, num_experts, k, capacity', [(5, 3, 1, 1), (5, 3, 1, 2), (4, 4, 2, 1), (4, 4, 2, 2)])
+def test_uniform_dropped_fraction_against_enumerating_every_routing(tokens, num_experts, k, capacity):
+    """The plan's drop reference (`uniform_dropped_fraction`, a binomial closed form) equals `route`'s own dropped
+    fraction averaged over every routing a uniformly random router makes equally likely: each token's ordered
+    choice of k distinct experts, all tokens independent (243 and 20,736 groups, one `route` call each)."""
+    choices = [c for c in itertools.product(range(num_experts), repeat=k) if len(set(c)) == k]
+    routings = np.array(list(itertools.product(choices, repeat=tokens)))  # [group, token, k]
+    logits = np.zeros((len(routings), tokens, num_experts))  # the first choice 10, the second 9, the others 0
+    for rank in range(k):
+        np.put_along_axis(logits, routings[..., rank:rank + 1], 10.0 - rank, axis=-1)
+    with jax.enable_x64(True):
+        _, _, aux = moe.route(jnp.asarray(logits), k, capacity)
+    expected = moe.uniform_dropped_fraction(tokens, num_experts, k, capacity)
+    np.testing.assert_allclose(float(aux['dropped_fraction']), expected, rtol=1e-12)
+    assert 0 < expected < 1

@@ -3,6 +3,7 @@ the model says they must (against closed forms and against doubling the batch), 
 ends in one message saying by how much and what to change."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +135,29 @@ def test_plan_report_says_what_is_known_when_flops_are_undercounted():
     assert table[3].endswith("| 1e+03 / 900 | 2179 ms (com) | 90% | 1 s |")
     assert table[-1] == report.UNDERCOUNT_NOTE
     assert report.markdown_table(records[1:]).splitlines()[-1] == table[3]
+
+
+def test_moe_plan_states_capacity_and_drop_at_a_uniform_router():
+    """A mixture-of-experts plan: per stack, each sequence's expert capacity and the dropped fraction of a uniformly
+    random router (`moe.uniform_dropped_fraction`), in the terminal summary, the table and the record."""
+    from plmjax.layers import moe
+    from plmjax.models import config as config_lib
+    config = config_lib.tiny_moe_decoder(num_experts=8, expert_capacity_factor=1.25)
+    batch = {"encoder_input_tokens": jnp.zeros((4, 512), jnp.int32), "decoder_input_tokens": jnp.zeros((4, 114)),
+             "decoder_target_tokens": jnp.zeros((4, 114))}
+    routing = aot.moe_routing(config, batch)
+    capacity = math.ceil(1.25 * 512 / 8)
+    assert routing["stacks"]["encoder"] == {"tokens": 512, "capacity": capacity, "uniform_dropped_fraction":
+                                            moe.uniform_dropped_fraction(512, 8, 1, capacity)}
+    assert routing["stacks"]["decoder"]["capacity"] == math.ceil(1.25 * 114 / 8) and set(routing["stacks"]) == {
+        "encoder", "decoder"}
+    assert aot.moe_routing(models.tiny_decoder(), batch) is None
+    plan = _plan(moe=routing, temp_bytes=10 * hardware.GIB)
+    drop = 100 * routing["stacks"]["decoder"]["uniform_dropped_fraction"]
+    assert f"decoder 18 slots / 114 tokens ({drop:.1f}% dropped)" in report.format_plan(plan)
+    row = report.markdown_table([report.plan_record(plan)]).splitlines()[2]
+    assert row.startswith("| pangu_alpha_13b (8 experts, top-1, capacity factor 1.25: encoder 80 slots / 512 tokens")
+    assert report.plan_from_record(report.plan_record(plan)).moe == routing
 
 
 def test_compiler_out_of_memory_message_is_parsed():
