@@ -36,7 +36,7 @@ from plmjax import models, sharding
 from plmjax.data import feature_converters
 from plmjax.layers import moe
 from plmjax.models import pipeline
-from plmjax.plan import hardware, kernels, loops
+from plmjax.plan import hardware, hlo_traffic, kernels, loops
 from plmjax.train import optim
 from plmjax.train import setup as setup_lib
 from plmjax.train import state as state_lib
@@ -80,6 +80,10 @@ class Plan:
     # mixture of experts: experts, k, capacity factor and, per stack ('encoder', 'decoder'), the routing group's
     # tokens (one sequence), the expert capacity and the dropped fraction at a uniformly random router
     moe: dict | None = None
+    # plan.hlo_traffic: the compiled module's HBM-only traffic estimate, and the same walk's total under XLA's own
+    # rules (which must reproduce bytes_accessed for the estimate to be trusted)
+    hbm_bytes_estimate: float | None = None
+    xla_rules_bytes: float | None = None
 
     @property
     def bubble_fraction(self) -> float:
@@ -144,6 +148,35 @@ class Plan:
         if self.flops_undercounted and self.bound == "compute":
             return None
         return self.model_flops / (self.step_seconds * self.peak_flops)
+
+    @property
+    def hbm_estimate_checked(self) -> bool:
+        """The HBM-only estimate is given when the walk that makes it reproduces XLA's own count within 5%."""
+        return (self.hbm_bytes_estimate is not None and self.xla_rules_bytes is not None and bool(self.bytes_accessed)
+                and abs(self.xla_rules_bytes / self.bytes_accessed - 1) <= hlo_traffic.CHECK_TOLERANCE)
+
+    @property
+    def hbm_step_seconds(self) -> float | None:
+        """The roofline step with the HBM-only traffic estimate in place of XLA's count."""
+        if not self.hbm_estimate_checked or self.flops is None:
+            return None
+        return max(self.work_flops / self.peak_flops, self.hbm_bytes_estimate / self.hbm_bandwidth)
+
+    @property
+    def hbm_bound(self) -> str:
+        if self.hbm_step_seconds is None:
+            return "-"
+        return "compute" if self.work_flops / self.peak_flops >= self.hbm_bytes_estimate / self.hbm_bandwidth \
+            else "memory"
+
+    @property
+    def hbm_mfu(self) -> float | None:
+        """The MFU bound at `hbm_step_seconds` (None where it is not known, as for `mfu`)."""
+        if self.hbm_step_seconds is None or self.model_flops is None:
+            return None
+        if self.flops_undercounted and self.hbm_bound == "compute":
+            return None
+        return self.model_flops / (self.hbm_step_seconds * self.peak_flops)
 
     @property
     def tokens_per_step(self) -> int:
@@ -277,9 +310,10 @@ def _compile_step(model_config, architecture: str, objective: str, task_feature_
     out = dict(run=run, abstract_state=abstract_state, batch=batch, message="", memory=None, cost={})
     try:
         compiled = lowered.compile()
-        cost = dict(_cost(compiled))
+        cost, text = dict(_cost(compiled)), compiled.as_text()
         if model_config.attention_kernel != "einsum":  # XLA counts no FLOPs for the kernel's backward (plan.kernels)
-            cost["flops"] = cost.get("flops", 0.0) + kernels.uncounted_flops(compiled.as_text())
+            cost["flops"] = cost.get("flops", 0.0) + kernels.uncounted_flops(text)
+        cost.update(hlo_traffic.traffic(text))  # "hbm bytes", "xla rules bytes"
         out.update(memory=compiled.memory_analysis(), cost=cost, compiled=compiled)
     except Exception as error:  # noqa: BLE001  only the compiler's out-of-memory refusal is a result
         arguments = per_device_bytes(abstract_state) + per_device_bytes(batch)
@@ -326,7 +360,8 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         # a pipeline's model FLOPs are the unpipelined stack's: its useful work, without the bubble's filler
         forward_config = dataclasses.replace(model_config, scan_layers=False, pipeline_stages=1)
         if memory is not None:
-            cost, cost_seconds = loops.extrapolated_cost(model_config, lambda cfg: compile_(cfg)["cost"])
+            cost, cost_seconds = loops.extrapolated_cost(model_config, lambda cfg: compile_(cfg)["cost"],
+                                                         keys=loops.COST_KEYS)
     fwd = forward_flops(forward_config, run, batch)
     cfg = model_config
     return Plan(
@@ -338,7 +373,8 @@ def plan_train_step(model_config, architecture: str, objective: str, task_featur
         compile_seconds=step["seconds"], compiler_message=step["message"], scan_layers=cfg.scan_layers,
         attention_kernel=cfg.attention_kernel,
         cost_compile_seconds=cost_seconds, pipeline_stages=cfg.pipeline_stages,
-        pipeline_microbatches=cfg.pipeline_microbatches, moe=moe_routing(cfg, batch), **mem)
+        pipeline_microbatches=cfg.pipeline_microbatches, moe=moe_routing(cfg, batch),
+        hbm_bytes_estimate=cost.get("hbm bytes"), xla_rules_bytes=cost.get("xla rules bytes"), **mem)
 
 
 def moe_routing(config, batch) -> dict | None:

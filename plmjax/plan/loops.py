@@ -20,6 +20,7 @@ import time
 from typing import Callable, Mapping
 
 LAYER_FIELDS = ("num_encoder_layers", "num_decoder_layers")
+COST_KEYS = ("flops", "bytes accessed", "hbm bytes", "xla rules bytes")  # the last two: plan.hlo_traffic's
 
 
 def repeating_unit(config) -> int:
@@ -54,5 +55,6 @@ def extrapolated_cost(config, cost_of: Callable[[object], Mapping[str, float]],
     else:
         grown = [(cost_of(unrolled(**{**smallest, field: smallest[field] + unit})), depths[field] - smallest[field])
                  for field in depths]
-    cost = {key: base[key] + sum((g[key] - base[key]) * extra / unit for g, extra in grown) for key in keys}
+    cost = {key: base[key] + sum((g[key] - base[key]) * extra / unit for g, extra in grown) for key in keys
+            if key in base}
     return cost, time.time() - start

@@ -160,6 +160,24 @@ def test_moe_plan_states_capacity_and_drop_at_a_uniform_router():
     assert report.plan_from_record(report.plan_record(plan)).moe == routing
 
 
+def test_hbm_only_estimate_is_reported_beside_xla_count_when_its_walk_checks_out():
+    """plan.hlo_traffic's estimate: a second roofline and MFU bound beside XLA's, in the summary and the table (with
+    its note), given only when the walk's total under XLA's rules is within 5% of XLA's count."""
+    plan = _plan(bytes_accessed=1e13, hbm_bytes_estimate=8e12, xla_rules_bytes=1.03e13, temp_bytes=10 * hardware.GIB)
+    assert plan.hbm_estimate_checked and plan.hbm_bound == "memory"
+    assert plan.hbm_step_seconds == pytest.approx(8e12 / 2765e9)
+    assert plan.hbm_mfu == pytest.approx(9e14 / (8e12 / 2765e9 * 459e12))
+    text = report.format_plan(plan)
+    assert f"roofline {8e12 / 2765e9 * 1e3:.1f} ms (memory-bound), MFU bound {100 * plan.hbm_mfu:.1f}%" in text
+    table = report.markdown_table([report.plan_record(plan)]).splitlines()
+    assert f"| {100 * plan.mfu:.0f}% ({100 * plan.hbm_mfu:.0f}%) |" in table[2] and table[-1] == report.HBM_NOTE
+    off = _plan(bytes_accessed=1e13, hbm_bytes_estimate=8e12, xla_rules_bytes=1.06e13, temp_bytes=10 * hardware.GIB)
+    assert not off.hbm_estimate_checked and off.hbm_mfu is None
+    assert "not trusted" in report.format_plan(off)
+    assert report.HBM_NOTE not in report.markdown_table([report.plan_record(off)])
+    assert _plan().hbm_mfu is None and "- (not computed)" in report.format_plan(_plan(temp_bytes=10 * hardware.GIB))
+
+
 def test_compiler_out_of_memory_message_is_parsed():
     # libtpu 0.0.42's words for a program over a v5e's HBM (a 60000^2 float32 matmul on one chip).
     refusal = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
