@@ -105,9 +105,9 @@ def _parse_shape(text: str, i: int = 0):
     return Array(found.group(1), dims, layout), i
 
 
-def _closing(text: str, i: int) -> int:
-    """The index of the bracket that closes text[i], quoted strings skipped."""
-    depth, quoted, j = 0, False, i
+def _unquoted(text: str, start: int = 0):
+    """(index, character) of text[start:] outside double-quoted strings."""
+    quoted, j = False, start
     while j < len(text):
         c = text[j]
         if quoted:
@@ -117,36 +117,29 @@ def _closing(text: str, i: int) -> int:
                 quoted = False
         elif c == '"':
             quoted = True
-        elif c in "({[":
-            depth += 1
-        elif c in ")}]":
-            depth -= 1
-            if depth == 0:
-                return j
+        else:
+            yield j, c
         j += 1
+
+
+def _closing(text: str, i: int) -> int:
+    """The index of the bracket that closes text[i]."""
+    depth = 0
+    for j, c in _unquoted(text, i):
+        depth += (c in "({[") - (c in ")}]")
+        if depth == 0:
+            return j
     raise ValueError("unbalanced brackets in HLO text")
 
 
 def _split_top(text: str) -> list[str]:
     """Comma-separated parts at bracket depth 0."""
-    parts, start, depth, quoted, j = [], 0, 0, False, 0
-    while j < len(text):
-        c = text[j]
-        if quoted:
-            if c == "\\":
-                j += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c in "({[":
-            depth += 1
-        elif c in ")}]":
-            depth -= 1
-        elif c == "," and depth == 0:
+    parts, start, depth = [], 0, 0
+    for j, c in _unquoted(text):
+        depth += (c in "({[") - (c in ")}]")
+        if c == "," and depth == 0:
             parts.append(text[start:j].strip())
             start = j + 1
-        j += 1
     if text[start:].strip():
         parts.append(text[start:].strip())
     return parts
