@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import time
 from typing import Mapping
 
@@ -268,6 +269,16 @@ def forward_flops(config, run, abstract_batch) -> float:
     return float(_cost(jax.jit(loss).lower(unsharded(params), unsharded(abstract_batch)))["flops"])
 
 
+def _traffic(hlo_text: str) -> dict[str, float]:
+    """plan.hlo_traffic's figures; none (and a warning) for a module its parser does not read: the estimate is an
+    addition to the plan, which must not fail for it."""
+    try:
+        return hlo_traffic.traffic(hlo_text)
+    except (ValueError, KeyError, IndexError, StopIteration, AttributeError) as error:
+        print(f"plmjax plan: no HBM-only estimate ({type(error).__name__}: {error}).", file=sys.stderr)
+        return {}
+
+
 def _cost(lowered_or_compiled) -> dict[str, float]:
     cost = lowered_or_compiled.cost_analysis()
     return cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -313,7 +324,7 @@ def _compile_step(model_config, architecture: str, objective: str, task_feature_
         cost, text = dict(_cost(compiled)), compiled.as_text()
         if model_config.attention_kernel != "einsum":  # XLA counts no FLOPs for the kernel's backward (plan.kernels)
             cost["flops"] = cost.get("flops", 0.0) + kernels.uncounted_flops(text)
-        cost.update(hlo_traffic.traffic(text))  # "hbm bytes", "xla rules bytes"
+        cost.update(_traffic(text))  # "hbm bytes", "xla rules bytes"
         out.update(memory=compiled.memory_analysis(), cost=cost, compiled=compiled)
     except Exception as error:  # noqa: BLE001  only the compiler's out-of-memory refusal is a result
         arguments = per_device_bytes(abstract_state) + per_device_bytes(batch)
