@@ -76,20 +76,37 @@ def _ste(quantizer):
     return f
 
 
+def _pairwise_sum(x, rowwise: bool):
+    """The sum of x (per row: over every axis but the first, kept as size 1) in one fixed pairwise order: halves
+    added elementwise until one value is left. Unlike a reduction, whose order XLA chooses (eager, inside a jitted
+    step, sharded), every caller gets the same bits, so a weight at a quantization threshold falls on the same side
+    in training, in evaluation and in the packed file."""
+    rows = x.reshape(x.shape[0], -1) if rowwise else x.reshape(1, -1)  # [rows, n]
+    width = 1 << max(rows.shape[1] - 1, 0).bit_length()
+    rows = jnp.pad(rows, ((0, 0), (0, width - rows.shape[1])))  # zeros add exactly
+    while rows.shape[1] > 1:
+        rows = rows[:, 0::2] + rows[:, 1::2]
+    return rows.reshape((x.shape[0],) + (1,) * (x.ndim - 1)) if rowwise else rows.reshape(())
+
+
+def _pairwise_mean(x, rowwise: bool, factor: float = 1.0):
+    """factor x the mean, as one product of the pairwise sum with one float32 constant: inside jit XLA folds
+    products and divisions by constants together, outside it does not, so any other form differs in its last bit."""
+    return _pairwise_sum(x, rowwise) * np.float32(factor / (x[0].size if rowwise else x.size))
+
+
 def _ternary(x, clip, rowwise):
     x = jnp.clip(x, -clip, clip)
     axes = tuple(range(1, x.ndim)) if rowwise else None
-    delta = 0.7 * jnp.mean(jnp.abs(x), axis=axes, keepdims=rowwise)
+    delta = _pairwise_mean(jnp.abs(x), rowwise, factor=0.7)
     mask = jnp.abs(x) > delta
-    alpha = jnp.sum(jnp.where(mask, jnp.abs(x), 0.0), axis=axes, keepdims=rowwise) / jnp.sum(
-        mask, axis=axes, keepdims=rowwise)
+    alpha = _pairwise_sum(jnp.where(mask, jnp.abs(x), 0.0), rowwise) / jnp.sum(mask, axis=axes, keepdims=rowwise)
     return alpha * jnp.where(mask, jnp.sign(x), 0.0)
 
 
 def _binary(x, clip, rowwise):
     x = jnp.clip(x, -clip, clip)
-    axes = tuple(range(1, x.ndim)) if rowwise else None
-    return jnp.mean(jnp.abs(x), axis=axes, keepdims=rowwise) * jnp.where(x >= 0, 1.0, -1.0)
+    return _pairwise_mean(jnp.abs(x), rowwise) * jnp.where(x >= 0, 1.0, -1.0)
 
 
 def _loss_aware_ternary(x, rowwise, iterations=LAT_ITERATIONS):
@@ -99,7 +116,7 @@ def _loss_aware_ternary(x, rowwise, iterations=LAT_ITERATIONS):
     axes = tuple(range(1, x.ndim)) if rowwise else None
 
     def scale(b):
-        alpha = jnp.sum(jnp.abs(b * x), axis=axes, keepdims=rowwise) / jnp.maximum(
+        alpha = _pairwise_sum(jnp.abs(b * x), rowwise) / jnp.maximum(
             jnp.sum(jnp.abs(b), axis=axes, keepdims=rowwise), 1.0)
         return jnp.where(alpha > 0, alpha, 1.0)  # an all-zero tensor stays zero (the code divides 0 by 0)
 

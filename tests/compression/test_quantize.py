@@ -334,3 +334,18 @@ def test_split_binary_model_starts_as_the_ternary_one_and_packs_in_two_bits(tmp_
 
     with pytest.raises(ValueError, match="plmjax convert --tws"):
         quantize.quantize_weights(params, "split_binary")
+
+
+@pytest.mark.parametrize("method", ["ternary", "binary", "lat"])
+@pytest.mark.parametrize("shape, rowwise", [((384, 1536), False), ((12, 32, 384), False), ((3000, 384), True)])
+def test_quantizers_give_the_same_bits_eagerly_and_inside_jit(method, shape, rowwise):
+    """A weight at a threshold must fall on the same side in the training step, in evaluation and in the packed
+    file: the scales come from a fixed pairwise sum times one constant, so eager and jitted (and jitted inside a
+    larger computation) results are bit-identical. With jnp.mean they were not: XLA sums in its own order and folds
+    constants inside jit, and a real TernaryBERT student's packed file scored 2 of 872 sentences differently."""
+    w = jnp.asarray(np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32))
+    eager = quantize._weight(w, method, quantize.CLIP, rowwise)
+    jitted = jax.jit(lambda w: quantize._weight(w, method, quantize.CLIP, rowwise))(w)
+    inside = jax.jit(lambda w: 2.0 * quantize._weight(1.0 * w + 0.0, method, quantize.CLIP, rowwise))(w) / 2.0
+    np.testing.assert_array_equal(eager, jitted)
+    np.testing.assert_array_equal(eager, inside)
