@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from plmjax import models, sharding
-from plmjax.compression import quantize
+from plmjax.compression import packing, quantize
 from plmjax.models import finetune as finetune_models
 from plmjax.train import saved_model
 from plmjax.train.setup import setup
@@ -52,7 +52,7 @@ def post_training_quantize(checkpoint: str, out_dir: str, method: str = 'int8',
     else:
         saved_model.save_model(out_dir, saved.architecture, saved.config, saved.params, metadata=metadata,
                                header=f'{method} post-training quantization of {os.path.abspath(checkpoint)}.')
-    return quantize.export_packed(os.path.join(out_dir, 'packed.npz'), saved.params, method)
+    return packing.export_packed(os.path.join(out_dir, 'packed.npz'), saved.params, method)
 
 
 def report(checkpoints: Mapping[str, str], task: str, split: str = 'validation', *, sequence_length: int = 64,
@@ -67,7 +67,7 @@ def report(checkpoints: Mapping[str, str], task: str, split: str = 'validation',
         run = dataclasses.replace(run, module=_module(saved))
         scores = evaluation.evaluate_params(saved.params, run, task, split, batch_size=eval_batch_size)
         packed = os.path.join(os.path.dirname(saved.checkpoint), 'packed.npz')
-        parameters = quantize.parameter_count(saved.params)  # the deployed model's (a split model's twins not)
+        parameters = packing.parameter_count(saved.params)  # the deployed model's (a split model's twins not)
         rows.append({'name': name, 'checkpoint': path, **scores, 'parameters': parameters,
                      'float32_bytes': parameters * 4,
                      'checkpoint_bytes': directory_bytes(os.path.join(saved.checkpoint, str(saved.step))),

@@ -392,10 +392,10 @@ def _save_student(model_dir: str, run: RunSetup, params) -> dict:
     if settings.quantize:  # the real low-bit file beside the latent weights, written by process 0
         from jax.experimental import multihost_utils
 
-        from plmjax.compression import quantize
+        from plmjax.compression import packing
         packed = os.path.join(directory, "packed.npz")
         weights = multihost_utils.process_allgather(params[distill_lib.STUDENT], tiled=True)  # every process calls
-        sizes = quantize.export_packed(packed, weights, settings.quantize, settings.clip) if (
+        sizes = packing.export_packed(packed, weights, settings.quantize, settings.clip) if (
             jax.process_index() == 0) else {"packed_bytes": 0, "float32_bytes": 0}
         saved.update(student_packed=packed, **sizes)
     if settings.quantize and jax.process_index() == 0:

@@ -57,10 +57,10 @@ def as_saved(run: RunSetup, saved: Mapping[str, Any], checkpoint: str) -> RunSet
 def load_packed_params(path: str, saved: Mapping[str, Any], abstract_params, param_shardings):
     """The fake-quantized parameters of the packed file `path`, checked against the model's parameter tree and
     placed on the devices as `param_shardings` says."""
-    from plmjax.compression import quantize
+    from plmjax.compression import packing
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No packed file at {path}: a quantized run writes <model_dir>/student/packed.npz.")
-    method, params = quantize.load_packed(path)
+    method, params = packing.load_packed(path)
     expected = (saved.get("quantize") or {}).get("method")
     if method != expected:
         raise ConfigError(f"{path} packs {method!r} weights, but its saved model was trained with {expected!r}.")

@@ -217,7 +217,7 @@ def test_checkpoints_group_times_saved_models_side_by_side(tmp_path, capsys):
     import jax
     import numpy as np
     from plmjax import models
-    from plmjax.compression import quantize
+    from plmjax.compression import packing
     from plmjax.train import saved_model
     dirs = {}
     for name, layers, quantized in (('teacher', 2, None), ('student', 1, 'ternary')):
@@ -230,7 +230,7 @@ def test_checkpoints_group_times_saved_models_side_by_side(tmp_path, capsys):
             metadata['quantize'] = {'method': quantized, 'activation_bits': 8, 'clip': 2.5}
         saved_model.save_model(str(tmp_path / name), 'encoder_classifier', config, params, metadata=metadata)
         if quantized:
-            quantize.export_packed(str(tmp_path / name / 'packed.npz'), params, quantized)
+            packing.export_packed(str(tmp_path / name / 'packed.npz'), params, quantized)
         dirs[name] = str(tmp_path / name)
     out = tmp_path / 'checkpoints.json'
     command.run(argparse.Namespace(sizes='tiny', only='checkpoints', repeats=2, out=str(out), no_torch=True,

@@ -104,7 +104,7 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
     (stage 'all'), hidden states compared without a projection; the packed 2-bit file scores the dev split exactly
     as the run's quantization-aware student did."""
     from plmjax import evaluation
-    from plmjax.compression import quantize
+    from plmjax.compression import packing, quantize
     teacher_dir, _ = teacher
     settings = distill.DistillRun(teacher_config=tiny(**TEACHER), teacher_checkpoint=teacher_dir, stage="all",
                                   fit_dense=False, quantize="ternary", activation_bits=8)
@@ -118,7 +118,7 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
     assert summary["packed_bytes"] < summary["float32_bytes"] / 1.5, summary
     assert os.path.getsize(summary["student_packed"]) == summary["packed_bytes"]
     assert set(load_saved_state(tmp_path, 30)["params"]) == {"teacher", "student"}  # fit_dense=False: no projection
-    method, weights = quantize.load_packed(summary["student_packed"])
+    method, weights = packing.load_packed(summary["student_packed"])
     run = setup(tiny(**TEACHER), "encoder_classifier", "classification", LENGTHS,
                 sharding.create_mesh(devices=jax.devices()[:1]), task=TASK)  # the plain student
     run = dataclasses.replace(run, module=quantize.quantized_model(run.module, None, activation_bits=8))
@@ -153,7 +153,7 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
     binary = _train(binary_dir, 10, tiny(**TEACHER), learning_rate=1e-3, init_checkpoint=str(tws_dir),
                     distill=settings)
     assert "Packed split_binary student" in capsys.readouterr().out
-    method, weights = quantize.load_packed(json.loads((binary_dir / "summary.json").read_text())["student_packed"])
+    method, weights = packing.load_packed(json.loads((binary_dir / "summary.json").read_text())["student_packed"])
     unpacked = evaluation.evaluate_params(weights, run, TASK, "validation", batch_size=16)
     assert method == "split_binary" and unpacked["accuracy"] == binary["accuracy"], (unpacked, binary)
     assert evaluate(str(binary_dir / "student"), str(tmp_path / "binary_eval"))["accuracy"] == binary["accuracy"]

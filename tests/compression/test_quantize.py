@@ -8,7 +8,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from plmjax import models
-from plmjax.compression import quantize
+from plmjax.compression import packing, quantize
 
 W = np.array([[0.1, -0.5, 0.9], [-1.3, 0.02, 3.0]], np.float32)
 
@@ -90,23 +90,23 @@ def test_codes_pack_and_unpack(bits):
     rng = np.random.default_rng(bits)
     for count in (1, 7, 8, 33):
         codes = rng.integers(0, 2 ** bits, count)
-        packed = quantize.pack_codes(codes, bits)
+        packed = packing.pack_codes(codes, bits)
         assert packed.dtype == np.uint8 and len(packed) == -(-count * bits // 8)
-        np.testing.assert_array_equal(quantize.unpack_codes(packed, bits, count), codes)
+        np.testing.assert_array_equal(packing.unpack_codes(packed, bits, count), codes)
 
 
 def test_ternary_codes_pack_five_to_a_byte():
     """Base-3 packing: every 5-digit combination is one byte value (3^5 = 243 of 256), any length round-trips."""
     every = np.stack(np.meshgrid(*[np.arange(3)] * 5, indexing="ij"), -1).reshape(-1, 5)  # [243, 5]
-    packed = quantize.pack_trits(every.reshape(-1))
+    packed = packing.pack_trits(every.reshape(-1))
     assert packed.dtype == np.uint8 and sorted(packed.tolist()) == list(range(243))
     assert packed[-1] == 242 and packed[1] == 81  # (0,0,0,0,1): the first code is the lowest digit
     rng = np.random.default_rng(3)
     for count in (1, 4, 5, 6, 1001):
         codes = rng.integers(0, 3, count)
-        packed = quantize.pack_trits(codes)
+        packed = packing.pack_trits(codes)
         assert len(packed) == -(-count // 5)
-        np.testing.assert_array_equal(quantize.unpack_trits(packed, count), codes)
+        np.testing.assert_array_equal(packing.unpack_trits(packed, count), codes)
 
 
 @pytest.mark.parametrize("method", ["ternary", "binary", "int8", "lat"])
@@ -117,8 +117,8 @@ def test_packed_model_unpacks_into_the_fake_quantized_one(method):
     tokens = jnp.asarray(np.random.default_rng(0).integers(5, 96, (3, 8)), jnp.int32)
     params = nn.meta.unbox(model.init({"params": jax.random.key(0)}, tokens, deterministic=True)["params"])
     fake = quantize.quantize_weights(params, method)
-    packed = quantize.pack_weights(params, method)
-    unpacked = quantize.unpack_weights(packed, method)
+    packed = packing.pack_weights(params, method)
+    unpacked = packing.unpack_weights(packed, method)
     for a, b in zip(jax.tree.leaves(fake), jax.tree.leaves(unpacked)):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     outputs = [model.apply({"params": p}, tokens, deterministic=True)["classification_logits"]
@@ -129,7 +129,7 @@ def test_packed_model_unpacks_into_the_fake_quantized_one(method):
     # Size of the quantized tensors alone: 1.6 / 1 / 8 bits a weight plus their scales.
     quantized = {path: item for path, item in packed.items() if isinstance(item, dict)}
     weights = sum(int(np.prod(item["shape"])) for item in quantized.values())
-    ratio = quantize.packed_bytes(quantized) / (4 * weights)
+    ratio = packing.packed_bytes(quantized) / (4 * weights)
     assert ratio <= {"ternary": 1 / 15, "lat": 1 / 15, "binary": 1 / 20, "int8": 1 / 3.5}[method], ratio
     assert len(quantized) == 2 * 6 + 1  # q, k, v, out, wi, wo in each layer, and the word embedding
 
@@ -232,9 +232,9 @@ def test_quantized_model_is_quantized_apply_with_the_plain_models_parameters(met
     jax.tree.map(np.testing.assert_array_equal, *grads)
 
     path = str(tmp_path / "packed.npz")
-    sizes = quantize.export_packed(path, params, method)
+    sizes = packing.export_packed(path, params, method)
     assert 0 < sizes["packed_bytes"] < sizes["float32_bytes"]
-    loaded_method, unpacked = quantize.load_packed(path)
+    loaded_method, unpacked = packing.load_packed(path)
     assert loaded_method == method
     activations_only = quantize.quantized_model(model, None, activation_bits=8)
     np.testing.assert_array_equal(
@@ -323,14 +323,14 @@ def test_split_binary_model_starts_as_the_ternary_one_and_packs_in_two_bits(tmp_
     np.testing.assert_allclose(np.asarray(outputs[1], np.float64), np.asarray(outputs[0], np.float64),
                                rtol=1e-5, atol=1e-5)
 
-    packed = quantize.pack_weights(split, "split_binary")
-    for a, b in zip(jax.tree.leaves(binary), jax.tree.leaves(quantize.unpack_weights(packed, "split_binary"))):
+    packed = packing.pack_weights(split, "split_binary")
+    for a, b in zip(jax.tree.leaves(binary), jax.tree.leaves(packing.unpack_weights(packed, "split_binary"))):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     quantized = {path: item for path, item in packed.items() if isinstance(item, dict)}
     weights = sum(int(np.prod(item["shape"])) for item in quantized.values()) // 2
-    assert len(quantized) == 2 * len(twins) and quantize.packed_bytes(quantized) / (4 * weights) <= 1 / 10
-    sizes = quantize.export_packed(str(tmp_path / "packed.npz"), split, "split_binary")
-    assert sizes["float32_bytes"] == 4 * quantize.parameter_count(params) == 4 * quantize.parameter_count(split)
+    assert len(quantized) == 2 * len(twins) and packing.packed_bytes(quantized) / (4 * weights) <= 1 / 10
+    sizes = packing.export_packed(str(tmp_path / "packed.npz"), split, "split_binary")
+    assert sizes["float32_bytes"] == 4 * packing.parameter_count(params) == 4 * packing.parameter_count(split)
 
     with pytest.raises(ValueError, match="plmjax convert --tws"):
         quantize.quantize_weights(params, "split_binary")
