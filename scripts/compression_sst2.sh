@@ -37,23 +37,21 @@ t plmjax train --gin_file=gin_configs/compression/minilm_sst2_binary.gin --model
 t plmjax convert --rewire --task glue_sst2_tsv --sequence_length 64 --model_dir runs/minilm_sst2 \
   --out runs/minilm_sst2_rewired
 t plmjax train --gin_file=gin_configs/compression/minilm_sst2_dynabert.gin --model_dir=runs/dynabert_w "${quiet[@]}"
-# (b) TinyBERT4's shape from random initialization
-t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_stage1 \
-  "${quiet[@]}" --gin_param='NUM_STEPS = 500'
-t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_stage2 \
-  "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
-  --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_stage1/student'" --gin_param='NUM_STEPS = 500' \
-  --gin_param='LEARNING_RATE = 5e-5'
-# (b) TinyBERT4's shape from general distillation on WikiText-2 (the pre-trained MiniLM the teacher, attention and
-# hidden states only), then the same two task-distillation stages from its student
+# (b) TinyBERT4's shape, task distillation in two stages (500 + 500 steps): tinybert4 RUN_PREFIX [stage-1 flags]
+tinybert4() {
+  local prefix=$1; shift
+  t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/${prefix}_stage1 \
+    "${quiet[@]}" --gin_param='NUM_STEPS = 500' "$@"
+  t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/${prefix}_stage2 \
+    "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
+    --gin_param="INIT_CHECKPOINT = 'runs/${prefix}_stage1/student'" --gin_param='NUM_STEPS = 500' \
+    --gin_param='LEARNING_RATE = 5e-5'
+}
+tinybert4 tinybert4  # from random initialization
+# from general distillation on WikiText-2 (the pre-trained MiniLM the teacher, attention and hidden states only)
 t plmjax train --gin_file=gin_configs/compression/minilm_general_tinybert4.gin --model_dir=runs/tinybert4_general \
   "${quiet[@]}"
-t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_gd_stage1 \
-  "${quiet[@]}" --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_general/student'" --gin_param='NUM_STEPS = 500'
-t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert4.gin --model_dir=runs/tinybert4_gd_stage2 \
-  "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
-  --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_gd_stage1/student'" --gin_param='NUM_STEPS = 500' \
-  --gin_param='LEARNING_RATE = 5e-5'
+tinybert4 tinybert4_gd --gin_param="INIT_CHECKPOINT = 'runs/tinybert4_general/student'"
 # TinyBERT's data augmentation on a 4,000-sentence subset of the training set: an MLM for the candidates
 # (all-MiniLM-L6-v2 with an MLM head trained on WikiText-2), the subset with its augmented copies and alone; the
 # 3-layer student distilled on each, and plainly fine-tuned on the subset
