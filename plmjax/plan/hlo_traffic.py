@@ -237,10 +237,19 @@ class _Walk:
         roots = ([self.by_name[body][name] for name in root.operands] if root.opcode == "tuple"
                  and len(root.operands) == len(outputs) else [root] * len(outputs))
         written = [(_size(self.by_name[body][r.operands[1]].shape) if r.opcode == "dynamic-update-slice"
-                    else leaf.bytes) for r, leaf in zip(roots, outputs)]
+                    else 0.0 if self._passed_through(body, r, root) else leaf.bytes)
+                   for r, leaf in zip(roots, outputs)]
         parameters = {int(p.operands[0]): p for p in self.computations[body] if p.opcode == "parameter"}
-        read = [self._parameter_read(body, parameters[k]) for k in range(len(instruction.operands))]
+        read = [0.0 if self._passed_through(body, parameters[k], root) else self._parameter_read(body, parameters[k])
+                for k in range(len(instruction.operands))]
         return read, written
+
+    def _passed_through(self, body: str, parameter: Instruction, root: Instruction) -> bool:
+        """A parameter that a tuple-rooted fusion only forwards to its output (the buffers an asynchronous collective
+        fusion carries from start to done, aliased in and out): libtpu counts neither its read nor its write."""
+        users = self.users[body].get(parameter.name, [])
+        return (parameter.opcode == "parameter" and root.opcode == "tuple" and bool(users)
+                and all(u is root for u in users))
 
     def computation(self, name: str) -> tuple[float, float]:
         xla = hbm = 0.0

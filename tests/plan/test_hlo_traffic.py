@@ -37,6 +37,32 @@ def test_rules_by_hand():
     assert cost == {"xla rules bytes": 6 * A + 4608, "hbm bytes": 2 * A}
 
 
+FORWARDING = """HloModule m
+
+%fused (p0: f32[1024,128], p1: f32[1024,128]) -> (f32[1024,128], f32[1024,128]) {
+  %p0 = f32[1024,128]{1,0} parameter(0)
+  %p1 = f32[1024,128]{1,0} parameter(1)
+  %n = f32[1024,128]{1,0} negate(%p0)
+  ROOT %t = (f32[1024,128]{1,0}, f32[1024,128]{1,0}) tuple(%n, %p1)
+}
+
+ENTRY %main (a: f32[1024,128], b: f32[1024,128]) -> (f32[1024,128], f32[1024,128]) {
+  %a = f32[1024,128]{1,0} parameter(0)
+  %b = f32[1024,128]{1,0} parameter(1)
+  ROOT %f = (f32[1024,128]{1,0}, f32[1024,128]{1,0}) fusion(%a, %b), kind=kOutput, calls=%fused,
+    output_to_operand_aliasing={{1}: (1, {})}
+}
+"""
+
+
+def test_forwarded_fusion_operands_are_not_counted():
+    """A tuple-rooted fusion that only forwards a parameter to its output (as the asynchronous collective fusions of
+    an FSDP all-gather carry their buffers): libtpu counts neither that read nor that write (a 1-layer T5-base
+    train step compiled for v5e:2x2 with fsdp=4 walked 10% over "bytes accessed" without this rule and within 0.004%
+    with it). The negation's read and write count: 2 A."""
+    assert hlo_traffic.traffic(FORWARDING) == {"xla rules bytes": 2 * A, "hbm bytes": 2 * A}
+
+
 def test_tiles_pad_the_minor_dimensions():
     array, _ = hlo_traffic._parse_shape("bf16[8,100]{1,0:T(8,128)(2,1)S(1)}")
     assert array.bytes == 8 * 128 * 2 and array.memory_space == 1
