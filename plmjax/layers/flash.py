@@ -72,10 +72,14 @@ def _kernel(query, key, value, bias, q_segment_ids, kv_segment_ids, *, causal, s
     """[batch, heads, len, kv] operands of lengths multiple of 128 -> [batch, heads, q, kv]."""
     q_len, k_len = query.shape[2], key.shape[2]
     bq, bk = block_size(q_len), block_size(k_len)
+    # The dq pass's key blocks stay at 128: jax's kernel writes its row sums di [batch, heads, q] broadcast to
+    # [batch, heads, q, block_k_major_dq] in float32 to HBM and reads them back (100 MB a T5-base encoder layer at 8
+    # x 512 tokens a chip with 512-key blocks, 25 MB with 128). The grid has more steps; the blocks it reads in all
+    # are the same.
     blocks = pallas_flash.BlockSizes(
         block_q=bq, block_k_major=bk, block_k=bk, block_b=1,
         block_q_major_dkv=bq, block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq,
-        block_k_major_dq=bk, block_k_dq=bk, block_q_dq=bq)
+        block_k_major_dq=MIN_BLOCK, block_k_dq=MIN_BLOCK, block_q_dq=bq)
     if bias is not None:  # [batch or 1, heads, q, k] -> one per row, as the kernel reads it
         bias = jnp.broadcast_to(bias, (query.shape[0],) + bias.shape[1:])
     segment_ids = None if q_segment_ids is None else pallas_flash.SegmentIds(q_segment_ids, kv_segment_ids)
@@ -104,7 +108,8 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: Ke
     """query [batch, q, heads, kv], key/value [batch, heads, k, kv] -> context [batch, q, heads, kv] in the
     query's dtype: softmax(query.key * scale + bias, masked by `mask`) . value.
 
-    bias: [batch or 1, heads, q, k] added to the scaled scores (T5's relative bias), in float32 in the kernel.
+    bias: [batch or 1, heads, q, k] added to the scaled scores (T5's relative bias), read in its dtype and added
+    in float32 in the kernel; its gradient comes back in the same dtype.
     """
     batch, q_len, heads, _ = query.shape
     k_len = key.shape[2]
@@ -116,10 +121,9 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: Ke
         q_ids, kv_ids = _pad_length(q_ids, 1, q_pad), _pad_length(kv_ids, 1, k_pad, value=-1)  # no one sees added keys
     query = _pad_length(jnp.swapaxes(query, 1, 2), 2, q_pad)  # [batch, heads, q, kv]
     key, value = (_pad_length(x, 2, k_pad) for x in (key, value))  # [batch, heads, k, kv]
-    if bias is not None:
-        bias = bias.astype(jnp.promote_types(bias.dtype, jnp.float32))
+    if bias is not None:  # in its own dtype (the kernel adds it in float32): bfloat16 halves its traffic
         if scale != 1.0:  # the kernel scales after adding the bias
-            bias = bias / scale
+            bias = (bias.astype(jnp.promote_types(bias.dtype, jnp.float32)) / scale).astype(bias.dtype)
         bias = jnp.broadcast_to(bias, bias.shape[:1] + (heads,) + bias.shape[2:])
         bias = _pad_length(_pad_length(bias, 2, q_pad), 3, k_pad)  # [batch or 1, heads, q, k]
     kernel = functools.partial(_kernel, causal=mask.causal, sm_scale=scale)

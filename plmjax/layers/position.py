@@ -70,17 +70,20 @@ class T5RelativePositionBias(nn.Module):
     bidirectional: bool = True
     embedding_init: Callable[..., jax.Array] = nn.initializers.normal(1.0)
     param_dtype: jnp.dtype = jnp.float32
+    dtype: jnp.dtype = jnp.float32  # of the bias: the compute dtype, as t5x's RelativePositionBiases(dtype=...)
 
     @nn.compact
     def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
-        """[query], [key] integer positions -> [1, heads, query, key] bias (float32 or wider)."""
+        """[query], [key] integer positions -> [1, heads, query, key] bias in `dtype` (the scores it is added to are
+        float32 or wider: a bfloat16 bias rounds its values only, and halves what the flash kernel reads and writes
+        for it)."""
         relative_position = key_positions[None, :] - query_positions[:, None]  # [query, key]
         buckets = t5_relative_position_bucket(relative_position, bidirectional=self.bidirectional,
                                               num_buckets=self.num_buckets, max_distance=self.max_distance)
         table = self.param('embedding', nn.with_logical_partitioning(self.embedding_init, (None, 'heads')),
                            (self.num_buckets, self.num_heads), self.param_dtype)  # [buckets, heads], as HF stores it
         values = jnp.take(table, buckets, axis=0)  # [query, key, heads]
-        return jnp.transpose(values, (2, 0, 1))[None].astype(jnp.promote_types(table.dtype, jnp.float32))
+        return jnp.transpose(values, (2, 0, 1))[None].astype(self.dtype)
 
 
 def nezha_relative_positions(query_positions: jax.Array, key_positions: jax.Array, *, max_relative_position: int,

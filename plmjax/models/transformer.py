@@ -245,7 +245,7 @@ class TransformerStack(nn.Module):
             bias = position.T5RelativePositionBias(
                 num_heads=cfg.num_heads, num_buckets=cfg.relative_num_buckets, max_distance=cfg.relative_max_distance,
                 bidirectional=not self.causal, embedding_init=embedding_init(cfg), param_dtype=cfg.params_dtype,
-                name='relative_attention_bias')(relative_query, context.key_positions)
+                dtype=cfg.compute_dtype, name='relative_attention_bias')(relative_query, context.key_positions)
         elif cfg.position == 'nezha_relative':
             relative_kv = position.nezha_relative_positions(
                 relative_query, context.key_positions, max_relative_position=cfg.nezha_max_relative_position,

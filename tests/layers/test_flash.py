@@ -134,6 +134,55 @@ def test_flash_attention_scaled_bias_and_mesh():
     _close(sharded, expected, real)
 
 
+def _reference_attention(query, key, value, bias, seg):
+    """softmax(q.k + bias, same-segment keys only) . v in float32 jnp: query [b, q, h, d], key/value [b, h, k, d]."""
+    scores = jnp.einsum('bqhd,bhkd->bhqk', query, key) + bias
+    visible = seg[:, None, :, None] == seg[:, None, None, :]
+    probs = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1)
+    return jnp.einsum('bhqk,bhkd->bqhd', probs, value)
+
+
+def test_kernel_gradients_over_several_blocks_and_bfloat16_bias():
+    """A 256-token sequence (blocks of 256 keys; the dq pass's 128, plmjax's choice) with padding and a bias:
+    outputs and the gradients of queries, keys, values and bias equal autodiff of the float32 reference. A bfloat16
+    bias gives the kernel the same values (the same outputs, bit for bit as the float32 bias of those values) and its
+    gradient comes back in bfloat16."""
+    rng = np.random.default_rng(5)
+    b, n, h, d = 2, 256, 1, 8
+    query, key, value = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((b, n, h, d), (b, h, n, d),
+                                                                               (b, h, n, d)))
+    bias = jnp.asarray(rng.normal(size=(1, h, n, n)), jnp.float32)
+    seg = jnp.asarray((np.arange(n)[None] < np.array([[n], [200]])).astype(np.int32))
+    weights = jnp.asarray(rng.normal(size=(b, n, h, d)), jnp.float32)
+    real = (seg != 0)[..., None, None]
+
+    def loss(attend, q, k, v, bias_):
+        return jnp.sum(jnp.where(real, attend(q, k, v, bias_) * weights, 0.0))
+
+    kernel = lambda q, k, v, bias_: flash.flash_attention(q, k, v, flash.KernelMask(seg, seg), bias=bias_)  # noqa
+    reference = lambda q, k, v, bias_: _reference_attention(q, k, v, bias_, seg)  # noqa: E731
+    grad = lambda attend, bias_: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda *a: loss(attend, *a), argnums=(0, 1, 2, 3)))(query, key, value, bias_)
+    half = bias.astype(jnp.bfloat16)
+    with INTERPRET():
+        out_k, out_half, out_rounded = (jax.jit(kernel)(query, key, value, x) for x in (bias, half,
+                                                                                         half.astype(jnp.float32)))
+        (_, grads_k), (_, grads_half), (_, grads_rounded) = (grad(kernel, x) for x in (bias, half,
+                                                                                       half.astype(jnp.float32)))
+    _, grads_r = grad(reference, bias)
+    _close(out_k, reference(query, key, value, bias), seg != 0)
+    for g_k, g_r in zip(grads_k, grads_r):
+        scale = float(jnp.max(jnp.abs(g_r)))
+        np.testing.assert_allclose(np.asarray(g_k, np.float64), np.asarray(g_r, np.float64), rtol=1e-4,
+                                   atol=1e-6 * scale)
+    np.testing.assert_array_equal(np.asarray(out_half), np.asarray(out_rounded))
+    assert grads_half[3].dtype == jnp.bfloat16
+    # Its gradient is the kernel's per-row bfloat16 ds summed over the batch: the float32 one to bfloat16's precision.
+    scale = float(jnp.max(jnp.abs(grads_rounded[3])))
+    np.testing.assert_allclose(np.asarray(grads_half[3], np.float64), np.asarray(grads_rounded[3], np.float64),
+                               rtol=2 ** -7, atol=2 ** -8 * scale)
+
+
 def test_errors_and_fallbacks():
     with pytest.raises(ValueError, match='NEZHA'):
         config_lib.nezha_base(attention_kernel='flash')

@@ -87,6 +87,11 @@ def test_t5_relative_position_bias_looks_up_the_bucket_of_each_pair():
     assert bias.shape == (1, 3, 4, 12)
     buckets = _bucket(np.arange(12)[None, :] - (np.arange(4) + 6)[:, None], True, 8, 20)
     np.testing.assert_array_equal(bias[0], np.transpose(np.asarray(table.value)[buckets], (2, 0, 1)))
+    # In a bfloat16 model the bias comes in the compute dtype (t5x's RelativePositionBiases(dtype=...)): the same
+    # values rounded, from the float32 table.
+    half = layer.clone(dtype=jnp.bfloat16).apply(variables, query, key)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(half), np.asarray(jnp.asarray(bias).astype(jnp.bfloat16)))
 
 
 def test_nezha_relative_positions_match_the_reference_construction():
