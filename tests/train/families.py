@@ -53,12 +53,12 @@ def objective(family: str):
     return objectives.get_objective(OBJECTIVE[family])
 
 
-def train_steps(family: str, config, mesh, steps: int = 3, initial_state=None):
-    """`steps` AdamW train steps on `synthetic_batch(seed=i)`: (per-step losses in float64, per-step gradients on
-    the host, the initial state on the host, the final state). `initial_state` (a host state of this config's
-    layout) replaces the seeded initialization when given."""
+def train_steps(family: str, config, mesh, steps: int = 3, initial_state=None, optimizer: str = "adamw"):
+    """`steps` train steps (AdamW, or `optimizer`) on `synthetic_batch(seed=i)`: (per-step losses in float64,
+    per-step gradients on the host, the initial state on the host, the final state). `initial_state` (a host state
+    of this config's layout) replaces the seeded initialization when given."""
     module = build_model(family, config)
-    tx, schedule = optim.make_optimizer("adamw", learning_rate=1e-2, warmup_steps=1, total_steps=10)
+    tx, schedule = optim.make_optimizer(optimizer, learning_rate=1e-2, warmup_steps=1, total_steps=10)
     state, shardings = state_lib.create_train_state(module, tx, family, LENGTHS[family], mesh, seed=0)
     if initial_state is not None:
         state = jax.device_put(initial_state, shardings)

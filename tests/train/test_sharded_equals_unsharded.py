@@ -42,6 +42,28 @@ def test_sharded_equals_unsharded(family):
     assert sum(leaf.size for leaf in split.values()) > 0.5 * total
 
 
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_adafactor_state_shards_and_steps_like_one_device(scan):
+    """T5's optimizer. optax's adafactor keeps factored second moments (a row and a column vector per matrix) whose
+    shapes are not their parameters': the state is replicated there and sharded like the parameters elsewhere
+    (`state._replicate_reshaped_state`), unrolled and scanned (its state stacked per layer, `optim.per_layer`).
+    3 steps on the (2, 2, 2) mesh give the same losses and parameters as 1 device."""
+    config = families.tiny_config("encoder_decoder", scan_layers=scan)
+    one = sharding.create_mesh(devices=jax.devices()[:1])
+    eight = sharding.create_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+    losses_1, _, _, state_1 = families.train_steps("encoder_decoder", config, one, optimizer="adafactor")
+    losses_8, _, _, state_8 = families.train_steps("encoder_decoder", config, eight, optimizer="adafactor")
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-6)
+    assert losses_1[-1] != losses_1[0]  # the steps moved the parameters (each step sees another batch)
+    for path, a, b in zip(*_flatten(jax.device_get(state_1.params)), jax.tree.leaves(state_8.params)):
+        np.testing.assert_allclose(np.asarray(b, np.float64), np.asarray(a, np.float64), rtol=1e-5,
+                                   atol=1e-6 * np.max(np.abs(a)), err_msg=path)
+    paths, leaves = _flatten(state_8.opt_state)
+    factored = [leaf for path, leaf in zip(paths, leaves) if ".v_row" in path or ".v_col" in path]
+    assert factored and not any(_is_split(leaf) for leaf in factored)
+    assert any(_is_split(leaf) for path, leaf in zip(paths, leaves) if ".v[" in path or path.endswith(".v"))
+
+
 def _flatten(tree):
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [jax.tree_util.keystr(p) for p, _ in flat], [leaf for _, leaf in flat]
