@@ -200,6 +200,10 @@ UNDERCOUNT_NOTE = ("`*`: the compiled FLOPs are below the model FLOPs (XLA's cos
                    "FLOPs (a lower bound, without recomputation). Memory-bound, the MFU bound holds; compute-bound, "
                    "it would be 100% by construction and is not given (`-*`).")
 
+HBM_NOTE = ("MFU `x% (y%)`: x from XLA's \"bytes accessed\", y from the HBM-only estimate (plan.hlo_traffic: on-chip "
+            "buffers and the repeated counts of asynchronous moves left out), given where its walk reproduces XLA's "
+            "count within 5%.")
+
 
 def read_records(path: str) -> list[dict]:
     with open(path) as f:
@@ -208,6 +212,3 @@ def read_records(path: str) -> list[dict]:
 
 if __name__ == "__main__":
     print(markdown_table(read_records(sys.argv[1])))
-HBM_NOTE = ("MFU `x% (y%)`: x from XLA's \"bytes accessed\", y from the HBM-only estimate (plan.hlo_traffic: on-chip "
-            "buffers and the repeated counts of asynchronous moves left out), given where its walk reproduces XLA's "
-            "count within 5%.")

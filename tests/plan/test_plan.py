@@ -178,6 +178,20 @@ def test_hbm_only_estimate_is_reported_beside_xla_count_when_its_walk_checks_out
     assert _plan().hbm_mfu is None and "- (not computed)" in report.format_plan(_plan(temp_bytes=10 * hardware.GIB))
 
 
+def test_report_command_prints_the_table(tmp_path):
+    """`python -m plmjax.plan.report plans.jsonl`, as docs/plans.md runs it (its notes were once defined below the
+    command's own code, so the command stopped with a NameError while the functions passed)."""
+    import json
+    import subprocess
+    import sys
+    plan = _plan(bytes_accessed=1e13, hbm_bytes_estimate=8e12, xla_rules_bytes=1.03e13, temp_bytes=10 * hardware.GIB)
+    path = tmp_path / "plans.jsonl"
+    path.write_text(json.dumps(report.plan_record(plan)) + "\n")
+    out = subprocess.run([sys.executable, "-m", "plmjax.plan.report", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == report.markdown_table([report.plan_record(plan)])
+
+
 def test_compiler_out_of_memory_message_is_parsed():
     # libtpu 0.0.42's words for a program over a v5e's HBM (a 60000^2 float32 matmul on one chip).
     refusal = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
