@@ -137,8 +137,12 @@ class MoeMlp(nn.Module):
             self.sow(AUX_COLLECTION, name, aux[name])
 
         einsum = functools.partial(matmul.einsum, matmul_dtype=self.matmul_dtype)
-        expert_in = jnp.einsum('gsec,gsm->egcm', dispatch.astype(self.dtype), x.astype(self.dtype))
-        expert_in = nn.with_logical_constraint(expert_in, ('expert', 'batch', None, 'embed'))
+        # Dispatch on each device's own groups, then move the slots to their experts: with the group-side result
+        # constrained to the batch sharding first, XLA's partitioner makes the move an all-to-all (one einsum
+        # straight to [expert, group, ...] let it all-gather the whole batch's tokens onto every device instead).
+        expert_in = jnp.einsum('gsec,gsm->gecm', dispatch.astype(self.dtype), x.astype(self.dtype))
+        expert_in = nn.with_logical_constraint(expert_in, ('batch', None, None, 'embed'))  # [group, expert, slot, emb]
+        expert_in = nn.with_logical_constraint(jnp.swapaxes(expert_in, 0, 1), ('expert', 'batch', None, 'embed'))
 
         def weights(name, shape, axes, init):
             kernel = self.param(f'{name}_kernel', nn.with_logical_partitioning(per_expert_init(init), axes),
@@ -166,5 +170,6 @@ class MoeMlp(nn.Module):
         out = project(h, 'wo', (self.mlp_dim, emb), ('expert', 'mlp', 'embed'),
                       self.out_kernel_init or self.kernel_init)
         out = nn.with_logical_constraint(out, ('expert', 'batch', None, 'embed'))  # [expert, group, slot, emb]
-        y = jnp.einsum('gsec,egcm->gsm', combine.astype(self.dtype), out)
+        out = nn.with_logical_constraint(jnp.swapaxes(out, 0, 1), ('batch', None, None, 'embed'))  # back: all-to-all
+        y = jnp.einsum('gsec,gecm->gsm', combine.astype(self.dtype), out)
         return nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
