@@ -13,9 +13,12 @@ Routing, as in GShard / Mesh TensorFlow / flaxformer's MoE (the einsum formulati
   choice (GShard). An assignment past the capacity is dropped: its combine weight is 0, so a token dropped by all
   its experts gets an MoE output of 0 and passes through the layer's residual connection unchanged;
 - dispatch / combine: one-hot tensors [group, token, expert, slot]; the expert inputs are
-  einsum(dispatch, x) -> [expert, group, slot, embed], the output einsum(combine, expert_outputs). With the logical
-  axes ('expert', 'batch', ...) on the expert side and ('batch', ...) on the token side, XLA's SPMD partitioner
-  inserts the all-to-all of expert parallelism when 'expert' is a mesh axis (plmjax.sharding).
+  einsum(dispatch, x) -> [group, expert, slot, embed] on each device's own groups, then transposed to [expert,
+  group, slot, embed]; the output comes back the same way before einsum(combine, ...). With the logical axes
+  ('batch', ...) on the group side and ('expert', 'batch', ...) on the expert side, XLA's SPMD partitioner turns
+  each transpose into the all-to-all of expert parallelism when 'expert' is a mesh axis (plmjax.sharding;
+  tests/plan/test_moe_collectives.py: one einsum straight to the expert layout made libtpu all-gather the whole
+  batch's tokens onto every chip instead).
 
 Auxiliary losses, sown per MoE layer into the AUX_COLLECTION ('aux_loss') when the caller makes it mutable
 (`plmjax.objectives.base.router_losses` averages them over layers, weights them and reports them):
