@@ -37,12 +37,6 @@ def dummy_inputs(architecture: str, batch_size: int, lengths: dict[str, int]) ->
     return {"input_ids": jnp.ones((batch_size, max(lengths.values())), jnp.int32)}
 
 
-def _boxed_state(module: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, dummy) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    params = module.init({"params": init_rng, "dropout": init_rng}, **dummy, deterministic=True)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
-
-
 def _replicate_reshaped_state(boxed: TrainState) -> TrainState:
     """Optimizer-state leaves of another shape than their parameter are replicated. optax builds its state by
     mapping over the boxed parameters, so every leaf inherits its parameter's logical axis names, also where it has
@@ -63,11 +57,18 @@ def _replicate_reshaped_state(boxed: TrainState) -> TrainState:
     return boxed.replace(opt_state=jax.tree_util.tree_map_with_path(fix, boxed.opt_state, is_leaf=is_box))
 
 
+def _boxed_state(module: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, dummy) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    params = module.init({"params": init_rng, "dropout": init_rng}, **dummy, deterministic=True)["params"]
+    return _replicate_reshaped_state(
+        TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng))
+
+
 def state_shardings(module, tx, architecture: str, lengths: dict[str, int], mesh: Mesh,
                     rules=sharding.LOGICAL_AXIS_RULES, batch_size: int = 1):
     """(abstract unboxed state, NamedSharding tree) for the state, without allocating it."""
     dummy = dummy_inputs(architecture, batch_size, lengths)
-    boxed = _replicate_reshaped_state(jax.eval_shape(lambda r: _boxed_state(module, tx, r, dummy), jax.random.key(0)))
+    boxed = jax.eval_shape(lambda r: _boxed_state(module, tx, r, dummy), jax.random.key(0))
     shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
     # optax.MaskedNode (the state of a frozen leaf under multi_transform, PEFT) is an empty tuple, which flax's
     # logical_to_mesh reads as a PartitionSpec: give it back its place as an empty node.
@@ -85,7 +86,7 @@ def create_train_state(module, tx, architecture: str, lengths: dict[str, int], m
     dummy = dummy_inputs(architecture, 1, lengths)
 
     def init(rng):
-        return nn.meta.unbox(_replicate_reshaped_state(_boxed_state(module, tx, rng, dummy)))
+        return nn.meta.unbox(_boxed_state(module, tx, rng, dummy))
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
