@@ -94,7 +94,7 @@ class DistillRun:
     `teacher_config` (same architecture as the run) read from `teacher_checkpoint`.
     quantize: None (a full-precision student), or 'ternary' | 'binary' | 'int8' weights for a TernaryBERT /
     BinaryBERT student (`quantize.quantized_model`), its products' inputs at `activation_bits` (None: float)
-    with the straight-through estimator clipped at `clip`.
+    with weights and activations clipped at `clip` (the code's 2.5; None: not clipped) before quantization.
     method: 'tinybert' (this module), or 'dynabert': DynaBERT's width- and depth-adaptive training of every
     (width, depth) in `width_mults` x `depth_mults` with loss weights `lambda1` (logits) and `lambda2` (hidden
     states) (`compression.dynabert_train`; the student is the teacher's own config; stage is ignored).
@@ -109,7 +109,7 @@ class DistillRun:
     regression_target: str = 'label'
     quantize: Optional[str] = None
     activation_bits: Optional[int] = 8
-    clip: float = 2.5
+    clip: Optional[float] = 2.5
     method: str = 'tinybert'
     width_mults: Sequence[float] = (1.0, 0.75, 0.5, 0.25)
     depth_mults: Sequence[float] = (1.0,)

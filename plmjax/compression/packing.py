@@ -8,7 +8,7 @@ packed weights as one .npz file, and back to the fake-quantized tree; `export_pa
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from plmjax.compression.quantize import (CLIP, SPLIT_BINARY, SPLIT_SUFFIX, _check_method, _check_twins, _is_split,
-                                         _rule, _symmetric_scale, _weight)
+                                         _rule, _symmetric_scale, _weight, bound)
 
 _BITS = {"binary": 1, "int8": 8}  # ternary codes go 5 to a byte (`pack_trits`)
 TRITS_PER_BYTE = 5  # 3^5 = 243 <= 256: 1.6 bits a ternary weight (llama.cpp's TQ1_0 packs ternary weights so)
@@ -52,14 +52,14 @@ def unpack_trits(packed: np.ndarray, count: int) -> np.ndarray:
     return (values % 3).astype(np.uint8).reshape(-1)[:count]
 
 
-def _pack_one(w, method: str, rowwise: bool, clip: float) -> dict:
+def _pack_one(w, method: str, rowwise: bool, clip: Optional[float]) -> dict:
     """A full-precision tensor -> {'codes': packed uint8, 'scale': float32 (per tensor or per row), 'shape'}.
 
     Ternary / binary: the codes of sign (and zero) and alpha, whose products with -1, 0, 1 are exact. int8: the
     codes round(x * s) and s itself, unpacked as codes / s: the quantizer's own operations, so exact too."""
     w = jnp.asarray(w, jnp.float32)
     if method == "int8":
-        x = jnp.clip(w, -clip, clip)
+        x = jnp.clip(w, -bound(clip), bound(clip))
         scale = _symmetric_scale(x, 8)
         codes = np.asarray(jnp.round(x * scale)).astype(np.int64).reshape(1, -1) + 128  # 0 .. 255
         scale = np.asarray(scale, np.float32).reshape(1)
@@ -86,7 +86,7 @@ def _unpack_one(item: dict, method: str) -> np.ndarray:
     return (values * scale[:, None]).reshape(shape)
 
 
-def pack_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> dict:
+def pack_weights(params: Any, method: str = "ternary", clip: Optional[float] = CLIP) -> dict:
     """Full-precision parameters -> {path: packed item (the `WEIGHT_RULES` tensors) or float32 array}: the
     model `quantize_weights(params, method, clip)` describes, in 1.6 (ternary, `pack_trits`), 1 (binary) or 8 bits a
     weight; `split_binary`: both binary halves of each tensor, 1 bit each."""
@@ -146,7 +146,7 @@ def load_packed(path: str) -> tuple[str, Any]:
     return method, unpack_weights(packed, method)
 
 
-def export_packed(path: str, params: Any, method: str, clip: float = CLIP) -> dict[str, int]:
+def export_packed(path: str, params: Any, method: str, clip: Optional[float] = CLIP) -> dict[str, int]:
     """Packs the latent weights `params` (`pack_weights`) into the .npz file `path`; returns its size on disk and
     the size of the same parameters in float32."""
     from flax import linen as nn

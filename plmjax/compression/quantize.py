@@ -12,7 +12,9 @@ Fake quantization (float in, float out, straight-through gradients; the code's `
   from each batch), round(x * s) / s.
 - Straight-through estimator with clipping (every quantizer above): the gradient passes unchanged where the
   full-precision input is strictly inside (-clip, clip) and is 0 elsewhere (the code zeroes it at >= clip and
-  <= -clip). The code's default clip is 2.5.
+  <= -clip). The code's default clip is 2.5 (one value for weights and activations, its `--clip_val`);
+  clip=None clips nothing (the scale is max|x| alone, and every gradient passes): see docs/compression.md for
+  why the MiniLM recipe uses it.
 - `quantize_weights`: the fake-quantized parameter tree (`WEIGHT_RULES`: which parameters, layer- or row-wise);
   biases, norms, position and token-type embeddings stay float32, as in the code.
 
@@ -53,6 +55,11 @@ WEIGHT_RULES = [
     (r"mlp/(wi|wo)(_0|_1)?/kernel$", "layerwise"),
     (r"(^|/)token_embedder/embedding$", "rowwise"),
 ]
+
+
+def bound(clip: Optional[float]) -> float:
+    """The clipping bound of a `clip` setting: None clips nothing."""
+    return np.inf if clip is None else float(clip)
 
 
 def _ste(quantizer):
@@ -151,14 +158,14 @@ _sym = {bits: _ste(lambda x, clip, b=bits: _symmetric(x, clip, b)) for bits in (
 _lat = {rowwise: _identity_ste(lambda x, r=rowwise: _loss_aware_ternary(x, r)) for rowwise in (False, True)}
 
 
-def twn(w, clip: float = CLIP, rowwise: bool = False):
+def twn(w, clip: Optional[float] = CLIP, rowwise: bool = False):
     """Ternary (TWN) fake quantization with the clipped straight-through gradient; see the module docstring."""
-    return _twn[rowwise](w, jnp.asarray(clip, w.dtype))
+    return _twn[rowwise](w, jnp.asarray(bound(clip), w.dtype))
 
 
-def bwn(w, clip: float = CLIP, rowwise: bool = False):
+def bwn(w, clip: Optional[float] = CLIP, rowwise: bool = False):
     """Binary (alpha * sign) fake quantization with the clipped straight-through gradient."""
-    return _bwn[rowwise](w, jnp.asarray(clip, w.dtype))
+    return _bwn[rowwise](w, jnp.asarray(bound(clip), w.dtype))
 
 
 def lat(w, rowwise: bool = False):
@@ -167,16 +174,16 @@ def lat(w, rowwise: bool = False):
     return _lat[rowwise](w)
 
 
-def symmetric(x, bits: int = 8, clip: float = CLIP):
+def symmetric(x, bits: int = 8, clip: Optional[float] = CLIP):
     """b-bit symmetric uniform fake quantization (one dynamic scale per tensor), straight-through gradient."""
-    return _sym[bits](x, jnp.asarray(clip, x.dtype))
+    return _sym[bits](x, jnp.asarray(bound(clip), x.dtype))
 
 
 def _rule(path: str) -> Optional[str]:
     return next((how for pattern, how in WEIGHT_RULES if re.search(pattern, path)), None)
 
 
-def _weight(w, method: str, clip: float, rowwise: bool):
+def _weight(w, method: str, clip: Optional[float], rowwise: bool):
     """One weight fake-quantized by a ternary / binary method (TWN, LAT, BWN)."""
     if method == "lat":
         return lat(w, rowwise)
@@ -188,7 +195,7 @@ def _check_method(method: Optional[str], allow_none: bool = False) -> None:
         raise ValueError(f"quantize={method!r}: use one of {METHODS}.")
 
 
-def quantize_weights(params: Any, method: str = "ternary", clip: float = CLIP) -> Any:
+def quantize_weights(params: Any, method: str = "ternary", clip: Optional[float] = CLIP) -> Any:
     """The parameter tree with the `WEIGHT_RULES` tensors fake-quantized (one of `METHODS`). `split_binary`: each
     such tensor w has a second latent weight w_split beside it and becomes BWN(w) + BWN(w_split) (BinaryBERT's
     split model, `tws_params`); the second weights leave the tree."""
@@ -218,7 +225,7 @@ def _check_twins(flat: dict) -> None:
                          "checkpoint first (`plmjax convert --tws`, BinaryBERT's ternary weight splitting).")
 
 
-def _split_binary(params: Any, clip: float) -> Any:
+def _split_binary(params: Any, clip: Optional[float]) -> Any:
     flat = traverse_util.flatten_dict(params, sep="/")
     _check_twins(flat)
     out = {path: (bwn(w, clip, rowwise=_rule(path) == "rowwise") + bwn(
@@ -227,7 +234,7 @@ def _split_binary(params: Any, clip: float) -> Any:
     return traverse_util.unflatten_dict(out, sep="/")
 
 
-def tws_params(params: Any, clip: float = CLIP) -> Any:
+def tws_params(params: Any, clip: Optional[float] = CLIP) -> Any:
     """BinaryBERT's split model of a ternary model's latent weights: each `WEIGHT_RULES` tensor w (clipped to
     [-clip, clip], as the ternary forward pass saw it) becomes the pair (w1, w2 = `<name>_split`) of `tws_split`,
     so that `quantize_weights(tws_params(p), 'split_binary') == quantize_weights(p, 'ternary')` (up to float32
@@ -239,7 +246,7 @@ def tws_params(params: Any, clip: float = CLIP) -> Any:
         if _rule(path) is None:
             out[path] = w
             continue
-        w1, w2 = tws_split(np.clip(np.asarray(w, np.float64), -clip, clip), rowwise=_rule(path) == "rowwise")
+        w1, w2 = tws_split(np.clip(np.asarray(w, np.float64), -bound(clip), bound(clip)), rowwise=_rule(path) == "rowwise")
         out[path], out[path + SPLIT_SUFFIX] = (x.astype(np.asarray(w).dtype) for x in (w1, w2))
     return traverse_util.unflatten_dict(out, sep="/")
 
@@ -261,7 +268,7 @@ def with_split_twins(params: Any, halve: bool = False) -> Any:
 # ------------------------------------------------------------------------------ quantization-aware forward
 
 
-def activation_interceptor(bits: int = 8, clip: float = CLIP):
+def activation_interceptor(bits: int = 8, clip: Optional[float] = CLIP):
     """A flax method interceptor that quantizes, with `symmetric(bits)`, the inputs of every product of the
     models: the input of every `Projection` (query/key/value, attention output, FFN, heads: the code's input
     quantization of each QuantizeLinear) and, inside attention, the query and key before their scores and the
@@ -281,7 +288,7 @@ def activation_interceptor(bits: int = 8, clip: float = CLIP):
 
 
 def quantized_apply(model, params: Any, *args, method: str = "ternary", activation_bits: Optional[int] = 8,
-                    clip: float = CLIP, **kwargs):
+                    clip: Optional[float] = CLIP, **kwargs):
     """`model.apply` with the `WEIGHT_RULES` weights fake-quantized (`method`) and, unless activation_bits is
     None, the inputs of every product quantized: the quantization-aware forward pass, whose gradient reaches the
     full-precision (latent) parameters through the straight-through estimators."""
@@ -293,7 +300,7 @@ def quantized_apply(model, params: Any, *args, method: str = "ternary", activati
         return model.apply(variables, *args, **kwargs)
 
 
-def _quantize_in(variables, method: str, clip: float):
+def _quantize_in(variables, method: str, clip: Optional[float]):
     from flax import linen as nn
     return quantize_weights(nn.meta.unbox(variables), method, clip)
 
@@ -306,7 +313,7 @@ def as_saved(model, metadata: dict):
 
 
 def quantized_model(model, method: Optional[str] = "ternary", activation_bits: Optional[int] = 8,
-                    clip: float = CLIP):
+                    clip: Optional[float] = CLIP):
     """`model` (a plmjax module) whose every apply is the quantization-aware forward pass of `quantized_apply`:
     the same parameter tree (its latent full-precision weights), the same initialization (the plain model's, so
     the parameters keep their logical axes and shard as in training), the weights fake-quantized on their way in

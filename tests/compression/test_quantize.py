@@ -349,3 +349,25 @@ def test_quantizers_give_the_same_bits_eagerly_and_inside_jit(method, shape, row
     inside = jax.jit(lambda w: 2.0 * quantize._weight(1.0 * w + 0.0, method, quantize.CLIP, rowwise))(w) / 2.0
     np.testing.assert_array_equal(eager, jitted)
     np.testing.assert_array_equal(eager, inside)
+
+
+@pytest.mark.parametrize("quantizer", [quantize.twn, quantize.bwn, lambda w, clip: quantize.symmetric(w, 8, clip)],
+                         ids=["twn", "bwn", "int8"])
+def test_clip_none_clips_nothing(quantizer):
+    """clip=None: the closed forms on the unclipped values (max|x| = 7 is the int8 scale's), every gradient
+    passes; the same as any bound above max|x|."""
+    w = jnp.asarray([-3.0, -2.5, -1.0, 0.0, 0.3, 2.49, 2.5, 7.0], jnp.float32)
+    g = jnp.arange(1.0, 9.0)
+    grad = jax.grad(lambda x: jnp.sum(quantizer(x, None) * g))(w)
+    np.testing.assert_array_equal(np.asarray(grad), np.arange(1.0, 9.0))
+    np.testing.assert_array_equal(np.asarray(quantizer(w, None)), np.asarray(quantizer(w, 8.0)))
+    assert not np.array_equal(np.asarray(quantizer(w, None)), np.asarray(quantizer(w, 2.5)))
+    w64 = np.asarray(w, np.float64)
+    if quantizer is quantize.twn:  # delta = 0.7 * 18.79 / 8 = 1.644: kept -3, -2.5, 2.49, 2.5, 7 (alpha 3.498)
+        kept = np.abs(w64) > 0.7 * np.abs(w64).mean()
+        expected = np.abs(w64)[kept].mean() * np.sign(w64) * kept
+    elif quantizer is quantize.bwn:  # 0 -> +alpha, as `_binary` (and the packed codes) do
+        expected = np.abs(w64).mean() * np.where(w64 >= 0, 1.0, -1.0)
+    else:
+        expected = np.round(w64 * 127 / 7.0) / (127 / 7.0)
+    np.testing.assert_allclose(np.asarray(quantizer(w, None), np.float64), expected, rtol=1e-6)
