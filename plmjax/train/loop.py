@@ -387,7 +387,7 @@ def _save_student(model_dir: str, run: RunSetup, params) -> dict:
                               "clip": settings.clip}} if settings.quantize else {}
     saved_model.save_model(directory, student.architecture, student.model_config, params[distill_lib.STUDENT],
                            metadata={"head_options": student.head_options, "source": source, **quantized},
-                           header=f"The student of {os.path.abspath(model_dir)} ({source}).")
+                           header=f"The student of {os.path.abspath(model_dir)} ({source}).", replace=True)
     saved = {"student": directory}
     if settings.quantize:  # the real low-bit file beside the latent weights, written by process 0
         from jax.experimental import multihost_utils

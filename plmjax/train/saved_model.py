@@ -131,16 +131,22 @@ def gin_model_file(arch: str, config: TransformerConfig, header: str = '') -> st
 
 
 def save_model(out_dir: str, arch: str, config: TransformerConfig, params, *, metadata: Optional[dict] = None,
-               header: str = '') -> str:
+               header: str = '', replace: bool = False) -> str:
     """Writes `params` as step 0 of `<out_dir>/checkpoints` (metadata: the model config, architecture and
     `metadata`) and `<out_dir>/config.gin` (its first lines `header`); returns the step's directory. Every
-    process calls it (Orbax writes each array once)."""
+    process calls it (Orbax writes each array once). replace: `out_dir` is the caller's own output (a run's
+    `student`, written again when the run is resumed after its end): the model there is replaced by a new step,
+    and deleted only once the new one is complete, so a kill at any point leaves one whole model."""
     config = dataclasses.replace(config, name=base_preset(config))
     metadata = {'model_config': dataclasses.asdict(config), 'architecture': arch, **(metadata or {})}
-    with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=None,
-                                     async_save=False) as checkpointer:
-        checkpointer.save(0, {'params': params}, data_position=0, config=metadata, force=True)
+    with checkpoint_lib.Checkpointer(os.path.join(out_dir, 'checkpoints'), max_to_keep=1 if replace else None,
+                                     async_save=False, owns_directory=replace) as checkpointer:
+        latest = checkpointer.latest_step() if replace else None
+        step = 0 if latest is None else latest + 1
+        checkpointer.save(step, {'params': params}, data_position=0, config=metadata, force=True)
     if jax.process_index() == 0:
-        with open(os.path.join(out_dir, 'config.gin'), 'w') as f:
+        path = os.path.join(out_dir, 'config.gin')
+        with open(path + '.tmp', 'w') as f:
             f.write(gin_model_file(arch, config, header))
-    return os.path.join(checkpointer.directory, '0')
+        os.replace(path + '.tmp', path)
+    return os.path.join(checkpointer.directory, str(step))

@@ -167,6 +167,40 @@ def test_ternary_student_trains_and_its_packed_file_evaluates_the_same(teacher, 
         evaluate(str(plain / "packed.npz"), str(tmp_path / "plain_eval"))
 
 
+@pytest.mark.slow  # ~20 s on 2 cores (with the teacher fixture's fine-tuning, shared with the tests above)
+def test_a_run_that_died_writing_its_student_writes_it_again_when_resumed(teacher, tmp_path, monkeypatch):
+    """The run's end: the student saved, then the packed export fails (as a kill there would stop it). Resumed,
+    the run finds its last checkpoint at the final step and writes the student again over its own earlier one
+    (which it did not restore from); a student with clip=None (nothing clipped) keeps that setting."""
+    from plmjax.compression import packing
+    teacher_dir, _ = teacher
+    settings = distill.DistillRun(teacher_config=tiny(**TEACHER), teacher_checkpoint=teacher_dir, stage="all",
+                                  fit_dense=False, quantize="ternary", activation_bits=8, clip=None)
+    export = packing.export_packed
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full (test)")
+    monkeypatch.setattr(packing, "export_packed", dies)
+    with pytest.raises(OSError, match="disk full"):
+        _train(tmp_path, 12, tiny(**TEACHER), learning_rate=1e-3, init_checkpoint=teacher_dir, distill=settings)
+    assert saved_model.load_saved_model(str(tmp_path / "student")).metadata["quantize"]["clip"] is None
+    assert not (tmp_path / "student" / "packed.npz").exists()
+    monkeypatch.setattr(packing, "export_packed", export)
+    final = _train(tmp_path, 12, tiny(**TEACHER), learning_rate=1e-3, init_checkpoint=teacher_dir, distill=settings)
+    student = saved_model.load_saved_model(str(tmp_path / "student"))
+    assert sorted(os.listdir(tmp_path / "student" / "checkpoints")) == ["1"]  # the new one, the old one deleted
+    run_student = traverse_util.flatten_dict(load_saved_state(tmp_path, 12)["params"]["student"], sep="/")
+    for name, value in traverse_util.flatten_dict(student.params, sep="/").items():
+        np.testing.assert_array_equal(np.asarray(run_student[name]), value, err_msg=name)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert os.path.getsize(summary["student_packed"]) == summary["packed_bytes"]
+    again = launch.evaluate(str(tmp_path / "student"), str(tmp_path / "eval_again"), model_config=tiny(**TEACHER),
+                            architecture="encoder_classifier", objective="classification", task=TASK,
+                            task_feature_lengths=LENGTHS, batch_size=16,
+                            mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+    assert again["accuracy"] == final["accuracy"], (again, final)
+
+
 @pytest.mark.slow  # ~40 s on 2 cores
 def test_dynabert_trains_every_subnetwork_and_scores_each(teacher, tmp_path):
     """DynaBERT through the trainer: the student starts as the teacher's copy, widths (1, 0.5) x depths (1, 0.5)
