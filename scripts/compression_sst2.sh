@@ -24,15 +24,26 @@ t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin --mo
   "${quiet[@]}" --gin_param="DISTILL_STAGE = 'prediction'" \
   --gin_param="INIT_CHECKPOINT = 'runs/tinybert3_stage1/student'" --gin_param='NUM_STEPS = 1500' \
   --gin_param='LEARNING_RATE = 5e-5'
-# (d) TernaryBERT: ternary weights, 8-bit activations (every product's inputs, Q, K, probabilities and V included)
+# (d) TernaryBERT: ternary weights, 8-bit activations (every product's inputs, Q, K, probabilities and V included),
+# first at the code's clip of 2.5, then as the recipe gin now runs it, unclipped (docs/compression.md)
 t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_sst2 "${quiet[@]}" \
+  --gin_param='NUM_STEPS = 800' --gin_param='distill.clip = 2.5'
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_noclip "${quiet[@]}" \
   --gin_param='NUM_STEPS = 800'
-# (d) the same with LAT (loss-aware ternarization)
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/ternary_noclip_1600 \
+  "${quiet[@]}" --gin_param='NUM_STEPS = 1600'
+# (d) the same with LAT (loss-aware ternarization), at the code's clip and unclipped
 t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/lat_sst2 "${quiet[@]}" \
+  --gin_param="QUANTIZE = 'lat'" --gin_param='NUM_STEPS = 800' --gin_param='distill.clip = 2.5'
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_ternary.gin --model_dir=runs/lat_noclip "${quiet[@]}" \
   --gin_param="QUANTIZE = 'lat'" --gin_param='NUM_STEPS = 800'
 # (d) BinaryBERT: the ternary student split (TWS) into two binary weights a tensor, then binary fine-tuning
 t plmjax convert --tws --model_dir runs/ternary_sst2/student --out runs/ternary_sst2_tws
-t plmjax train --gin_file=gin_configs/compression/minilm_sst2_binary.gin --model_dir=runs/binary_sst2 "${quiet[@]}"
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_binary.gin --model_dir=runs/binary_sst2 "${quiet[@]}" \
+  --gin_param='distill.clip = 2.5'
+t plmjax convert --tws --model_dir runs/ternary_noclip_1600/student --out runs/ternary_noclip_1600_tws
+t plmjax train --gin_file=gin_configs/compression/minilm_sst2_binary.gin --model_dir=runs/binary_noclip "${quiet[@]}" \
+  --gin_param="INIT_CHECKPOINT = 'runs/ternary_noclip_1600_tws'"
 # (c) DynaBERT: rewire, then width-adaptive training
 t plmjax convert --rewire --task glue_sst2_tsv --sequence_length 64 --model_dir runs/minilm_sst2 \
   --out runs/minilm_sst2_rewired
