@@ -50,3 +50,21 @@ for pair in "tinybert3_aug500_stage2 layers123_500_finetune" "tinybert3_aug500_s
   python scripts/paired_test.py "${GLUE_DIR:-../shared/data/glue}/SST-2/dev.tsv" \
     runs/$1/eval/submission/validation/SST-2.tsv runs/$2/eval/submission/validation/SST-2.tsv
 done
+# two more seeds (train.seed: data order, dropout, the new head) of plain fine-tuning and augmented distillation
+for seed in 1 2; do
+  t plmjax train --gin_file=gin_configs/experiments/minilm_sst2.gin --model_dir=runs/layers123_500_finetune_s$seed \
+    "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_500'" --gin_param='bert_base.num_encoder_layers = 3' \
+    --gin_param="INIT_CHECKPOINT = 'runs/minilm_sst2_layers123'" --gin_param="NUM_STEPS = $STEPS" \
+    --gin_param='LEARNING_RATE = 5e-5' --gin_param="train.seed = $seed"
+  t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin \
+    --model_dir=runs/tinybert3_aug500_stage1_s$seed "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_aug500'" \
+    --gin_param="NUM_STEPS = $STEPS" --gin_param='LEARNING_RATE = 1e-4' --gin_param="train.seed = $seed"
+  t plmjax train --gin_file=gin_configs/compression/minilm_sst2_tinybert3.gin \
+    --model_dir=runs/tinybert3_aug500_stage2_s$seed "${quiet[@]}" --gin_param="GLUE_DIR = 'runs/glue_aug500'" \
+    --gin_param="DISTILL_STAGE = 'prediction'" \
+    --gin_param="INIT_CHECKPOINT = 'runs/tinybert3_aug500_stage1_s$seed/student'" --gin_param="NUM_STEPS = $STEPS" \
+    --gin_param='LEARNING_RATE = 5e-5' --gin_param="train.seed = $seed"
+  python scripts/paired_test.py "${GLUE_DIR:-../shared/data/glue}/SST-2/dev.tsv" \
+    runs/tinybert3_aug500_stage2_s$seed/eval/submission/validation/SST-2.tsv \
+    runs/layers123_500_finetune_s$seed/eval/submission/validation/SST-2.tsv
+done
