@@ -1,6 +1,6 @@
 """How much a quantizer's clip cuts: for each kind of product input that TernaryBERT's 8-bit activation
-quantization sees (`quantize.activation_interceptor`'s sites: every Projection's input, the query and key of the
-scores, the probabilities and value of the context), the largest |x| and the fraction of entries beyond each clip,
+quantization sees (`quantize.quantized_inputs`: every Projection's input, the query and key of the scores, the
+probabilities and value of the context), the largest |x| and the fraction of entries beyond each clip,
 over a split's real tokens (padding left out), for a saved model (float, as trained without quantization).
 
     python scripts/activation_ranges.py runs/minilm_sst2 --task glue_sst2_tsv [--clips 2.5,4] [--batches 14]
@@ -16,8 +16,7 @@ from flax import linen as nn
 
 import plmjax.tasks  # noqa: F401  (registers the tasks)
 from plmjax import models
-from plmjax.layers.attention import MultiHeadAttention
-from plmjax.layers.dense import Projection
+from plmjax.compression import quantize
 from plmjax.train import saved_model
 
 
@@ -59,13 +58,8 @@ def main():
         s[2] += np.array([float(jnp.sum(m & (a > c))) for c in clips])
 
     def intercept(next_fun, fargs, kwargs, context):
-        module, name = context.module, context.method_name
-        if isinstance(module, Projection) and name == "__call__":
-            record(f"{module.name} input", fargs[0])
-        elif isinstance(module, MultiHeadAttention) and name == "score_product":
-            record("query", fargs[0]), record("key", fargs[1])
-        elif isinstance(module, MultiHeadAttention) and name == "context_product":
-            record("probabilities", fargs[0]), record("value", fargs[1])
+        for site, x in zip(quantize.quantized_inputs(context.module, context.method_name), fargs):
+            record(site, x)
         return next_fun(*fargs, **kwargs)
 
     ds = seqio.get_mixture_or_task(args.task).get_dataset({"inputs": args.length}, split=args.split, shuffle=False)

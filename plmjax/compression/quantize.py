@@ -268,20 +268,28 @@ def with_split_twins(params: Any, halve: bool = False) -> Any:
 # ------------------------------------------------------------------------------ quantization-aware forward
 
 
-def activation_interceptor(bits: int = 8, clip: Optional[float] = CLIP):
-    """A flax method interceptor that quantizes, with `symmetric(bits)`, the inputs of every product of the
-    models: the input of every `Projection` (query/key/value, attention output, FFN, heads: the code's input
-    quantization of each QuantizeLinear) and, inside attention, the query and key before their scores and the
-    attention probabilities (after dropout) and values before the context (the code's `quantize_act` in
-    BertSelfAttention), each with its own dynamic scale: an interceptor rather than a forked model."""
+def quantized_inputs(module, method_name: str) -> tuple[str, ...]:
+    """The names of the leading arguments of `module.method_name` that 8-bit activation quantization sees: the
+    input of every `Projection` (query/key/value, attention output, FFN, heads: the code's input quantization of
+    each QuantizeLinear) and, inside attention, the query and key before their scores and the attention
+    probabilities (after dropout) and values before the context (the code's `quantize_act` in BertSelfAttention);
+    () for any other call."""
     from plmjax.layers.attention import MultiHeadAttention
     from plmjax.layers.dense import Projection
+    if isinstance(module, Projection) and method_name == "__call__":
+        return (f"{module.name} input",)
+    if isinstance(module, MultiHeadAttention) and method_name == "score_product":
+        return ("query", "key")
+    if isinstance(module, MultiHeadAttention) and method_name == "context_product":
+        return ("probabilities", "value")
+    return ()
 
+
+def activation_interceptor(bits: int = 8, clip: Optional[float] = CLIP):
+    """A flax method interceptor that quantizes, with `symmetric(bits)`, the inputs of every product of the
+    models (`quantized_inputs`), each with its own dynamic scale: an interceptor rather than a forked model."""
     def intercept(next_fun, args, kwargs, context):
-        module, name = context.module, context.method_name
-        count = (1 if isinstance(module, Projection) and name == "__call__" else
-                 2 if isinstance(module, MultiHeadAttention) and name in ("score_product", "context_product")
-                 else 0)
+        count = len(quantized_inputs(context.module, context.method_name))
         args = (*(symmetric(x, bits, clip) for x in args[:count]), *args[count:])
         return next_fun(*args, **kwargs)
     return intercept
